@@ -1,0 +1,1 @@
+"""Shared fine-tuning core: adapters, regularizers, continual learning, merging and training."""

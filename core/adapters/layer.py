@@ -1,0 +1,137 @@
+"""The wrapper that replaces an adapted module, and the base class of one adapter on it.
+
+An adapted module is replaced by an :class:`AdapterLayer` holding the original module as
+``base_layer`` (the same attribute name PEFT uses, so checkpoints read alike) and a
+``ModuleDict`` of :class:`AdapterUnit` s, one per adapter name. Several adapters, even of
+different methods, can sit on one layer; the active ones are applied in order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .targeting import is_hf_conv1d
+
+
+class NotMergeableError(RuntimeError):
+    """Raised when asked to merge an adapter that is not a linear change of the weights."""
+
+
+# ----------------------------------------------------------------------------- weight views
+def weight_matrix(base: nn.Module) -> Tensor:
+    """The base weight as an (out_features, in_features * kernel) matrix (a view or a copy)."""
+    weight = base.weight
+    if is_hf_conv1d(base):
+        return weight.T
+    return weight.reshape(weight.shape[0], -1)
+
+
+def set_weight_matrix(base: nn.Module, matrix: Tensor) -> None:
+    """Write an (out, in*kernel) matrix back into the base weight, in place."""
+    weight = base.weight
+    with torch.no_grad():
+        if is_hf_conv1d(base):
+            weight.copy_(matrix.T.to(weight.dtype))
+        else:
+            weight.copy_(matrix.reshape(weight.shape).to(weight.dtype))
+
+
+def layer_dims(base: nn.Module) -> tuple[int, int]:
+    """(out_features, in_features * kernel) of a linear-like or conv base layer."""
+    out_f, in_f = weight_matrix(base).shape
+    return int(out_f), int(in_f)
+
+
+def channel_dim(base: nn.Module) -> int:
+    """Which output dimension holds the channels: 1 for convolutions, -1 otherwise."""
+    return 1 if isinstance(base, nn.Conv1d | nn.Conv2d | nn.Conv3d) else -1
+
+
+def per_channel(vector: Tensor, output: Tensor, dim: int) -> Tensor:
+    """Reshape a per-channel vector so it broadcasts against ``output`` along ``dim``."""
+    if dim == -1:
+        return vector
+    shape = [1] * output.dim()
+    shape[dim] = -1
+    return vector.view(shape)
+
+
+# ----------------------------------------------------------------------------- adapter unit
+class AdapterUnit(nn.Module):
+    """One adapter on one layer.
+
+    ``forward(x, out, base)`` returns the layer output with this adapter applied, given the
+    layer input ``x`` and the output ``out`` computed so far. Mergeable units also implement
+    ``merge``/``unmerge`` (exact, in place on the base layer). Parameter names of a unit are
+    the local part of its PEFT state-dict keys (``lora_A.weight``, ``lora_magnitude_vector``).
+    """
+
+    mergeable: bool = False
+    method: str = ""
+
+    def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def merge(self, base: nn.Module) -> None:
+        raise NotMergeableError(
+            f"{self.method} adapters are not a linear change of the weights and cannot be "
+            "merged; keep the adapter as a module (or use a mergeable method such as lora/ssf)."
+        )
+
+    def unmerge(self, base: nn.Module) -> None:
+        self.merge(base)
+
+    def portable_state(self, base: nn.Module) -> tuple[dict[str, Tensor], dict]:
+        """Tensors to save (local names) and config overrides needed to load them elsewhere."""
+        return {k: v.detach() for k, v in self.named_parameters()}, {}
+
+
+# ----------------------------------------------------------------------------- the wrapper
+class AdapterLayer(nn.Module):
+    """Wraps an adapted module: base output, then each active, unmerged adapter in turn."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.adapters = nn.ModuleDict()
+        self.configs: dict = {}
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        self.disabled = False
+        # Set by AdapterBank while it routes a batch: (adapter names, one id per sample).
+        self.routing: tuple[list[str], Tensor] | None = None
+
+    def add(self, name: str, unit: AdapterUnit) -> None:
+        if name in self.adapters:
+            raise ValueError(f"adapter {name!r} already exists on this layer; pick a new name.")
+        self.adapters[name] = unit
+
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self.disabled and self.merged:
+            self.unmerge()
+        out = self.base_layer(x, *args, **kwargs)
+        if self.disabled:
+            return out
+        if self.routing is not None:
+            from .bank import routed_forward
+
+            names, ids = self.routing
+            return routed_forward([self.adapters[n] for n in names], x, out, self.base_layer, ids)
+        for name in self.active:
+            if name not in self.merged:
+                out = self.adapters[name](x, out, self.base_layer)
+        return out
+
+    def merge(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else self.active:
+            if name not in self.merged:
+                self.adapters[name].merge(self.base_layer)
+                self.merged.append(name)
+
+    def unmerge(self) -> None:
+        while self.merged:
+            self.adapters[self.merged.pop()].unmerge(self.base_layer)
+
+    def extra_repr(self) -> str:
+        return f"active={self.active}, merged={self.merged}"
