@@ -69,6 +69,13 @@ class AdapterBank(nn.Module):
                 f"AdapterBank holds adapters of one method; got {sorted(methods)}. "
                 "Use one bank per method."
             )
+        residual = [n for n, c in configs.items() if _rewrites_base(c)]
+        if residual:
+            raise ValueError(
+                f"AdapterBank adapters must leave the shared base weights unchanged, but "
+                f"{residual} use an init that rewrites W0 (LoRA init='pissa'/'corda', LoLDU); "
+                "use LoRA with init='default' or 'gaussian'."
+            )
         self.model = model
         self.names = list(configs)
         for name, config in configs.items():
@@ -121,3 +128,7 @@ class AdapterBank(nn.Module):
 
         for name in self.names:
             save_adapter(self.model, Path(path) / name, name=name)
+
+
+def _rewrites_base(config: AdapterConfig) -> bool:
+    return config.method == "loldu" or getattr(config, "init", "") in ("pissa", "corda")

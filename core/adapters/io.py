@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .api import adapter_layers, adapter_names, delete_adapter, inject
 from .config import AdapterConfig, LoraConfig, config_from_dict
+from .targeting import is_hf_conv1d
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,6 +51,10 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> tuple[dict[st
                 tensor.detach().cpu().clone().contiguous()
             )
     json_dict = config.to_json_dict()
+    if "fan_in_fan_out" in json_dict:  # PEFT's flag for GPT-2 style Conv1D (weight is in x out)
+        json_dict["fan_in_fan_out"] = any(
+            is_hf_conv1d(layer.base_layer) for _, layer in adapter_layers(model)
+        )
     if converted and isinstance(config, LoraConfig):
         json_dict = _as_plain_lora(json_dict, config)
     return tensors, json_dict

@@ -82,6 +82,15 @@ class AdapterUnit(nn.Module):
     def unmerge(self, base: nn.Module) -> None:
         self.merge(base)
 
+    def restore_base(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
+        """Output as if this adapter had never touched the base weights.
+
+        Most adapters leave W0 alone and return ``out`` as is. Residual-style inits (PiSSA,
+        CorDA, LoLDU) moved part of W0 into the adapter; while such an adapter is not
+        applied (inactive or disabled) that part is added back so the layer computes W0.
+        """
+        return out
+
     def portable_state(self, base: nn.Module) -> tuple[dict[str, Tensor], dict]:
         """Tensors to save (local names) and config overrides needed to load them elsewhere."""
         return {k: v.detach() for k, v in self.named_parameters()}, {}
@@ -111,14 +120,16 @@ class AdapterLayer(nn.Module):
         if self.disabled and self.merged:
             self.unmerge()
         out = self.base_layer(x, *args, **kwargs)
-        if self.disabled:
-            return out
-        if self.routing is not None:
+        if self.routing is not None and not self.disabled:
             from .bank import routed_forward
 
             names, ids = self.routing
             return routed_forward([self.adapters[n] for n in names], x, out, self.base_layer, ids)
-        for name in self.active:
+        applied = [] if self.disabled else self.active
+        for name, unit in self.adapters.items():
+            if name not in applied and name not in self.merged:
+                out = unit.restore_base(x, out, self.base_layer)
+        for name in applied:
             if name not in self.merged:
                 out = self.adapters[name](x, out, self.base_layer)
         return out

@@ -43,6 +43,7 @@ class LolduUnit(AdapterUnit):
         self.register_buffer("loldu_L", pl.to(dtype))
         self.register_buffer("loldu_U", u.to(dtype))
         self.loldu_diag = nn.Parameter(d.to(dtype))
+        self.register_buffer("loldu_diag_init", d.to(dtype).clone())
         self.loldu_scale = nn.Parameter(torch.ones((), dtype=dtype, device=weight.device))
         with torch.no_grad():
             residual = weight.double() - (pl * d[None, :]) @ u
@@ -54,6 +55,9 @@ class LolduUnit(AdapterUnit):
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
         inner = (x @ self.loldu_U.T) * self.loldu_diag
         return out + self.loldu_scale * (inner @ self.loldu_L.T)
+
+    def restore_base(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
+        return out + ((x @ self.loldu_U.T) * self.loldu_diag_init) @ self.loldu_L.T
 
     def merge(self, base: nn.Module) -> None:
         set_weight_matrix(base, weight_matrix(base) + self.delta_matrix().detach())

@@ -144,6 +144,16 @@ class LoraUnit(AdapterUnit):
         """Row norms of W0 + s B A (DoRA's "column" norm in the paper's W x convention)."""
         return (weight_matrix(base) + delta.to(base.weight.dtype)).norm(dim=1)
 
+    def restore_base(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
+        if not hasattr(self, "init_A"):
+            return out
+        hidden = torch.func.functional_call(self.lora_A, {"weight": self.init_A}, (x,))
+        return (
+            out
+            + torch.func.functional_call(self.lora_B, {"weight": self.init_B}, (hidden,))
+            * self.scaling
+        )
+
     # -- merging -------------------------------------------------------------------------
     def merge(self, base: nn.Module) -> None:
         with torch.no_grad():

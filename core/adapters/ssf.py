@@ -55,7 +55,7 @@ class SsfUnit(AdapterUnit):
             nn.init.normal_(self.ssf_shift, std=config.init_std)
         self.channel_dim = channel_dim(base)
         self.mergeable = getattr(base, "weight", None) is not None and (
-            is_linear_like(base) or isinstance(base, nn.Conv1d | nn.Conv2d | nn.Conv3d | NORM_TYPES)
+            is_linear_like(base) or isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d, *NORM_TYPES))
         )
         self._created_bias = False
 

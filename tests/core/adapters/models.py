@@ -1,0 +1,99 @@
+"""Tiny models every adapter method must work on, each built deterministically from a seed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ModelCase:
+    """A tiny model family: how to build it, feed it, and which layers each method adapts."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    make_input: Callable[[], Tensor]
+    linear_targets: list[str]
+    conv_targets: list[str] = field(default_factory=list)
+
+    def run(self, model: nn.Module, x: Tensor) -> Tensor:
+        out = model(x)
+        return out.logits if hasattr(out, "logits") else out
+
+
+def _seeded(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return builder().eval()
+
+    return build
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5)
+    )
+
+
+def _llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=32,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        vocab_size=64,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _vit() -> nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(
+        img_size=16, patch_size=8, in_chans=3, num_classes=5, embed_dim=32, depth=2, num_heads=4
+    )
+
+
+def _tokens() -> Tensor:
+    return torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(1))
+
+
+MODEL_CASES = {
+    "mlp": ModelCase(
+        "mlp",
+        _seeded(_mlp),
+        lambda: torch.randn(6, 12, generator=torch.Generator().manual_seed(1)),
+        ["0", "2"],
+    ),
+    "llama": ModelCase("llama", _seeded(_llama), _tokens, ["q_proj", "v_proj", "down_proj"]),
+    "gpt2": ModelCase("gpt2", _seeded(_gpt2), _tokens, ["c_attn", "mlp.c_fc"]),
+    "vit": ModelCase(
+        "vit",
+        _seeded(_vit),
+        lambda: torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)),
+        ["qkv", "fc1"],
+        conv_targets=["patch_embed.proj"],
+    ),
+}
