@@ -18,7 +18,7 @@ from .api import (
     trainable_parameters,
     unmerge,
 )
-from .bank import AdapterBank, routed_forward
+from .bank import AdapterBank
 from .config import (
     ADAPTER_REGISTRY,
     AdapterConfig,
@@ -34,6 +34,7 @@ from .config import (
 from .corda import collect_input_covariances
 from .io import adapter_state_dict, load_adapter, read_adapter, save_adapter
 from .layer import AdapterLayer, AdapterUnit, NotMergeableError
+from .routing import routed_forward
 
 __all__ = [
     "ADAPTER_REGISTRY",

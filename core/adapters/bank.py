@@ -3,7 +3,8 @@
 Each sample of a batch carries an integer id (language, task, tenant) naming the adapter
 that serves it; ``-1`` means "base model only". All of the bank's adapters train at once:
 each gets gradient only from its own samples. The per-row computation lives in
-:func:`routed_forward` alone, so a fused multi-adapter kernel can replace it in one place.
+:func:`core.adapters.routing.routed_forward` alone, so a fused multi-adapter kernel can
+replace it in one place.
 """
 
 from __future__ import annotations
@@ -16,30 +17,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .api import inject
 from .config import AdapterConfig
-from .layer import AdapterLayer, AdapterUnit
-
-
-def routed_forward(
-    units: list[AdapterUnit], x: Tensor, out: Tensor, base: nn.Module, ids: Tensor
-) -> Tensor:
-    """Apply ``units[ids[b]]`` to sample ``b`` of the batch (dimension 0); ``-1`` keeps ``out``.
-
-    Samples are grouped by id so each adapter runs once on its rows.
-    """
-    if ids.dim() != 1 or ids.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"adapter_ids must hold one id per sample: got shape {tuple(ids.shape)} for a batch "
-            f"of {x.shape[0]}."
-        )
-    result = out
-    for adapter_id in torch.unique(ids).tolist():
-        if adapter_id < 0:
-            continue
-        rows = (ids == adapter_id).nonzero().squeeze(1)
-        rows_out = units[adapter_id](x.index_select(0, rows), out.index_select(0, rows), base)
-        result = result.index_copy(0, rows, rows_out)
-    return result
+from .io import save_adapter
+from .layer import AdapterLayer
 
 
 class AdapterBank(nn.Module):
@@ -57,8 +38,6 @@ class AdapterBank(nn.Module):
         names: list[str] | None = None,
     ) -> None:
         super().__init__()
-        from .api import inject
-
         if isinstance(configs, AdapterConfig):
             if not names:
                 raise ValueError("AdapterBank needs names=[...] when given a single config.")
@@ -124,8 +103,6 @@ class AdapterBank(nn.Module):
 
     def save(self, path: str | Path) -> None:
         """Save each adapter in PEFT layout under ``path/<name>/``."""
-        from .io import save_adapter
-
         for name in self.names:
             save_adapter(self.model, Path(path) / name, name=name)
 

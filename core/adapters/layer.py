@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .routing import routed_forward
 from .targeting import is_hf_conv1d
 
 
@@ -121,8 +122,6 @@ class AdapterLayer(nn.Module):
             self.unmerge()
         out = self.base_layer(x, *args, **kwargs)
         if self.routing is not None and not self.disabled:
-            from .bank import routed_forward
-
             names, ids = self.routing
             return routed_forward([self.adapters[n] for n in names], x, out, self.base_layer, ids)
         applied = [] if self.disabled else self.active
