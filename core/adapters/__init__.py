@@ -8,11 +8,13 @@
 from .api import (
     METHODS,
     active_adapters,
+    adapter_layers,
     adapter_names,
     adapter_tensors,
     delete_adapter,
     disable_adapters,
     inject,
+    logical_modules,
     merge,
     set_active,
     trainable_parameters,
@@ -35,6 +37,7 @@ from .corda import collect_input_covariances
 from .io import adapter_state_dict, load_adapter, read_adapter, save_adapter
 from .layer import AdapterLayer, AdapterUnit, NotMergeableError
 from .routing import routed_forward
+from .targeting import resolve_modules_to_save
 
 __all__ = [
     "ADAPTER_REGISTRY",
@@ -50,6 +53,7 @@ __all__ = [
     "NotMergeableError",
     "SsfConfig",
     "active_adapters",
+    "adapter_layers",
     "adapter_names",
     "adapter_state_dict",
     "adapter_tensors",
@@ -60,9 +64,11 @@ __all__ = [
     "get_config_class",
     "inject",
     "load_adapter",
+    "logical_modules",
     "merge",
     "read_adapter",
     "register_adapter",
+    "resolve_modules_to_save",
     "routed_forward",
     "save_adapter",
     "set_active",

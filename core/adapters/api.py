@@ -17,7 +17,7 @@ from .layer import AdapterLayer, AdapterUnit, NotMergeableError
 from .loldu import build_loldu_unit, supports_loldu
 from .lora import build_lora_unit, supports_lora
 from .ssf import build_ssf_unit, supports_ssf
-from .targeting import resolve_targets
+from .targeting import resolve_modules_to_save, resolve_targets
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,13 @@ def inject(
     targets = resolve_targets(
         model, config.target_modules, spec.supports, config.method, modules=modules
     )
+    saved_modules = resolve_modules_to_save(model, config.modules_to_save)
+    overlap = sorted(set(saved_modules) & set(targets))
+    if overlap:
+        raise ValueError(
+            f"{overlap} are both adapter targets and modules_to_save; a module is either "
+            "adapted or trained in full, so remove it from one of the two lists."
+        )
     covariances: dict[str, Tensor] = {}
     if isinstance(config, LoraConfig) and config.init == "corda":
         if calibration is None:
@@ -143,6 +150,8 @@ def inject(
         if not had_active:
             layer.active = [name]
     _refresh_trainable(model)
+    for module_name in saved_modules:
+        model.get_submodule(module_name).requires_grad_(True)
     return model
 
 

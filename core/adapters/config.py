@@ -29,11 +29,16 @@ class AdapterConfig:
     or dotted suffixes (``"q_proj"`` matches ``model.layers.0.self_attn.q_proj``), a single
     string read as a regular expression that must match the full module name (PEFT's rule),
     ``"all-linear"``, or ``None`` for the method's default.
+
+    ``modules_to_save`` names whole modules (same matching rules, e.g. a new ``head``) that
+    train fully next to the adapter and are saved inside the adapter file, as PEFT does.
+    They are trained in place: no frozen copy of the original is kept.
     """
 
     method: ClassVar[str] = ""
     peft_type: ClassVar[str] = ""
     target_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix when a value is out of range."""
@@ -160,7 +165,7 @@ class LoraConfig(AdapterConfig):
             "use_rslora": self.use_rslora,
             "use_dora": self.use_dora,
             "init_lora_weights": init,
-            "modules_to_save": None,
+            "modules_to_save": self.modules_to_save,
             "layers_to_transform": None,
             "layers_pattern": None,
             "rank_pattern": dict(self.rank_pattern),
@@ -177,7 +182,6 @@ class LoraConfig(AdapterConfig):
             "bias": "none",
             "lora_bias": False,
             "layers_to_transform": None,
-            "modules_to_save": None,
         }
         for key, expected in unsupported.items():
             if data.get(key, expected) not in (expected, [], {}):
@@ -190,6 +194,7 @@ class LoraConfig(AdapterConfig):
         corda = data.get("corda_config") or {}
         return cls(
             target_modules=data.get("target_modules"),
+            modules_to_save=data.get("modules_to_save"),
             r=int(data["r"]),
             alpha=float(data["lora_alpha"]),
             dropout=float(data.get("lora_dropout", 0.0)),

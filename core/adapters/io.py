@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .api import adapter_layers, adapter_names, delete_adapter, inject
 from .config import AdapterConfig, LoraConfig, config_from_dict
-from .targeting import is_hf_conv1d
+from .targeting import is_hf_conv1d, resolve_modules_to_save
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -50,6 +50,10 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> tuple[dict[st
             tensors[f"{PEFT_PREFIX}{layer_name}.{local}"] = (
                 tensor.detach().cpu().clone().contiguous()
             )
+    for module_name in resolve_modules_to_save(model, config.modules_to_save):
+        for local, tensor in model.get_submodule(module_name).state_dict().items():
+            key = f"{PEFT_PREFIX}{module_name}.{local}"
+            tensors[key] = tensor.detach().cpu().clone().contiguous()
     json_dict = config.to_json_dict()
     if "fan_in_fan_out" in json_dict:  # PEFT's flag for GPT-2 style Conv1D (weight is in x out)
         json_dict["fan_in_fan_out"] = any(
@@ -136,19 +140,24 @@ def load_adapter(model: nn.Module, path: str | Path, name: str = "default") -> n
     tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
     inject(model, config, name=name)
     try:
-        _copy_into(model, name, tensors, Path(path))
+        _copy_into(model, name, config, tensors, Path(path))
     except Exception:
         delete_adapter(model, name)
         raise
     return model
 
 
-def _copy_into(model: nn.Module, name: str, tensors: dict[str, Tensor], path: Path) -> None:
+def _copy_into(
+    model: nn.Module, name: str, config: AdapterConfig, tensors: dict[str, Tensor], path: Path
+) -> None:
     targets: dict[str, Tensor] = {}
     for layer_name, layer in adapter_layers(model):
         if name in layer.adapters:
             for local, param in layer.adapters[name].named_parameters(remove_duplicate=False):
                 targets[f"{layer_name}.{local}"] = param
+    for module_name in resolve_modules_to_save(model, config.modules_to_save):
+        for local, tensor in model.get_submodule(module_name).state_dict(keep_vars=True).items():
+            targets[f"{module_name}.{local}"] = tensor
     missing = sorted(set(targets) - set(tensors))
     unexpected = sorted(set(tensors) - set(targets))
     if missing or unexpected:

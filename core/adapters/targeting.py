@@ -51,6 +51,7 @@ def resolve_targets(
     supported: Callable[[nn.Module], bool],
     method: str,
     modules: dict[str, nn.Module] | None = None,
+    field: str = "target_modules",
 ) -> list[str]:
     """Names of the modules to adapt, in model order.
 
@@ -74,7 +75,7 @@ def resolve_targets(
             re.compile(target_modules)
         except re.error as err:
             raise ValueError(
-                f"{method}: target_modules={target_modules!r} is not a valid regular expression "
+                f"{method}: {field}={target_modules!r} is not a valid regular expression "
                 f"({err}); pass a list of module names instead."
             ) from err
     found = [n for n in all_names if _matches(n, target_modules)]
@@ -87,13 +88,24 @@ def resolve_targets(
         hint = f" Close module names: {', '.join(sorted(set(close)))}." if close else ""
         examples = ", ".join(all_names[:8])
         raise ValueError(
-            f"{method}: target_modules={target_modules!r} matched no module of "
+            f"{method}: {field}={target_modules!r} matched no module of "
             f"{type(model).__name__}.{hint} Module names look like: {examples}."
         )
     bad = [n for n in found if not supported(modules[n])]
     if bad:
         kinds = ", ".join(f"{n} ({type(modules[n]).__name__})" for n in bad[:5])
-        raise ValueError(
-            f"{method} cannot adapt {kinds}; narrow target_modules to supported layers."
-        )
+        raise ValueError(f"{method} cannot adapt {kinds}; narrow {field} to supported layers.")
     return found
+
+
+def resolve_modules_to_save(model: nn.Module, names: list[str] | None) -> list[str]:
+    """Full names of the modules listed in ``modules_to_save`` (PEFT's matching rule)."""
+    if not names:
+        return []
+    if isinstance(names, str):
+        raise ValueError(
+            f"modules_to_save={names!r} must be a list of module names, e.g. [{names!r}]."
+        )
+    return resolve_targets(
+        model, list(names), lambda m: True, "modules_to_save", field="modules_to_save"
+    )

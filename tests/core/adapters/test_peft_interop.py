@@ -156,3 +156,33 @@ def test_numerics_match_peft_forward_and_gradients(variant: str) -> None:
     case.run(ours, x).pow(2).mean().backward()
     for n, p in our_params.items():
         torch.testing.assert_close(p.grad, peft_params[n].grad, atol=1e-6, rtol=1e-4, msg=n)
+
+
+def _mlp_with_head() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+def test_modules_to_save_round_trip_with_peft(tmp_path) -> None:
+    """A fully trained head travels inside the adapter file, readable by both libraries."""
+    x = torch.randn(4, 6)
+    ours = _mlp_with_head()
+    inject(ours, LoraConfig(r=2, target_modules=["0"], modules_to_save=["2"]))
+    assert {n for n in trainable_parameters(ours)} >= {"2.weight", "2.bias"}
+    with torch.no_grad():
+        ours[2].weight.add_(1.0)
+        ours[0].adapters["default"].lora_B.weight.normal_()
+    save_adapter(ours, tmp_path / "ours")
+    in_peft = peft.PeftModel.from_pretrained(_mlp_with_head(), tmp_path / "ours").eval()
+    torch.testing.assert_close(in_peft(x), ours(x), atol=1e-6, rtol=1e-5)
+
+    peft_model = peft.get_peft_model(
+        _mlp_with_head(), peft.LoraConfig(r=2, target_modules=["0"], modules_to_save=["2"])
+    )
+    _randomize(peft_model, seed=8)
+    with torch.no_grad():
+        peft_model.base_model.model[2].modules_to_save["default"].weight.add_(1.0)
+    peft_model.save_pretrained(tmp_path / "peft")
+    here = _mlp_with_head()
+    load_adapter(here, tmp_path / "peft")
+    torch.testing.assert_close(here(x), peft_model.eval()(x), atol=1e-6, rtol=1e-5)

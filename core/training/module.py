@@ -1,0 +1,310 @@
+"""``FineTuneModule``: the LightningModule every domain app subclasses.
+
+It owns what every fine-tuning run has in common, so an app only says how a batch becomes a
+loss: the model and its adapter (injected here, so only adapter weights and the listed
+``modules_to_save`` train), the anti-forgetting regularizers (their penalties are added to
+the training loss and logged one by one), the optimizer and LR scheduler (built from
+``OptimizerCallable`` / ``LRSchedulerCallable`` so YAML and ``--model.optimizer.lr`` both
+work) and the loss function.
+
+Subclasses implement ``forward`` and ``shared_step(batch, stage) -> dict``; the dict holds
+``"loss"`` (except when predicting) and optionally scalar metrics, which are logged as
+``{stage}/{name}``.
+"""
+
+import copy
+import dataclasses
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from jsonargparse import set_parsing_settings
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from core.adapters import AdapterConfig, config_from_dict, inject, resolve_modules_to_save
+
+# Adapter configs are dataclasses. jsonargparse treats a pure dataclass as a fixed group of
+# fields; enabling subclasses lets a YAML (and the command line) pick the method by
+# ``class_path: core.adapters.LoraConfig`` and lets ``--help`` list every known method.
+set_parsing_settings(subclasses_enabled=[AdapterConfig])
+
+STAGES = ("train", "val", "test", "predict")
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """Anything with ``penalty(model) -> Tensor`` (a scalar added to the training loss).
+
+    Regularizers that are ``nn.Module`` s are registered as sub-modules, so the state they
+    keep in buffers (EWC's Fisher, anchors) travels in the Lightning checkpoint.
+    """
+
+    def penalty(self, model: Any) -> Any:
+        """A scalar tensor, differentiable w.r.t. the parameters it penalizes."""
+        ...
+
+
+def default_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy (mean over the batch), the loss used when none is configured."""
+    return F.cross_entropy(logits, target)
+
+
+def coerce_adapter_config(adapter: AdapterConfig | dict | None) -> AdapterConfig | None:
+    """Accept an ``AdapterConfig`` or its dict forms, as found in configs and checkpoints.
+
+    Dicts are either registry style (``{"method": "lora", "r": 4}``) or jsonargparse style
+    (``{"class_path": "core.adapters.LoraConfig", "init_args": {...}}``).
+    """
+    if adapter is None or isinstance(adapter, AdapterConfig):
+        return adapter
+    if isinstance(adapter, dict) and "class_path" in adapter:
+        module_name, _, class_name = str(adapter["class_path"]).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise ValueError(
+                f"adapter class_path {adapter['class_path']!r} cannot be imported; use e.g. "
+                "core.adapters.LoraConfig."
+            ) from err
+        if not (isinstance(cls, type) and issubclass(cls, AdapterConfig)):
+            raise ValueError(
+                f"adapter class_path {adapter['class_path']!r} is not an AdapterConfig subclass."
+            )
+        return cls(**dict(adapter.get("init_args") or {}))
+    if isinstance(adapter, dict):
+        return config_from_dict(adapter)
+    raise TypeError(
+        f"adapter must be an AdapterConfig (e.g. LoraConfig(r=8)), a dict with a 'method' "
+        f"key, or None; got {type(adapter).__name__}."
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A YAML/``torch.load(weights_only=True)``-safe copy of a hyperparameter, or ``...``.
+
+    Adapter configs become ``{"class_path", "init_args"}`` dicts; objects that are not plain
+    data (callables, modules) are dropped (``...``): the run's ``config.yaml`` holds them.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, AdapterConfig):
+        cls = type(value)
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": _plain(dataclasses.asdict(value)),
+        }
+    if isinstance(value, list | tuple):
+        items = [_plain(v) for v in value]
+        return ... if any(v is ... for v in items) else items
+    if isinstance(value, dict):
+        items = {str(k): _plain(v) for k, v in value.items()}
+        return ... if any(v is ... for v in items.values()) else items
+    return ...
+
+
+class FineTuneModule(pl.LightningModule):
+    """Base LightningModule for fine-tuning a model with an adapter, regularizers and a loss.
+
+    Args:
+        model: The network. With an ``adapter``, the adapter is injected into it in place and
+            every base parameter is frozen.
+        adapter: Adapter to inject, chosen by class, e.g. ``core.adapters.LoraConfig``
+            (YAML: ``class_path: core.adapters.LoraConfig`` + ``init_args``). ``None`` trains
+            the whole model (or only ``modules_to_save`` when that is given).
+        modules_to_save: Modules trained in full next to the adapter, e.g. ``["head"]`` for
+            a new classification head (PEFT's ``modules_to_save``: a module name or dotted
+            suffix). They are saved inside the adapter file. With no adapter, everything
+            else is frozen (a linear probe when it names the head).
+        regularizers: Objects with ``penalty(model) -> Tensor``; each penalty is added to
+            the training loss and logged as ``train/reg/<name>``.
+        optimizer: Builds the optimizer from the trainable parameters only
+            (default ``torch.optim.AdamW`` with lr 1e-3).
+        lr_scheduler: Optional; builds an LR scheduler from the optimizer. Stepped every
+            epoch; ``ReduceLROnPlateau`` watches ``monitor``.
+        loss: ``loss(output, target) -> Tensor``, for ``shared_step`` to call as
+            ``self.loss_fn``. Defaults to cross-entropy.
+        monitor: Metric that ``ReduceLROnPlateau`` watches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: AdapterConfig | None = None,
+        modules_to_save: list[str] | None = None,
+        regularizers: list[Regularizer] | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        loss: Callable[..., Any] = default_loss,
+        monitor: str = "val/loss",
+    ) -> None:
+        super().__init__()
+        # The model object is saved by the state dict, not as a hyperparameter; the rest is
+        # kept only where it is plain data, so checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["model"])
+        self._make_hparams_plain()
+
+        self.model = model
+        self.adapter_config = coerce_adapter_config(adapter)
+        self.modules_to_save = list(modules_to_save or [])
+        try:
+            self._saved_modules = resolve_modules_to_save(self.model, self.modules_to_save)
+        except ValueError as err:
+            raise ValueError(f"model.modules_to_save: {err}") from err
+        if self.adapter_config is not None:
+            if self.modules_to_save:
+                both = list(self.adapter_config.modules_to_save or []) + self.modules_to_save
+                self.adapter_config = dataclasses.replace(
+                    self.adapter_config, modules_to_save=list(dict.fromkeys(both))
+                )
+            try:
+                inject(self.model, self.adapter_config)
+            except (ValueError, TypeError) as err:
+                kind = TypeError if isinstance(err, TypeError) else ValueError
+                raise kind(f"model.adapter: {err}") from err
+        elif self._saved_modules:
+            self.model.requires_grad_(False)
+            for name in self._saved_modules:
+                self.model.get_submodule(name).requires_grad_(True)
+
+        regs = list(regularizers or [])
+        for reg in regs:
+            if not callable(getattr(reg, "penalty", None)):
+                raise TypeError(
+                    f"regularizer {reg!r} has no penalty(model) method; regularizers must "
+                    "implement penalty(model) -> Tensor."
+                )
+        self._regularizers = regs
+        # nn.Module regularizers become sub-modules so their buffers are checkpointed.
+        self.regularizer_modules = nn.ModuleList([r for r in regs if isinstance(r, nn.Module)])
+        self._regularizer_names = _unique_names(regs)
+
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.loss_fn = loss
+        self.monitor = monitor
+
+    # ------------------------------------------------------------------ setup helpers
+    def _make_hparams_plain(self) -> None:
+        plain = {k: _plain(v) for k, v in self.hparams.items()}
+        self.hparams.clear()
+        self.hparams.update({k: v for k, v in plain.items() if v is not ...})
+        self._hparams_initial = copy.deepcopy(self._hparams)
+
+    @property
+    def regularizers(self) -> list[Regularizer]:
+        """The regularizers, in the order they were given."""
+        return list(self._regularizers)
+
+    def saved_module_parameters(self) -> dict[str, Tensor]:
+        """Parameters of the ``modules_to_save`` modules of ``self.model``, by full name."""
+        return {
+            f"{module}.{n}": p
+            for module in self._saved_modules
+            for n, p in self.model.get_submodule(module).named_parameters()
+        }
+
+    def optimizer_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) for everything the optimizer updates: trainable, not regularizer."""
+        for name, param in self.named_parameters():
+            if param.requires_grad and not name.startswith("regularizer_modules."):
+                yield name, param
+
+    # ------------------------------------------------------------------ subclass API
+    def shared_step(self, batch: Any, stage: str) -> dict[str, Any]:
+        """Compute ``{"loss": ..., <metric>: ...}`` for one batch in ``stage``.
+
+        ``stage`` is one of ``"train"``, ``"val"``, ``"test"``, ``"predict"``. Scalar entries
+        are logged as ``{stage}/{key}``; an integer ``"batch_size"`` entry, when given, weights
+        the epoch averages. In ``"predict"`` the dict is returned as the prediction and
+        ``"loss"`` may be absent.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement shared_step().")
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def regularization_penalties(self) -> dict[str, Tensor]:
+        """Each regularizer's penalty on ``self.model``, by logged name."""
+        return {
+            name: reg.penalty(self.model)
+            for name, reg in zip(self._regularizer_names, self._regularizers, strict=True)
+        }
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        out = dict(self.shared_step(batch, "train"))
+        penalties = self.regularization_penalties()
+        if penalties:
+            out["task_loss"] = out["loss"]
+            for name, value in penalties.items():
+                out[f"reg/{name}"] = value
+            out["loss"] = out["loss"] + sum(penalties.values())
+        self._log_outputs(out, "train")
+        return out["loss"]
+
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        out = self.shared_step(batch, "val")
+        self._log_outputs(out, "val")
+        return out
+
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        out = self.shared_step(batch, "test")
+        self._log_outputs(out, "test")
+        return out
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.shared_step(batch, "predict")
+
+    def _log_outputs(self, out: dict[str, Any], stage: str) -> None:
+        if "loss" not in out:
+            raise KeyError(
+                f"{type(self).__name__}.shared_step(batch, {stage!r}) must return a dict with "
+                f"a 'loss' entry; got keys {sorted(out)}."
+            )
+        batch_size = out.get("batch_size")
+        training = stage == "train"
+        for key, value in out.items():
+            if key == "batch_size" or not _is_scalar(value):
+                continue
+            self.log(
+                f"{stage}/{key}",
+                value.detach().float() if isinstance(value, Tensor) else float(value),
+                prog_bar=not key.startswith("reg/"),
+                on_step=training,
+                on_epoch=True,
+                # Averaged over ranks under DDP, so logs and metrics.json describe all data.
+                sync_dist=True,
+                batch_size=batch_size,
+            )
+
+    def configure_optimizers(self) -> Any:
+        params = [p for _, p in self.optimizer_parameters()]
+        if not params:
+            raise ValueError(
+                f"{type(self).__name__} has no trainable parameters: set model.adapter, "
+                "model.modules_to_save, or leave both empty to train the whole model."
+            )
+        optimizer = self.optimizer_factory(params)
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = self.monitor
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and (value.is_floating_point() or value.dtype == torch.long)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unique_names(regularizers: list[Any]) -> list[str]:
+    """Logged names: a ``name`` attribute or the class name, numbered when repeated."""
+    base = [str(getattr(r, "name", None) or type(r).__name__) for r in regularizers]
+    names: list[str] = []
+    for i, name in enumerate(base):
+        names.append(f"{name}_{base[:i].count(name)}" if base.count(name) > 1 else name)
+    return names
