@@ -87,13 +87,16 @@ def inject(
     name: str = "default",
     calibration: Iterable[Any] | None = None,
     forward: Callable[[nn.Module, Any], Any] = call_model,
+    structure_only: bool = False,
 ) -> nn.Module:
     """Add adapter ``name`` of ``config``'s method to the target layers, in place.
 
     Every base parameter is frozen. The new adapter becomes active (and trainable) when no
     other adapter is active; otherwise it waits for :func:`set_active`, as in PEFT.
     ``calibration`` (batches run through ``forward(model, batch)``) is needed by LoRA's
-    ``init="corda"`` only. Returns the model.
+    ``init="corda"`` only. ``structure_only`` skips data-dependent initialisation (no
+    calibration, W0 untouched) to receive a checkpoint that already holds the initialised
+    state. Returns the model.
     """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
@@ -116,7 +119,7 @@ def inject(
             "adapted or trained in full, so remove it from one of the two lists."
         )
     covariances: dict[str, Tensor] = {}
-    if isinstance(config, LoraConfig) and config.init == "corda":
+    if isinstance(config, LoraConfig) and config.init == "corda" and not structure_only:
         if calibration is None:
             raise ValueError(
                 "LoRA init='corda' needs calibration data: pass calibration=<iterable of "
@@ -133,8 +136,8 @@ def inject(
     for target in targets:
         base = modules[target]
         if config.method == "lora":
-            cov = covariances[_physical_name(model, target)] if config.init == "corda" else None
-            unit = spec.build(base, target, config, cov)
+            cov = covariances.get(_physical_name(model, target))
+            unit = spec.build(base, target, config, cov, structure_only)
         elif config.method == "compacter":
             unit = spec.build(base, target, config, shared)
         else:

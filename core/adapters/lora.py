@@ -234,9 +234,18 @@ def corda_factors(
 
 
 def build_lora_unit(
-    base: nn.Module, module_name: str, config: LoraConfig, covariance: Tensor | None = None
+    base: nn.Module,
+    module_name: str,
+    config: LoraConfig,
+    covariance: Tensor | None = None,
+    structure_only: bool = False,
 ) -> LoraUnit:
-    """Create the LoRA unit for one layer, applying the chosen initialisation."""
+    """Create the LoRA unit for one layer, applying the chosen initialisation.
+
+    ``structure_only`` builds the tensors of an SVD-initialised unit without computing the
+    decomposition (W0 untouched, initial factors zero): the shape a checkpoint that holds
+    the initialised and trained state is loaded into.
+    """
     r, alpha = config.rank_for(module_name)
     out_f, in_f = layer_dims(base)
     if r > min(out_f, in_f):
@@ -246,7 +255,10 @@ def build_lora_unit(
             "or leave this layer out of target_modules (or set rank_pattern for it)."
         )
     unit = LoraUnit(base, r, alpha, config.dropout, config.use_rslora, config.use_dora, config.init)
-    if config.init == "pissa":
+    if structure_only and config.init in ("pissa", "corda"):
+        unit.register_buffer("init_A", torch.zeros_like(unit.lora_A.weight))
+        unit.register_buffer("init_B", torch.zeros_like(unit.lora_B.weight))
+    elif config.init == "pissa":
         a, b = pissa_factors(weight_matrix(base).detach(), r, unit.scaling)
         unit.set_factors(base, a, b)
     elif config.init == "corda":

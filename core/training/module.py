@@ -128,6 +128,10 @@ class FineTuneModule(pl.LightningModule):
         loss: ``loss(output, target) -> Tensor``, for ``shared_step`` to call as
             ``self.loss_fn``. Defaults to cross-entropy.
         monitor: Metric that ``ReduceLROnPlateau`` watches.
+        calibration_batches: For data-dependent adapter inits (LoRA ``init="corda"``): how
+            many training batches feed the calibration. Such an adapter is injected in
+            ``setup`` (when the data is there), each batch run through
+            :meth:`calibration_forward`.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class FineTuneModule(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         loss: Callable[..., Any] = default_loss,
         monitor: str = "val/loss",
+        calibration_batches: int = 8,
     ) -> None:
         super().__init__()
         # The model object is saved by the state dict, not as a hyperparameter; the rest is
@@ -160,11 +165,8 @@ class FineTuneModule(pl.LightningModule):
                 self.adapter_config = dataclasses.replace(
                     self.adapter_config, modules_to_save=list(dict.fromkeys(both))
                 )
-            try:
-                inject(self.model, self.adapter_config)
-            except (ValueError, TypeError) as err:
-                kind = TypeError if isinstance(err, TypeError) else ValueError
-                raise kind(f"model.adapter: {err}") from err
+            if not self.needs_calibration:
+                self._inject()
         elif self._saved_modules:
             self.model.requires_grad_(False)
             for name in self._saved_modules:
@@ -186,6 +188,60 @@ class FineTuneModule(pl.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.loss_fn = loss
         self.monitor = monitor
+        if calibration_batches < 1:
+            raise ValueError(f"model.calibration_batches={calibration_batches} must be at least 1.")
+        self.calibration_batches = calibration_batches
+
+    # ------------------------------------------------------------------ adapter injection
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether the adapter's init needs data (LoRA CorDA), so it waits for ``setup``."""
+        return getattr(self.adapter_config, "init", None) == "corda"
+
+    def _inject(self, **kwargs: Any) -> None:
+        try:
+            inject(self.model, self.adapter_config, **kwargs)
+        except (ValueError, TypeError) as err:
+            kind = TypeError if isinstance(err, TypeError) else ValueError
+            raise kind(f"model.adapter: {err}") from err
+        self._injected = True
+
+    def calibration_forward(self, batch: Any) -> Any:
+        """Run one training batch through the model for adapter calibration.
+
+        The default feeds the first element of a tuple/list batch (``(x, y)``) or a tensor
+        batch to ``forward``; apps with other batch layouts override this.
+        """
+        inputs = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(inputs)
+
+    def setup(self, stage: str) -> None:
+        """Inject a data-dependent adapter once the data module is ready.
+
+        During ``fit`` the first ``calibration_batches`` training batches calibrate it; for
+        the other stages the adapter's structure is built to receive a checkpoint.
+        """
+        if not self.needs_calibration or getattr(self, "_injected", False):
+            return
+        if stage != "fit":
+            self._inject(structure_only=True)
+            return
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None:
+            raise ValueError(
+                "model.adapter: LoRA init='corda' calibrates on training batches and needs a "
+                "LightningDataModule; pass datamodule= to fit, or use init='pissa'/'default'."
+            )
+        loader = datamodule.train_dataloader()
+        batches = [batch for _, batch in zip(range(self.calibration_batches), loader, strict=False)]
+        self._inject(
+            calibration=batches, forward=lambda _model, batch: self.calibration_forward(batch)
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint holds the calibrated adapter: build its structure to load it into."""
+        if self.needs_calibration and not getattr(self, "_injected", False):
+            self._inject(structure_only=True)
 
     # ------------------------------------------------------------------ setup helpers
     def _make_hparams_plain(self) -> None:

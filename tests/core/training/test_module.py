@@ -206,3 +206,29 @@ def test_checkpoint_round_trip_rebuilds_the_adapter(tmp_path) -> None:
     )
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_corda_adapter_is_calibrated_on_training_batches_and_reloads(tmp_path) -> None:
+    config = LoraConfig(r=2, init="corda", target_modules=["fc1", "fc2"])
+    module = ToyModule(adapter=config, calibration_batches=3)
+    assert not hasattr(module.model.fc1, "adapters")  # waits for the data
+    w0 = module.model.fc1.weight.detach().clone()
+    trainer = _trainer(max_epochs=1)
+    trainer.fit(module, datamodule=ToyData())
+    unit = module.model.fc1.adapters["default"]
+    assert unit.init_A.abs().sum() > 0  # calibrated factors, not placeholders
+    residual = module.model.fc1.base_layer.weight.detach()
+    init_delta = unit.scaling * unit.init_B @ unit.init_A
+    torch.testing.assert_close(residual + init_delta, w0, atol=1e-5, rtol=1e-5)
+    trainer.save_checkpoint(tmp_path / "corda.ckpt")
+
+    loaded = ToyModule.load_from_checkpoint(tmp_path / "corda.ckpt", weights_only=True)
+    x = torch.randn(5, 6)
+    module.eval()
+    loaded.eval()
+    torch.testing.assert_close(loaded(x), module(x))
+
+
+def test_calibration_batches_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="calibration_batches=0"):
+        ToyModule(calibration_batches=0)

@@ -38,6 +38,7 @@ class ToyModule(FineTuneModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = None,
         loss: Callable[..., Any] = default_loss,
+        calibration_batches: int = 8,
     ) -> None:
         torch.manual_seed(seed)
         super().__init__(
@@ -48,6 +49,7 @@ class ToyModule(FineTuneModule):
             optimizer=optimizer,
             lr_scheduler=lr_scheduler,
             loss=loss,
+            calibration_batches=calibration_batches,
         )
 
     def forward(self, x: Tensor) -> Tensor:
