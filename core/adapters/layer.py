@@ -83,6 +83,14 @@ class AdapterUnit(nn.Module):
     def unmerge(self, base: nn.Module) -> None:
         self.merge(base)
 
+    def fused_output(self, x: Tensor, base: nn.Module) -> Tensor | None:
+        """The whole layer output (base + this adapter) from one fused op, or None.
+
+        Units with a fused kernel return it when it applies; the layer then skips computing
+        the base output on its own.
+        """
+        return None
+
     def restore_base(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
         """Output as if this adapter had never touched the base weights.
 
@@ -120,6 +128,18 @@ class AdapterLayer(nn.Module):
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         if self.disabled and self.merged:
             self.unmerge()
+        if (
+            not args
+            and not kwargs
+            and not self.disabled
+            and self.routing is None
+            and len(self.adapters) == 1
+            and self.active
+            and not self.merged
+        ):
+            fused = self.adapters[self.active[0]].fused_output(x, self.base_layer)
+            if fused is not None:
+                return fused
         out = self.base_layer(x, *args, **kwargs)
         if self.routing is not None and not self.disabled:
             names, ids = self.routing

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.lora import dora_linear, lora_linear
+
 from .config import LoraConfig
 from .layer import (
     AdapterUnit,
@@ -124,6 +126,30 @@ class LoraUnit(AdapterUnit):
     def lora_output(self, x: Tensor) -> Tensor:
         """s * B(A(dropout(x))): the adapter's additive output (plain LoRA)."""
         return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+    def fused_output(self, x: Tensor, base: nn.Module) -> Tensor | None:
+        """Base + LoRA through :func:`kernels.lora.lora_linear` (DoRA: ``dora_linear``).
+
+        Applies to frozen linear layers (``nn.Linear``, GPT-2 ``Conv1D``); DoRA only without
+        active dropout (its dropout form needs the base product of the dropped input too).
+        """
+        if not is_linear_like(base) or base.weight.requires_grad:
+            return None
+        bias = getattr(base, "bias", None)
+        if bias is not None and bias.requires_grad:
+            return None
+        dropping = isinstance(self.lora_dropout, nn.Dropout) and self.training
+        weight = weight_matrix(base)
+        a, b = self.lora_A.weight, self.lora_B.weight
+        if self.use_dora:
+            if dropping:
+                return None
+            return dora_linear(x, weight, bias, a, b, self.scaling, self.lora_magnitude_vector)
+        mask = None
+        if dropping:
+            p = self.lora_dropout.p
+            mask = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
+        return lora_linear(x, weight, bias, a, b, self.scaling, mask)
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
         if not self.use_dora:

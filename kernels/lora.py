@@ -1,0 +1,160 @@
+"""Fused LoRA linear (and its DoRA variant) as autograd Functions, with backend dispatch.
+
+The op is ``y = x W^T + b + s * dropout(x) A^T B^T`` with W and b frozen. The reference
+backend computes it with a few in-place BLAS calls (fewer kernels and temporaries than an
+``nn.Linear`` plus two LoRA ``nn.Linear`` s); the Triton backend folds the low-rank term
+into the epilogue of the base GEMM, in the forward pass and for dx in the backward pass.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .dispatch import backend_for
+
+
+def lora_linear_reference(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    scaling: float,
+    dropout_mask: Tensor | None = None,
+) -> Tensor:
+    """The truth, in plain autograd: ``x W^T + b + s ((x * mask) A^T) B^T``."""
+    dropped = x if dropout_mask is None else x * dropout_mask
+    out = torch.nn.functional.linear(x, weight, bias)
+    return out + scaling * torch.nn.functional.linear(
+        torch.nn.functional.linear(dropped, lora_a), lora_b
+    )
+
+
+class FusedLoraLinear(torch.autograd.Function):
+    """LoRA linear with a hand-written backward; W and b are frozen (no gradient).
+
+    Notation (rows flattened): x (M, in), m the dropout mask already divided by 1 - p
+    (ones without dropout), x_d = x * m, h = x_d A^T (M, r), g = dL/dy (M, out).
+
+    Forward:   y = x W^T + b + s h B^T
+
+    Backward, by the chain rule on each product:
+        dL/dB = s g^T h                     (out, r): y depends on B through s h B^T
+        u     = g B                         (M, r):   the gradient reaching h, divided by s
+        dL/dA = s u^T x_d                   (r, in):  h = x_d A^T
+        dL/dx = g W + s (u A) * m           (M, in):  the base path plus the LoRA path,
+                                                       which passes through the mask
+    Only x_d (which is x itself without dropout), h and the mask are saved: the same
+    activations an unfused implementation keeps.
+    """
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        lora_a: Tensor,
+        lora_b: Tensor,
+        scaling: float,
+        dropout_mask: Tensor | None,
+        backend: str,
+    ) -> Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        mask2 = None if dropout_mask is None else dropout_mask.reshape(x2.shape)
+        dropped = x2 if mask2 is None else x2 * mask2
+        h = dropped @ lora_a.T
+        if backend == "triton":
+            from .lora_triton import gemm_lowrank
+
+            y = gemm_lowrank(x2, weight.T, h, lora_b.T, scaling, bias=bias)
+        else:
+            y = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
+            y.addmm_(h, lora_b.T, alpha=scaling)
+        ctx.save_for_backward(dropped, h, weight, lora_a, lora_b, mask2)
+        ctx.scaling = scaling
+        ctx.backend = backend
+        ctx.in_shape = shape
+        return y.reshape(*shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        dropped, h, weight, lora_a, lora_b, mask = ctx.saved_tensors
+        s = ctx.scaling
+        g = grad_out.reshape(-1, weight.shape[0])
+        u = g @ lora_b
+        grad_b = (g.T @ h).mul_(s) if ctx.needs_input_grad[4] else None
+        grad_a = (u.T @ dropped).mul_(s) if ctx.needs_input_grad[3] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if ctx.backend == "triton":
+                from .lora_triton import gemm_lowrank
+
+                grad_x = gemm_lowrank(g, weight, u, lora_a, s, mask=mask)
+            elif mask is None:
+                grad_x = (g @ weight).addmm_(u, lora_a, alpha=s)
+            else:
+                grad_x = (g @ weight).add_((u @ lora_a).mul_(mask), alpha=s)
+            grad_x = grad_x.reshape(ctx.in_shape)
+        return grad_x, None, None, grad_a, grad_b, None, None, None
+
+
+def lora_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    scaling: float,
+    dropout_mask: Tensor | None = None,
+) -> Tensor:
+    """``x W^T + b + s * ((x * dropout_mask) A^T) B^T`` with W, b frozen.
+
+    Shapes: x (..., in), weight (out, in), bias (out,), lora_a (r, in), lora_b (out, r),
+    dropout_mask like x (already divided by 1 - p) or None. Dispatches to Triton on CUDA
+    and to the PyTorch reference elsewhere (see :mod:`kernels.dispatch`).
+    """
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise ValueError(
+            "lora_linear treats the base weight and bias as frozen, but one of them requires "
+            "grad; freeze them (requires_grad_(False)) or use the unfused path."
+        )
+    return FusedLoraLinear.apply(
+        x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend_for(x)
+    )
+
+
+def dora_weight_norm(weight: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:
+    """Row norms of W + s B A without forming the (out, in) sum.
+
+    ||w_i + s b_i A||^2 = ||w_i||^2 + 2 s b_i . (A w_i) + s^2 b_i (A A^T) b_i^T, which costs
+    O(out * in * r) and (out, r) memory instead of an (out, in) temporary.
+    """
+    w = weight.float()
+    a, b = lora_a.float(), lora_b.float()
+    base = w.pow(2).sum(dim=1)
+    cross = (b * (w @ a.T)).sum(dim=1)
+    low = ((b @ (a @ a.T)) * b).sum(dim=1)
+    return (base + 2 * scaling * cross + scaling**2 * low).clamp_min(0).sqrt().to(weight.dtype)
+
+
+def dora_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    scaling: float,
+    magnitude: Tensor,
+) -> Tensor:
+    """DoRA: ``b + (m / ||W + s B A||_row) * (x W^T + s x A^T B^T)``, norm detached.
+
+    The LoRA part goes through :func:`lora_linear`; the per-output rescale is a cheap
+    elementwise op on top, and the norm comes from :func:`dora_weight_norm`.
+    """
+    norm = dora_weight_norm(weight, lora_a.detach(), lora_b.detach(), scaling).detach()
+    z = lora_linear(x, weight, None, lora_a, lora_b, scaling)
+    y = z * (magnitude / norm)
+    return y if bias is None else y + bias
