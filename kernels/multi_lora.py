@@ -1,0 +1,177 @@
+"""Multi-adapter LoRA: one batch, many adapters, each row served by its own (Punica/S-LoRA).
+
+    delta[m] = s_k * B_k (A_k x[m])   with k = ids[m]   (k = -1: no adapter, delta = 0)
+
+The adapters live in stacks A (N, r_max, in) and B (N, out, r_max); smaller ranks are
+zero-padded, which contributes nothing and receives zero gradient. The base GEMM stays one
+GEMM for the whole batch (the caller adds ``x W^T + b``).
+
+The reference groups rows by adapter (SGMV): rows are sorted by id and packed into
+(adapters present, rows per adapter, in), and two batched matmuls apply every adapter to
+its own rows. When every adapter of the stack is present, the stacks are used as they are,
+without gathering a copy per row. The Triton forward (BGMV) runs one program per row and
+output tile, reading that row's adapter straight from the stacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .dispatch import backend_for
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Rows grouped by adapter id: the packing plan shared by forward and backward."""
+
+    order: Tensor  # row indices with id >= 0, sorted by id
+    unique: Tensor  # adapter ids present, ascending
+    slots: Tensor  # position of each sorted row in the packed (U * width) layout
+    width: int  # rows of the largest group
+    dense: bool  # every group has `width` rows: packing is a plain reshape
+    whole_stack: bool  # unique == arange(N): stacks need no gather
+
+
+def make_segments(ids: Tensor, n_adapters: int) -> Segments:
+    """Group the rows of ``ids`` (one adapter id per row, -1 for none) by adapter."""
+    order = torch.argsort(ids, stable=True)
+    order = order[ids[order] >= 0]
+    sorted_ids = ids[order]
+    unique, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
+    width = int(counts.max()) if counts.numel() else 0
+    starts = torch.cumsum(counts, 0) - counts
+    group = torch.repeat_interleave(torch.arange(len(unique), device=ids.device), counts)
+    position = torch.arange(len(order), device=ids.device) - starts[group]
+    slots = group * width + position
+    dense = bool(counts.numel()) and bool((counts == width).all())
+    whole = len(unique) == n_adapters and bool(
+        (unique == torch.arange(n_adapters, device=ids.device)).all()
+    )
+    return Segments(order, unique, slots, width, dense, whole)
+
+
+def pack(rows: Tensor, seg: Segments) -> Tensor:
+    """(M, F) rows -> (U, width, F) groups (zero-padded when groups differ in size)."""
+    picked = rows.index_select(0, seg.order)
+    if seg.dense:
+        return picked.view(len(seg.unique), seg.width, rows.shape[1])
+    packed = rows.new_zeros(len(seg.unique) * seg.width, rows.shape[1])
+    packed.index_copy_(0, seg.slots, picked)
+    return packed.view(len(seg.unique), seg.width, rows.shape[1])
+
+
+def unpack(groups: Tensor, seg: Segments, n_rows: int) -> Tensor:
+    """(U, width, F) groups -> (M, F) rows; rows without an adapter get zeros."""
+    flat = groups.reshape(-1, groups.shape[-1])
+    values = flat if seg.dense else flat.index_select(0, seg.slots)
+    out = groups.new_zeros(n_rows, groups.shape[-1])
+    out.index_copy_(0, seg.order, values)
+    return out
+
+
+def _select(stack: Tensor, seg: Segments) -> Tensor:
+    return stack if seg.whole_stack else stack.index_select(0, seg.unique)
+
+
+def _scatter(grads: Tensor, stack: Tensor, seg: Segments) -> Tensor:
+    if seg.whole_stack:
+        return grads
+    full = torch.zeros_like(stack)
+    full.index_copy_(0, seg.unique, grads)
+    return full
+
+
+class MultiLoraDelta(torch.autograd.Function):
+    """Per-row LoRA update with per-row adapters; backward derived per adapter group.
+
+    For a group of rows X_k (c, in) served by adapter k with H_k = s_k X_k A_k^T (c, r) and
+    output D_k = H_k B_k^T (c, out), and upstream gradient G_k (c, out):
+
+        dL/dB_k = G_k^T H_k                  (out, r)
+        U_k     = G_k B_k                    (c, r)     gradient reaching H_k
+        dL/dA_k = s_k U_k^T X_k              (r, in)
+        dL/dX_k = s_k U_k A_k                (c, in)
+
+    Adapters absent from the batch get zero gradient; rows with id -1 get dX = 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x, ids, stack_a, stack_b, scalings, backend):
+        n_rows = x.shape[0]
+        seg = make_segments(ids, stack_a.shape[0])
+        ctx.seg, ctx.n_rows = seg, n_rows
+        if seg.width == 0:
+            ctx.empty = True
+            ctx.save_for_backward(stack_a, stack_b)
+            return x.new_zeros(n_rows, stack_b.shape[1])
+        ctx.empty = False
+        xs = pack(x, seg)
+        a, b = _select(stack_a, seg), _select(stack_b, seg)
+        s = scalings.index_select(0, seg.unique).to(x.dtype)[:, None, None]
+        h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
+        if backend == "triton":
+            from .multi_lora_triton import bgmv
+
+            delta = bgmv(x, ids, stack_a, stack_b, scalings)
+        else:
+            delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, n_rows)
+        ctx.save_for_backward(xs, h, a, b, s, stack_a, stack_b)
+        return delta
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.empty:
+            stack_a, stack_b = ctx.saved_tensors
+            return None, None, torch.zeros_like(stack_a), torch.zeros_like(stack_b), None, None
+        xs, h, a, b, s, stack_a, stack_b = ctx.saved_tensors
+        seg = ctx.seg
+        gs = pack(grad.contiguous(), seg)
+        grad_b = torch.bmm(gs.transpose(1, 2), h)
+        u = torch.bmm(gs, b)
+        grad_a = torch.bmm(u.transpose(1, 2), xs).mul_(s)
+        grad_x = unpack(torch.bmm(u, a).mul_(s), seg, ctx.n_rows)
+        return (
+            grad_x,
+            None,
+            _scatter(grad_a, stack_a, seg),
+            _scatter(grad_b, stack_b, seg),
+            None,
+            None,
+        )
+
+
+def multi_lora_delta(
+    x: Tensor, ids: Tensor, stack_a: Tensor, stack_b: Tensor, scalings: Tensor
+) -> Tensor:
+    """``s_k B_k A_k x[m]`` for every row m with k = ids[m] (zero where ids[m] == -1).
+
+    Shapes: x (M, in), ids (M,) integer, stack_a (N, r, in), stack_b (N, out, r),
+    scalings (N,). Returns (M, out).
+    """
+    if ids.shape != x.shape[:1]:
+        raise ValueError(
+            f"ids must hold one adapter id per row: got {tuple(ids.shape)} for {x.shape[0]} rows."
+        )
+    if stack_a.shape[0] != stack_b.shape[0] or stack_a.shape[1] != stack_b.shape[2]:
+        raise ValueError(
+            f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
+            f"B {tuple(stack_b.shape)} (N, out, r)."
+        )
+    return MultiLoraDelta.apply(x, ids.long(), stack_a, stack_b, scalings, backend_for(x))
+
+
+def multi_lora_reference(
+    x: Tensor, ids: Tensor, stack_a: Tensor, stack_b: Tensor, scalings: Tensor
+) -> Tensor:
+    """The truth, row by row in plain autograd (slow; for tests)."""
+    rows = []
+    for m in range(x.shape[0]):
+        k = int(ids[m])
+        if k < 0:
+            rows.append(x.new_zeros(stack_b.shape[1]))
+        else:
+            rows.append(scalings[k] * (stack_b[k] @ (stack_a[k] @ x[m])))
+    return torch.stack(rows) if rows else x.new_zeros(0, stack_b.shape[1])
