@@ -2,9 +2,12 @@
 
 Each sample of a batch carries an integer id (language, task, tenant) naming the adapter
 that serves it; ``-1`` means "base model only". All of the bank's adapters train at once:
-each gets gradient only from its own samples. The per-row computation lives in
-:func:`core.adapters.routing.routed_forward` alone, so a fused multi-adapter kernel can
-replace it in one place.
+each gets gradient only from its own samples.
+
+Plain LoRA adapters are stored as stacks (:class:`~core.adapters.lora_stack.LoraStackUnit`)
+and served by the multi-adapter kernel (:mod:`kernels.multi_lora`): one base GEMM for the
+batch plus a grouped low-rank update. Other methods (SSF, bottleneck, DoRA, ...) keep one
+unit per name and go through :func:`core.adapters.routing.routed_forward`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .api import inject
-from .config import AdapterConfig
-from .io import save_adapter
+from .api import _replace_module, inject, logical_modules
+from .config import AdapterConfig, LoraConfig
+from .io import PEFT_PREFIX, read_adapter, save_adapter, write_adapter_dir
 from .layer import AdapterLayer
+from .lora_stack import LoraStackUnit, supports_lora_stack
+from .targeting import resolve_targets
+
+STACK_KEY = "adapter_bank"
 
 
 class AdapterBank(nn.Module):
@@ -57,13 +64,38 @@ class AdapterBank(nn.Module):
             )
         self.model = model
         self.names = list(configs)
-        for name, config in configs.items():
-            inject(model, config, name=name)
+        self.configs = dict(configs)
+        self.stacked = _stackable(list(configs.values()))
+        if self.stacked:
+            self._inject_stacks()
+        else:
+            for name, config in configs.items():
+                inject(model, config, name=name)
         self.layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
         for layer in self.layers:
-            for name in self.names:
+            for name in [*self.names, STACK_KEY]:
                 if name in layer.adapters:
                     layer.adapters[name].requires_grad_(True)
+
+    def _inject_stacks(self) -> None:
+        configs = [self.configs[n] for n in self.names]
+        modules = logical_modules(self.model)
+        targets = resolve_targets(
+            self.model, configs[0].target_modules, supports_lora_stack, "lora", modules=modules
+        )
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.stack_layers: dict[str, LoraStackUnit] = {}
+        for target in targets:
+            base = modules[target]
+            unit = LoraStackUnit(base, target, configs)
+            layer = self.model.get_submodule(target)
+            if not isinstance(layer, AdapterLayer):
+                layer = AdapterLayer(base)
+                _replace_module(self.model, target, layer)
+            layer.add(STACK_KEY, unit)
+            layer.active = [*layer.active, STACK_KEY]
+            self.stack_layers[target] = unit
 
     def index(self, name: str) -> int:
         """The integer id of an adapter name."""
@@ -88,24 +120,74 @@ class AdapterBank(nn.Module):
                 f"max {int(adapter_ids.max())}."
             )
         for layer in self.layers:
-            names = [n for n in self.names if n in layer.adapters]
-            if len(names) == len(self.names):
-                layer.routing = (self.names, adapter_ids.to(layer.base_layer.weight.device))
+            ids = adapter_ids.to(layer.base_layer.weight.device)
+            if STACK_KEY in layer.adapters:
+                layer.adapters[STACK_KEY].route_ids = ids
+            elif all(n in layer.adapters for n in self.names):
+                layer.routing = (self.names, ids)
         try:
             yield
         finally:
             for layer in self.layers:
                 layer.routing = None
+                if STACK_KEY in layer.adapters:
+                    layer.adapters[STACK_KEY].route_ids = None
 
     def forward(self, *args: Any, adapter_ids: Tensor, **kwargs: Any) -> Any:
         with self.route(adapter_ids):
             return self.model(*args, **kwargs)
 
+    def adapter_tensors(self, name: str) -> dict[str, Tensor]:
+        """Adapter ``name`` of a stacked LoRA bank under PEFT keys (views, not copies)."""
+        k = self.index(name)
+        return {
+            f"{PEFT_PREFIX}{target}.{local}": tensor
+            for target, unit in self.stack_layers.items()
+            for local, tensor in unit.adapter_tensors(k).items()
+        }
+
     def save(self, path: str | Path) -> None:
         """Save each adapter in PEFT layout under ``path/<name>/``."""
         for name in self.names:
-            save_adapter(self.model, Path(path) / name, name=name)
+            if not self.stacked:
+                save_adapter(self.model, Path(path) / name, name=name)
+                continue
+            tensors = {
+                k: v.detach().cpu().clone().contiguous()
+                for k, v in self.adapter_tensors(name).items()
+            }
+            write_adapter_dir(Path(path) / name, tensors, self.configs[name].to_json_dict())
+
+    def load(self, path: str | Path, name: str) -> None:
+        """Fill stacked adapter ``name`` from a PEFT-layout directory (shapes are checked)."""
+        if not self.stacked:
+            raise RuntimeError("load() fills stacked LoRA banks; use load_adapter otherwise.")
+        _, tensors = read_adapter(path)
+        targets = self.adapter_tensors(name)
+        missing = sorted(set(targets) - set(tensors))
+        if missing:
+            raise ValueError(f"adapter {str(path)!r} lacks tensors {missing[:5]} for {name!r}.")
+        for key, view in targets.items():
+            if tuple(tensors[key].shape) != tuple(view.shape):
+                raise ValueError(
+                    f"adapter tensor {key!r} in {str(path)!r} has shape "
+                    f"{tuple(tensors[key].shape)} but bank adapter {name!r} expects "
+                    f"{tuple(view.shape)}."
+                )
+        with torch.no_grad():
+            for key, view in targets.items():
+                view.copy_(tensors[key].to(view.dtype))
 
 
 def _rewrites_base(config: AdapterConfig) -> bool:
     return config.method == "loldu" or getattr(config, "init", "") in ("pissa", "corda")
+
+
+def _stackable(configs: list[AdapterConfig]) -> bool:
+    """Plain LoRA adapters on the same layers with one dropout go in stacks."""
+    if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
+        return False
+    first = configs[0]
+    return all(
+        c.target_modules == first.target_modules and c.dropout == first.dropout for c in configs
+    )

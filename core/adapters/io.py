@@ -83,8 +83,13 @@ def save_adapter(model: nn.Module, path: str | Path, name: str = "default") -> P
     PiSSA/CorDA adapters are written as plain LoRA deltas against the original W0, so they
     load onto an unmodified base model here and in PEFT.
     """
-    path = Path(path)
     tensors, json_dict = adapter_state_dict(model, name)
+    return write_adapter_dir(path, tensors, json_dict)
+
+
+def write_adapter_dir(path: str | Path, tensors: dict[str, Tensor], json_dict: dict) -> Path:
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``path`` atomically."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

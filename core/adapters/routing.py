@@ -11,6 +11,15 @@ if TYPE_CHECKING:
     from .layer import AdapterUnit
 
 
+def check_ids(ids: Tensor, batch: int) -> None:
+    """Raise unless ``ids`` holds exactly one adapter id per sample of the batch."""
+    if ids.dim() != 1 or ids.shape[0] != batch:
+        raise ValueError(
+            f"adapter_ids must hold one id per sample: got shape {tuple(ids.shape)} for a batch "
+            f"of {batch}."
+        )
+
+
 def routed_forward(
     units: list[AdapterUnit], x: Tensor, out: Tensor, base: nn.Module, ids: Tensor
 ) -> Tensor:
@@ -18,11 +27,7 @@ def routed_forward(
 
     Samples are grouped by id so each adapter runs once on its rows.
     """
-    if ids.dim() != 1 or ids.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"adapter_ids must hold one id per sample: got shape {tuple(ids.shape)} for a batch "
-            f"of {x.shape[0]}."
-        )
+    check_ids(ids, x.shape[0])
     result = out
     for adapter_id in torch.unique(ids).tolist():
         if adapter_id < 0:

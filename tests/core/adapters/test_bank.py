@@ -11,7 +11,6 @@ from core.adapters import (
     LoraConfig,
     SsfConfig,
     load_adapter,
-    set_active,
 )
 
 from .models import MODEL_CASES
@@ -36,37 +35,37 @@ def _perturbed_bank(config, names=("en", "sw", "yo")) -> AdapterBank:
         SsfConfig(target_modules=["o_proj"]),
         BottleneckConfig(bottleneck_dim=4, target_modules=["down_proj"]),
     ],
-    ids=["lora", "dora", "ssf", "bottleneck"],
+    ids=["lora-stacked", "dora", "ssf", "bottleneck"],
 )
-def test_routed_batch_equals_each_adapter_alone(config) -> None:
+def test_routed_batch_equals_each_adapter_alone(config, tmp_path) -> None:
     bank = _perturbed_bank(config)
+    assert bank.stacked == (config.method == "lora" and not getattr(config, "use_dora", False))
     x = torch.randint(0, 64, (5, 6), generator=torch.Generator().manual_seed(2))
     ids = torch.tensor([2, 0, -1, 1, 0])
     routed = bank(x, adapter_ids=ids).logits
+    bank.save(tmp_path)
     for row, adapter_id in enumerate(ids.tolist()):
-        if adapter_id < 0:
-            from core.adapters import disable_adapters
-
-            with disable_adapters(bank.model):
-                alone = bank.model(x[row : row + 1]).logits
-        else:
-            set_active(bank.model, bank.names[adapter_id])
-            alone = bank.model(x[row : row + 1]).logits
-        torch.testing.assert_close(routed[row : row + 1], alone, atol=1e-5, rtol=1e-4)
+        alone = MODEL_CASES["llama"].build()
+        if adapter_id >= 0:
+            load_adapter(alone, tmp_path / bank.names[adapter_id])
+        expected = alone(x[row : row + 1]).logits
+        torch.testing.assert_close(routed[row : row + 1], expected, atol=1e-5, rtol=1e-4)
 
 
 def test_each_adapter_gets_gradient_only_from_its_samples() -> None:
     bank = _perturbed_bank(LoraConfig(r=2, target_modules=["q_proj"]))
     x = torch.randint(0, 64, (2, 5))
     bank(x, adapter_ids=bank.ids(["sw", "sw"])).logits.sum().backward()
-    grads = {
-        name: layer.adapters[name].lora_B.weight.grad
-        for name in bank.names
-        for layer in [bank.model.model.layers[0].self_attn.q_proj]
-    }
-    assert grads["sw"] is not None and grads["sw"].abs().sum() > 0
-    assert grads["en"] is None or grads["en"].abs().sum() == 0
-    assert grads["yo"] is None or grads["yo"].abs().sum() == 0
+    grad_b = bank.stack_layers["model.layers.0.self_attn.q_proj"].lora_B.grad
+    per_adapter = grad_b.abs().sum(dim=(1, 2))
+    assert per_adapter[bank.index("sw")] > 0
+    assert per_adapter[bank.index("en")] == 0 and per_adapter[bank.index("yo")] == 0
+
+
+def test_stacked_bank_needs_routing() -> None:
+    bank = _perturbed_bank(LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(RuntimeError, match="adapter_ids"):
+        bank.model(torch.randint(0, 64, (1, 3)))
 
 
 def test_bank_save_and_reload_each_adapter(tmp_path) -> None:
@@ -77,6 +76,18 @@ def test_bank_save_and_reload_each_adapter(tmp_path) -> None:
     fresh = MODEL_CASES["llama"].build()
     load_adapter(fresh, tmp_path / "yo", name="yo")
     torch.testing.assert_close(fresh(x).logits, expected, atol=1e-5, rtol=1e-4)
+    # ...and back into a new bank, in another slot.
+    other = AdapterBank(
+        MODEL_CASES["llama"].build(), LoraConfig(r=2, target_modules=["q_proj"]), names=["a", "b"]
+    )
+    other.load(tmp_path / "yo", "b")
+    torch.testing.assert_close(
+        other(x, adapter_ids=other.ids(["b"])).logits, expected, atol=1e-5, rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="expects"):
+        AdapterBank(
+            MODEL_CASES["llama"].build(), LoraConfig(r=4, target_modules=["q_proj"]), names=["c"]
+        ).load(tmp_path / "yo", "c")
 
 
 def test_mixed_ranks_per_adapter() -> None:
@@ -88,8 +99,7 @@ def test_mixed_ranks_per_adapter() -> None:
             "b": LoraConfig(r=8, target_modules=["q_proj"]),
         },
     )
-    q = model.model.layers[0].self_attn.q_proj
-    assert q.adapters["a"].r == 2 and q.adapters["b"].r == 8
+    assert bank.stack_layers["model.layers.0.self_attn.q_proj"].ranks == [2, 8]
     out = bank(torch.randint(0, 64, (2, 4)), adapter_ids=torch.tensor([0, 1])).logits
     assert out.shape == (2, 4, 64)
 

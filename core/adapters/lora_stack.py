@@ -1,0 +1,79 @@
+"""The LoRA adapters of an AdapterBank, stored as stacks so one op serves a mixed batch.
+
+All N adapters of a layer live in two parameters, A (N, r_max, in) and B (N, out, r_max);
+adapter k uses A[k, :r_k] and B[k, :, :r_k] and the zero padding beyond r_k never gets a
+gradient. Each sample's rows go through :func:`kernels.multi_lora.multi_lora_delta`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from kernels.multi_lora import multi_lora_delta
+
+from .config import LoraConfig
+from .layer import AdapterUnit, layer_dims
+from .routing import check_ids
+from .targeting import is_linear_like
+
+
+def supports_lora_stack(module: nn.Module) -> bool:
+    return is_linear_like(module)
+
+
+class LoraStackUnit(AdapterUnit):
+    """N LoRA adapters on one layer; ``route_ids`` (one id per sample) picks each sample's."""
+
+    method = "lora"
+
+    def __init__(self, base: nn.Module, module_name: str, configs: list[LoraConfig]) -> None:
+        super().__init__()
+        out_f, in_f = layer_dims(base)
+        ranks, scalings = [], []
+        for config in configs:
+            r, alpha = config.rank_for(module_name)
+            if r > min(out_f, in_f):
+                raise ValueError(
+                    f"LoRA rank r={r} is larger than layer {module_name!r} allows "
+                    f"(out_features={out_f}, in_features={in_f})."
+                )
+            ranks.append(r)
+            scalings.append(alpha / math.sqrt(r) if config.use_rslora else alpha / r)
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        r_max = max(ranks)
+        self.ranks = ranks
+        self.lora_A = nn.Parameter(torch.zeros(len(configs), r_max, in_f, **like))
+        self.lora_B = nn.Parameter(torch.zeros(len(configs), out_f, r_max, **like))
+        self.register_buffer("scalings", torch.tensor(scalings, **like))
+        with torch.no_grad():
+            for k, (config, r) in enumerate(zip(configs, ranks, strict=True)):
+                if config.init == "gaussian":
+                    nn.init.normal_(self.lora_A[k, :r], std=1 / r)
+                else:
+                    nn.init.kaiming_uniform_(self.lora_A[k, :r], a=math.sqrt(5))
+        p = configs[0].dropout
+        self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
+        self.route_ids: Tensor | None = None
+
+    def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
+        if self.route_ids is None:
+            raise RuntimeError(
+                "this layer holds an AdapterBank's LoRA stack: call the model through "
+                "bank(..., adapter_ids=ids) or inside bank.route(ids)."
+            )
+        check_ids(self.route_ids, x.shape[0])
+        rows = self.route_ids.repeat_interleave(x.numel() // (x.shape[0] * x.shape[-1]))
+        flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
+        delta = multi_lora_delta(flat, rows, self.lora_A, self.lora_B, self.scalings)
+        return out + delta.view(out.shape)
+
+    def adapter_tensors(self, k: int) -> dict[str, Tensor]:
+        """Adapter k's own factors under PEFT's local names (views into the stacks)."""
+        r = self.ranks[k]
+        return {"lora_A.weight": self.lora_A[k, :r], "lora_B.weight": self.lora_B[k, :, :r]}
+
+    def portable_state(self, base: nn.Module) -> tuple[dict[str, Tensor], dict]:
+        raise RuntimeError("adapters held in an AdapterBank are saved with bank.save(path).")
