@@ -29,32 +29,44 @@ class Segments:
 
     order: Tensor  # row indices with id >= 0, sorted by id
     unique: Tensor  # adapter ids present, ascending
-    slots: Tensor  # position of each sorted row in the packed (U * width) layout
+    slots: Tensor | None  # position of each sorted row in the packed layout (None if dense)
     width: int  # rows of the largest group
+    n_rows: int  # rows in the batch, with or without an adapter
     dense: bool  # every group has `width` rows: packing is a plain reshape
     whole_stack: bool  # unique == arange(N): stacks need no gather
+    identity: bool  # rows are already grouped in order: packing is a view
 
 
 def make_segments(ids: Tensor, n_adapters: int) -> Segments:
     """Group the rows of ``ids`` (one adapter id per row, -1 for none) by adapter."""
+    n_rows = ids.shape[0]
     order = torch.argsort(ids, stable=True)
     order = order[ids[order] >= 0]
     sorted_ids = ids[order]
     unique, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
     width = int(counts.max()) if counts.numel() else 0
-    starts = torch.cumsum(counts, 0) - counts
-    group = torch.repeat_interleave(torch.arange(len(unique), device=ids.device), counts)
-    position = torch.arange(len(order), device=ids.device) - starts[group]
-    slots = group * width + position
     dense = bool(counts.numel()) and bool((counts == width).all())
+    slots = None
+    if not dense:
+        starts = torch.cumsum(counts, 0) - counts
+        group = torch.repeat_interleave(torch.arange(len(unique), device=ids.device), counts)
+        position = torch.arange(len(order), device=ids.device) - starts[group]
+        slots = group * width + position
     whole = len(unique) == n_adapters and bool(
         (unique == torch.arange(n_adapters, device=ids.device)).all()
     )
-    return Segments(order, unique, slots, width, dense, whole)
+    identity = (
+        dense
+        and len(order) == n_rows
+        and bool((order == torch.arange(n_rows, device=ids.device)).all())
+    )
+    return Segments(order, unique, slots, width, n_rows, dense, whole, identity)
 
 
 def pack(rows: Tensor, seg: Segments) -> Tensor:
     """(M, F) rows -> (U, width, F) groups (zero-padded when groups differ in size)."""
+    if seg.identity:
+        return rows.view(len(seg.unique), seg.width, rows.shape[1])
     picked = rows.index_select(0, seg.order)
     if seg.dense:
         return picked.view(len(seg.unique), seg.width, rows.shape[1])
@@ -66,8 +78,13 @@ def pack(rows: Tensor, seg: Segments) -> Tensor:
 def unpack(groups: Tensor, seg: Segments, n_rows: int) -> Tensor:
     """(U, width, F) groups -> (M, F) rows; rows without an adapter get zeros."""
     flat = groups.reshape(-1, groups.shape[-1])
+    if seg.identity:
+        return flat
     values = flat if seg.dense else flat.index_select(0, seg.slots)
-    out = groups.new_zeros(n_rows, groups.shape[-1])
+    if len(seg.order) == n_rows:  # every row is written: no need to zero first
+        out = groups.new_empty(n_rows, groups.shape[-1])
+    else:
+        out = groups.new_zeros(n_rows, groups.shape[-1])
     out.index_copy_(0, seg.order, values)
     return out
 
@@ -99,9 +116,9 @@ class MultiLoraDelta(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, ids, stack_a, stack_b, scalings, backend):
+    def forward(ctx, x, ids, stack_a, stack_b, scalings, backend, segments):
         n_rows = x.shape[0]
-        seg = make_segments(ids, stack_a.shape[0])
+        seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
         ctx.seg, ctx.n_rows = seg, n_rows
         if seg.width == 0:
             ctx.empty = True
@@ -110,7 +127,7 @@ class MultiLoraDelta(torch.autograd.Function):
         ctx.empty = False
         xs = pack(x, seg)
         a, b = _select(stack_a, seg), _select(stack_b, seg)
-        s = scalings.index_select(0, seg.unique).to(x.dtype)[:, None, None]
+        s = _select(scalings, seg).to(x.dtype)[:, None, None]
         h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
         if backend == "triton":
             from .multi_lora_triton import bgmv
@@ -125,7 +142,8 @@ class MultiLoraDelta(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.empty:
             stack_a, stack_b = ctx.saved_tensors
-            return None, None, torch.zeros_like(stack_a), torch.zeros_like(stack_b), None, None
+            zeros = (torch.zeros_like(stack_a), torch.zeros_like(stack_b))
+            return None, None, *zeros, None, None, None
         xs, h, a, b, s, stack_a, stack_b = ctx.saved_tensors
         seg = ctx.seg
         gs = pack(grad.contiguous(), seg)
@@ -140,16 +158,23 @@ class MultiLoraDelta(torch.autograd.Function):
             _scatter(grad_b, stack_b, seg),
             None,
             None,
+            None,
         )
 
 
 def multi_lora_delta(
-    x: Tensor, ids: Tensor, stack_a: Tensor, stack_b: Tensor, scalings: Tensor
+    x: Tensor,
+    ids: Tensor,
+    stack_a: Tensor,
+    stack_b: Tensor,
+    scalings: Tensor,
+    segments: Segments | None = None,
 ) -> Tensor:
     """``s_k B_k A_k x[m]`` for every row m with k = ids[m] (zero where ids[m] == -1).
 
     Shapes: x (M, in), ids (M,) integer, stack_a (N, r, in), stack_b (N, out, r),
-    scalings (N,). Returns (M, out).
+    scalings (N,). Returns (M, out). ``segments`` (from :func:`make_segments` on the same
+    ids) can be passed in to share the grouping across the layers of a model.
     """
     if ids.shape != x.shape[:1]:
         raise ValueError(
@@ -160,7 +185,7 @@ def multi_lora_delta(
             f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
             f"B {tuple(stack_b.shape)} (N, out, r)."
         )
-    return MultiLoraDelta.apply(x, ids.long(), stack_a, stack_b, scalings, backend_for(x))
+    return MultiLoraDelta.apply(x, ids.long(), stack_a, stack_b, scalings, backend_for(x), segments)
 
 
 def multi_lora_reference(

@@ -24,7 +24,7 @@ from .api import _replace_module, inject, logical_modules
 from .config import AdapterConfig, LoraConfig
 from .io import PEFT_PREFIX, read_adapter, save_adapter, write_adapter_dir
 from .layer import AdapterLayer
-from .lora_stack import LoraStackUnit, supports_lora_stack
+from .lora_stack import LoraStackUnit, RoutePlan, supports_lora_stack
 from .targeting import resolve_targets
 
 STACK_KEY = "adapter_bank"
@@ -119,10 +119,14 @@ class AdapterBank(nn.Module):
                 f"{len(self.names)} adapters; got min {int(adapter_ids.min())}, "
                 f"max {int(adapter_ids.max())}."
             )
+        plans: dict[torch.device, RoutePlan] = {}
         for layer in self.layers:
-            ids = adapter_ids.to(layer.base_layer.weight.device)
+            device = layer.base_layer.weight.device
+            ids = adapter_ids.to(device)
             if STACK_KEY in layer.adapters:
-                layer.adapters[STACK_KEY].route_ids = ids
+                if device not in plans:
+                    plans[device] = RoutePlan(ids, len(self.names))
+                layer.adapters[STACK_KEY].plan = plans[device]
             elif all(n in layer.adapters for n in self.names):
                 layer.routing = (self.names, ids)
         try:
@@ -131,7 +135,7 @@ class AdapterBank(nn.Module):
             for layer in self.layers:
                 layer.routing = None
                 if STACK_KEY in layer.adapters:
-                    layer.adapters[STACK_KEY].route_ids = None
+                    layer.adapters[STACK_KEY].plan = None
 
     def forward(self, *args: Any, adapter_ids: Tensor, **kwargs: Any) -> Any:
         with self.route(adapter_ids):

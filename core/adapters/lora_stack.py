@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kernels.multi_lora import multi_lora_delta
+from kernels.multi_lora import Segments, make_segments, multi_lora_delta
 
 from .config import LoraConfig
 from .layer import AdapterUnit, layer_dims
@@ -22,6 +22,28 @@ from .targeting import is_linear_like
 
 def supports_lora_stack(module: nn.Module) -> bool:
     return is_linear_like(module)
+
+
+class RoutePlan:
+    """One batch's adapter ids, expanded to rows and grouped once for every layer.
+
+    Every stacked layer of a model sees the same ids, and usually the same number of rows
+    per sample, so the grouping (:func:`kernels.multi_lora.make_segments`) is computed once
+    per batch and shared.
+    """
+
+    def __init__(self, sample_ids: Tensor, n_adapters: int) -> None:
+        self.sample_ids = sample_ids
+        self.n_adapters = n_adapters
+        self._by_rows: dict[int, tuple[Tensor, Segments]] = {}
+
+    def for_rows(self, n_rows: int) -> tuple[Tensor, Segments]:
+        """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows."""
+        if n_rows not in self._by_rows:
+            per_sample = n_rows // self.sample_ids.shape[0]
+            rows = self.sample_ids.repeat_interleave(per_sample)
+            self._by_rows[n_rows] = (rows, make_segments(rows, self.n_adapters))
+        return self._by_rows[n_rows]
 
 
 class LoraStackUnit(AdapterUnit):
@@ -56,18 +78,18 @@ class LoraStackUnit(AdapterUnit):
                     nn.init.kaiming_uniform_(self.lora_A[k, :r], a=math.sqrt(5))
         p = configs[0].dropout
         self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.route_ids: Tensor | None = None
+        self.plan: RoutePlan | None = None
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        if self.route_ids is None:
+        if self.plan is None:
             raise RuntimeError(
                 "this layer holds an AdapterBank's LoRA stack: call the model through "
                 "bank(..., adapter_ids=ids) or inside bank.route(ids)."
             )
-        check_ids(self.route_ids, x.shape[0])
-        rows = self.route_ids.repeat_interleave(x.numel() // (x.shape[0] * x.shape[-1]))
+        check_ids(self.plan.sample_ids, x.shape[0])
         flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
-        delta = multi_lora_delta(flat, rows, self.lora_A, self.lora_B, self.scalings)
+        rows, segments = self.plan.for_rows(flat.shape[0])
+        delta = multi_lora_delta(flat, rows, self.lora_A, self.lora_B, self.scalings, segments)
         return out + delta.view(out.shape)
 
     def adapter_tensors(self, k: int) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ CASES = [
     (7, 33, 40, 4, 8, "mixed"),
     (129, 64, 33, 64, 8, "mixed"),
     (16, 48, 64, 16, 16, "each"),
+    (12, 40, 24, 12, 4, "arange"),
 ]
 
 
@@ -36,6 +37,8 @@ def _ids(rows, n, pattern, seed=0):
     gen = torch.Generator().manual_seed(seed)
     if pattern == "all":
         return torch.zeros(rows, dtype=torch.long)
+    if pattern == "arange":
+        return torch.arange(rows) % n
     if pattern == "each":
         return torch.randperm(rows, generator=gen) % n
     ids = torch.randint(-1, n, (rows,), generator=gen)
@@ -78,6 +81,9 @@ def test_segments_use_the_whole_stack_without_a_gather() -> None:
     seg = make_segments(torch.tensor([2, 0, 1, 2, 0, 1]), 3)
     assert seg.whole_stack and seg.dense and seg.width == 2
     assert seg.order.tolist() == [1, 4, 2, 5, 0, 3]
+    assert not seg.identity
+    in_order = make_segments(torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+    assert in_order.identity and in_order.whole_stack
     partial = make_segments(torch.tensor([2, -1, 2, 0]), 4)
     assert not partial.whole_stack and not partial.dense
     assert partial.unique.tolist() == [0, 2] and partial.width == 2
