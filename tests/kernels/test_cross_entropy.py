@@ -105,4 +105,6 @@ def test_bad_inputs() -> None:
 
 def test_default_chunk_keeps_a_chunk_of_logits_near_the_hidden_size() -> None:
     chunk = default_chunk_size(4096, 512, 32000)
-    assert chunk * 32000 <= 2 * 4096 * 512 and chunk >= 1
+    assert 4096 * 512 <= chunk * 32000 <= 16 * 4096 * 512
+    assert default_chunk_size(3, 8, 10_000) == 1
+    assert default_chunk_size(10, 512, 100) == 10

@@ -1,0 +1,45 @@
+"""The benchmarks run end to end on tiny sizes and write their tables (no timing asserted)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from bench import cross_entropy, lora_step, multi_adapter
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cross_entropy_bench(tmp_path, capsys) -> None:
+    out = tmp_path / "ce.csv"
+    cross_entropy.main(
+        ["--hidden", "16", "--vocab", "300", "--tokens", "64", "--repeats", "1", "--csv", str(out)]
+    )
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == ["fused", "unfused"]
+    assert all(r["same_loss_and_grads"] == "True" for r in rows)
+    assert "| fused |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_multi_adapter_bench(tmp_path) -> None:
+    out = tmp_path / "ma.csv"
+    multi_adapter.main(
+        ["--adapters", "4", "--batch", "4", "--seq", "1", "--repeats", "1", "--warmup", "0",
+         "--csv", str(out)]
+    )  # fmt: skip
+    paths = [r["path"] for r in _rows(out)]
+    assert paths == ["base (no adapters)", "ours (AdapterBank)", "PEFT (adapter_names)"]
+
+
+@pytest.mark.slow
+def test_lora_step_bench(tmp_path) -> None:
+    out = tmp_path / "ls.csv"
+    lora_step.main(
+        ["--batch", "1", "--seq", "8", "--repeats", "1", "--warmup", "0", "--csv", str(out)]
+    )
+    assert [r["path"] for r in _rows(out)] == ["ours", "peft"]
