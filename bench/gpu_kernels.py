@@ -76,8 +76,8 @@ def multi_adapter_rows(hidden: int, rank: int, adapters: int, tokens: int) -> li
         base = _cuda_time(lambda: x @ w.T)
         both = _cuda_time(lambda: x @ w.T + multi_lora_delta(x, ids, sa, sb, s))
     return [
-        {"op": f"multi-adapter fwd ({adapters} adapters)", "shape": f"{tokens}x{hidden} r{rank} bf16",
-         "ours_ms": both, "peer_ms": base, "peer": "base GEMM alone",
+        {"op": f"multi-adapter fwd ({adapters} adapters)",
+         "shape": f"{tokens}x{hidden} r{rank} bf16", "ours_ms": both, "peer_ms": base, "peer": "base GEMM alone",
          "speedup": base / both},
     ]  # fmt: skip
 

@@ -43,3 +43,15 @@ def test_lora_step_bench(tmp_path) -> None:
         ["--batch", "1", "--seq", "8", "--repeats", "1", "--warmup", "0", "--csv", str(out)]
     )
     assert [r["path"] for r in _rows(out)] == ["ours", "peft"]
+
+
+def test_gpu_sweep_refuses_without_cuda() -> None:
+    import torch
+
+    from bench import gpu_kernels
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the sweep would run for real")
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_kernels.main([])
+    assert exit_info.value.code == 2
