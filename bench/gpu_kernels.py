@@ -55,10 +55,15 @@ def fused_lora_rows(hidden: int, rank: int, tokens: int) -> list[dict]:
     fused = _cuda_time(run(lora_linear))
     reference = _cuda_time(run(lora_linear_reference))
     return [
-        {"op": "fused LoRA fwd+bwd", "shape": f"{tokens}x{hidden} r{rank} bf16",
-         "ours_ms": fused, "peer_ms": reference, "peer": "PyTorch LoRA",
-         "speedup": reference / fused},
-    ]  # fmt: skip
+        {
+            "op": "fused LoRA fwd+bwd",
+            "shape": f"{tokens}x{hidden} r{rank} bf16",
+            "ours_ms": fused,
+            "peer_ms": reference,
+            "peer": "PyTorch LoRA",
+            "speedup": reference / fused,
+        }
+    ]
 
 
 def multi_adapter_rows(hidden: int, rank: int, adapters: int, tokens: int) -> list[dict]:
@@ -76,10 +81,15 @@ def multi_adapter_rows(hidden: int, rank: int, adapters: int, tokens: int) -> li
         base = _cuda_time(lambda: x @ w.T)
         both = _cuda_time(lambda: x @ w.T + multi_lora_delta(x, ids, sa, sb, s))
     return [
-        {"op": f"multi-adapter fwd ({adapters} adapters)",
-         "shape": f"{tokens}x{hidden} r{rank} bf16", "ours_ms": both, "peer_ms": base, "peer": "base GEMM alone",
-         "speedup": base / both},
-    ]  # fmt: skip
+        {
+            "op": f"multi-adapter fwd ({adapters} adapters)",
+            "shape": f"{tokens}x{hidden} r{rank} bf16",
+            "ours_ms": both,
+            "peer_ms": base,
+            "peer": "base GEMM alone",
+            "speedup": base / both,
+        }
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
