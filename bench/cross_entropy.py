@@ -16,7 +16,14 @@ import torch
 
 from kernels.cross_entropy import linear_cross_entropy
 
-from .common import current_rss_mb, interleaved_medians, peak_rss_mb, report, run_worker
+from .common import (
+    current_rss_mb,
+    interleaved_medians,
+    peak_rss_mb,
+    report,
+    reset_peak_rss,
+    run_worker,
+)
 
 
 def make_inputs(hidden: int, vocab: int, tokens: int, seed: int = 0):
@@ -44,6 +51,7 @@ def worker(path: str, hidden: int, vocab: int, tokens: int) -> None:
     torch.set_num_threads(2)
     h, w, labels = make_inputs(hidden, vocab, tokens)
     before = current_rss_mb()
+    reset_peak_rss()
     step(path, h, w, labels)
     print(json.dumps({"path": path, "added_mb": peak_rss_mb() - before}))
 

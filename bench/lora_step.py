@@ -5,8 +5,8 @@
 Ours: LoRA from ``core.adapters`` (fused LoRA linear) and the LM loss from
 ``core.training.lm_loss`` (fused linear cross-entropy). PEFT: ``get_peft_model`` and the
 model's own ``labels=`` loss. Times come from one process, alternating the two paths; peak
-memory from one fresh process per path (peak RSS during a step minus RSS before it, after
-a first step has allocated the optimizer state).
+memory from one fresh process per path (peak RSS over two steps minus the RSS of the
+built model before them; optimizer state included).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from .common import (
     peak_rss_mb,
     reference_llama,
     report,
+    reset_peak_rss,
     run_worker,
 )
 
@@ -71,8 +72,9 @@ def worker(path: str, batch: int, seq: int) -> None:
     torch.set_num_threads(2)
     model = build(path)
     step = make_step(model, path, batch, seq)
-    step()  # optimizer state allocated, caches warm
     before = current_rss_mb()
+    reset_peak_rss()
+    step()
     step()
     print(json.dumps({"path": path, "added_mb": peak_rss_mb() - before}))
 
