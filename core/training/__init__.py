@@ -14,7 +14,9 @@ from .callbacks import (
     read_manifest,
 )
 from .cli import FineTuneCLI, adapter_methods_help, run_cli
+from .losses import anchored_sft_loss, dft_loss, token_kl
 from .module import FineTuneModule, Regularizer, coerce_adapter_config, default_loss
+from .penalties import compute_penalties, end_stage, penalty_names, start_stage
 
 __all__ = [
     "AdapterExport",
@@ -24,11 +26,18 @@ __all__ = [
     "PredictionsWriter",
     "Regularizer",
     "adapter_methods_help",
+    "anchored_sft_loss",
     "append_manifest",
     "atomic_write",
     "atomic_write_text",
     "coerce_adapter_config",
+    "compute_penalties",
     "default_loss",
+    "dft_loss",
+    "end_stage",
+    "penalty_names",
     "read_manifest",
     "run_cli",
+    "start_stage",
+    "token_kl",
 ]

@@ -27,6 +27,8 @@ from torch import Tensor, nn
 
 from core.adapters import AdapterConfig, config_from_dict, inject, resolve_modules_to_save
 
+from .penalties import compute_penalties, end_stage, penalty_names, start_stage
+
 # Adapter configs are dataclasses. jsonargparse treats a pure dataclass as a fixed group of
 # fields; enabling subclasses lets a YAML (and the command line) pick the method by
 # ``class_path: core.adapters.LoraConfig`` and lets ``--help`` list every known method.
@@ -120,7 +122,10 @@ class FineTuneModule(pl.LightningModule):
             suffix). They are saved inside the adapter file. With no adapter, everything
             else is frozen (a linear probe when it names the head).
         regularizers: Objects with ``penalty(model) -> Tensor``; each penalty is added to
-            the training loss and logged as ``train/reg/<name>``.
+            the training loss and logged as ``train/reg/<name>`` (see
+            ``core.training.penalties`` for ``observe``/``ready`` and the stage hooks, and
+            ``core.regularizers`` for the methods). ``core.regularizers.RegularizerCallback``
+            attaches more from outside.
         optimizer: Builds the optimizer from the trainable parameters only
             (default ``torch.optim.AdamW`` with lr 1e-3).
         lr_scheduler: Optional; builds an LR scheduler from the optimizer. Stepped every
@@ -173,16 +178,14 @@ class FineTuneModule(pl.LightningModule):
                 self.model.get_submodule(name).requires_grad_(True)
 
         regs = list(regularizers or [])
-        for reg in regs:
-            if not callable(getattr(reg, "penalty", None)):
-                raise TypeError(
-                    f"regularizer {reg!r} has no penalty(model) method; regularizers must "
-                    "implement penalty(model) -> Tensor."
-                )
+        _check_regularizers(regs)
         self._regularizers = regs
         # nn.Module regularizers become sub-modules so their buffers are checkpointed.
         self.regularizer_modules = nn.ModuleList([r for r in regs if isinstance(r, nn.Module)])
-        self._regularizer_names = _unique_names(regs)
+        # Regularizers attached from outside (core.regularizers.RegularizerCallback): used the
+        # same way, but not sub-modules; the callback checkpoints their state itself.
+        self._attached_regularizers: list[Regularizer] = []
+        self._regularizer_names = penalty_names(regs)
 
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
@@ -252,8 +255,30 @@ class FineTuneModule(pl.LightningModule):
 
     @property
     def regularizers(self) -> list[Regularizer]:
-        """The regularizers, in the order they were given."""
-        return list(self._regularizers)
+        """The regularizers: those given to ``__init__``, then the attached ones, in order."""
+        return [*self._regularizers, *self._attached_regularizers]
+
+    def attach_regularizers(self, regularizers: list[Regularizer]) -> None:
+        """Add regularizers from outside (a callback, a continual runner) for later steps.
+
+        They are treated exactly like the ``regularizers`` given to ``__init__`` (penalty
+        added to the loss, logged as ``train/reg/<name>``) but are not registered as
+        sub-modules, so the module's state dict, and checkpoints loaded without the
+        attaching callback, do not change. Attaching an object twice is a no-op.
+        """
+        _check_regularizers(list(regularizers))
+        present = {id(r) for r in self.regularizers}
+        for reg in regularizers:
+            if id(reg) not in present:
+                self._attached_regularizers.append(reg)
+                present.add(id(reg))
+        self._regularizer_names = penalty_names(self.regularizers)
+
+    def detach_regularizers(self, regularizers: list[Regularizer]) -> None:
+        """Remove regularizers added by :meth:`attach_regularizers` (others are ignored)."""
+        drop = {id(r) for r in regularizers}
+        self._attached_regularizers = [r for r in self._attached_regularizers if id(r) not in drop]
+        self._regularizer_names = penalty_names(self.regularizers)
 
     def saved_module_parameters(self) -> dict[str, Tensor]:
         """Parameters of the ``modules_to_save`` modules of ``self.model``, by full name."""
@@ -281,16 +306,28 @@ class FineTuneModule(pl.LightningModule):
         raise NotImplementedError(f"{type(self).__name__} must implement shared_step().")
 
     # ------------------------------------------------------------------ Lightning hooks
-    def regularization_penalties(self) -> dict[str, Tensor]:
-        """Each regularizer's penalty on ``self.model``, by logged name."""
-        return {
-            name: reg.penalty(self.model)
-            for name, reg in zip(self._regularizer_names, self._regularizers, strict=True)
-        }
+    def regularization_penalties(self, batch: Any = None) -> dict[str, Tensor]:
+        """Each regularizer's penalty on ``self.model``, by logged name.
+
+        ``batch`` (the training batch) is shown first to regularizers that ``observe`` it
+        (LwF, DR-Tune); regularizers not yet ``update``-d contribute zero. See
+        :func:`core.training.penalties.compute_penalties`.
+        """
+        return compute_penalties(
+            self.regularizers, self.model, batch=batch, names=self._regularizer_names
+        )
+
+    def on_train_start(self) -> None:
+        """Regularizers' stage hooks: Half Fine-Tuning freezes this stage's half here."""
+        start_stage(self.regularizers, self.model)
+
+    def on_train_end(self) -> None:
+        """Regularizers' stage hooks: Half Fine-Tuning makes its frozen half trainable again."""
+        end_stage(self.regularizers, self.model)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         out = dict(self.shared_step(batch, "train"))
-        penalties = self.regularization_penalties()
+        penalties = self.regularization_penalties(batch)
         if penalties:
             out["task_loss"] = out["loss"]
             for name, value in penalties.items():
@@ -357,10 +394,10 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _unique_names(regularizers: list[Any]) -> list[str]:
-    """Logged names: a ``name`` attribute or the class name, numbered when repeated."""
-    base = [str(getattr(r, "name", None) or type(r).__name__) for r in regularizers]
-    names: list[str] = []
-    for i, name in enumerate(base):
-        names.append(f"{name}_{base[:i].count(name)}" if base.count(name) > 1 else name)
-    return names
+def _check_regularizers(regularizers: list[Any]) -> None:
+    for reg in regularizers:
+        if not callable(getattr(reg, "penalty", None)):
+            raise TypeError(
+                f"regularizer {reg!r} has no penalty(model) method; regularizers must "
+                "implement penalty(model) -> Tensor."
+            )
