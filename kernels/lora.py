@@ -45,13 +45,16 @@ class FusedLoraLinear(torch.autograd.Function):
         dL/dA = s u^T x_d                   (r, in):  h = x_d A^T
         dL/dx = g W + s (u A) * m           (M, in):  the base path plus the LoRA path,
                                                        which passes through the mask
-    Only x_d (which is x itself without dropout), h and the mask are saved: the same
-    activations an unfused implementation keeps.
+    Only x, h and the mask are saved (x_d is x * m again in backward): the same activations
+    an unfused implementation keeps. ``forward`` also returns h (non-differentiable) so that
+    ``setup_context`` can save it, which keeps the op usable under ``torch.func`` (vmap of
+    per-sample gradients, as EWC's Fisher uses).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
-        ctx,
         x: Tensor,
         weight: Tensor,
         bias: Tensor | None,
@@ -60,7 +63,7 @@ class FusedLoraLinear(torch.autograd.Function):
         scaling: float,
         dropout_mask: Tensor | None,
         backend: str,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         mask2 = None if dropout_mask is None else dropout_mask.reshape(x2.shape)
@@ -73,16 +76,24 @@ class FusedLoraLinear(torch.autograd.Function):
         else:
             y = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
             y.addmm_(h, lora_b.T, alpha=scaling)
-        ctx.save_for_backward(dropped, h, weight, lora_a, lora_b, mask2)
-        ctx.scaling = scaling
-        ctx.backend = backend
-        ctx.in_shape = shape
-        return y.reshape(*shape[:-1], weight.shape[0])
+        return y.reshape(*shape[:-1], weight.shape[0]), h
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        dropped, h, weight, lora_a, lora_b, mask = ctx.saved_tensors
+    def setup_context(ctx, inputs, output) -> None:
+        x, weight, _, lora_a, lora_b, scaling, dropout_mask, backend = inputs
+        _, h = output
+        ctx.mark_non_differentiable(h)
+        ctx.save_for_backward(x, h, weight, lora_a, lora_b, dropout_mask)
+        ctx.scaling = scaling
+        ctx.backend = backend
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor, _grad_h: Tensor | None = None):
+        x, h, weight, lora_a, lora_b, mask = ctx.saved_tensors
         s = ctx.scaling
+        x2 = x.reshape(-1, x.shape[-1])
+        mask = None if mask is None else mask.reshape(x2.shape)
+        dropped = x2 if mask is None else x2 * mask
         g = grad_out.reshape(-1, weight.shape[0])
         u = g @ lora_b
         grad_b = (g.T @ h).mul_(s) if ctx.needs_input_grad[4] else None
@@ -97,7 +108,7 @@ class FusedLoraLinear(torch.autograd.Function):
                 grad_x = (g @ weight).addmm_(u, lora_a, alpha=s)
             else:
                 grad_x = (g @ weight).add_((u @ lora_a).mul_(mask), alpha=s)
-            grad_x = grad_x.reshape(ctx.in_shape)
+            grad_x = grad_x.reshape(x.shape)
         return grad_x, None, None, grad_a, grad_b, None, None, None
 
 
@@ -121,9 +132,10 @@ def lora_linear(
             "lora_linear treats the base weight and bias as frozen, but one of them requires "
             "grad; freeze them (requires_grad_(False)) or use the unfused path."
         )
-    return FusedLoraLinear.apply(
+    out, _ = FusedLoraLinear.apply(
         x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend_for(x)
     )
+    return out
 
 
 def dora_weight_norm(weight: Tensor, lora_a: Tensor, lora_b: Tensor, scaling: float) -> Tensor:

@@ -90,3 +90,19 @@ def test_dora_linear_matches_definition(backend, force_backend) -> None:
     expected = (ref.detach(), x.grad, a.grad, bb.grad, magnitude.grad)
     for name, g, e in zip(("out", "dx", "dA", "dB", "dm"), got, expected, strict=True):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_per_sample_gradients_with_torch_func() -> None:
+    """vmap over per-sample gradients (EWC's Fisher) works through the fused op."""
+    x, w, b, a, bb, _ = _inputs(5, 12, 7, 3, torch.float32, False)
+    a, bb = a.detach(), bb.detach()
+    samples = x.detach()[0]  # 5 samples of 12 features
+
+    def loss(params, sample):
+        return lora_linear(sample[None], w, b, params[0], params[1], 0.5).pow(2).sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))((a, bb), samples)
+    for i in range(samples.shape[0]):
+        expected = torch.func.grad(loss)((a, bb), samples[i])
+        torch.testing.assert_close(per_sample[0][i], expected[0])
+        torch.testing.assert_close(per_sample[1][i], expected[1])
