@@ -6,11 +6,13 @@ safetensors files, then runs the merge CLI under ``/usr/bin/time -v`` and report
 maximum resident set size against the size of one checkpoint. The same is measured for a
 process that only imports torch and core.merging, the floor any merge pays.
 
-    .venv/bin/python bench/merging_memory.py                  # ~2-4 min on 2 CPU cores
-    .venv/bin/python bench/merging_memory.py --workdir /tmp/merge_bench --keep
+    .venv/bin/python -m bench.merging_memory                # ~2-4 min on 2 CPU cores
+    .venv/bin/python -m bench.merging_memory --workdir /tmp/merge_bench --keep
+    .venv/bin/python -m bench.merging_memory --hidden 64 --layers 2 --mlp 128 --vocab 100
 
 Acceptance (issue 5): peak RSS below 1.5x one checkpoint's size. Not part of the unit
-tests: it writes ~4 GB to ``--workdir`` (deleted afterwards unless ``--keep``).
+tests: at full size it writes ~4 GB to ``--workdir`` (deleted afterwards unless ``--keep``);
+the size options make a seconds-long smoke run.
 """
 
 from __future__ import annotations
@@ -31,25 +33,28 @@ from core.merging.io import SafetensorsWriter
 HIDDEN, LAYERS, MLP, VOCAB = 1024, 13, 2816, 32000
 
 
-def llama_shapes() -> list[tuple[str, tuple[int, ...]]]:
+def llama_shapes(
+    hidden: int = HIDDEN, layers: int = LAYERS, mlp: int = MLP, vocab: int = VOCAB
+) -> list[tuple[str, tuple[int, ...]]]:
     """Tensor names and shapes of the benchmark model (Llama layout, tied embeddings)."""
-    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
-    for i in range(LAYERS):
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (vocab, hidden))]
+    for i in range(layers):
         p = f"model.layers.{i}."
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes.append((f"{p}self_attn.{name}.weight", (HIDDEN, HIDDEN)))
-        shapes.append((f"{p}mlp.gate_proj.weight", (MLP, HIDDEN)))
-        shapes.append((f"{p}mlp.up_proj.weight", (MLP, HIDDEN)))
-        shapes.append((f"{p}mlp.down_proj.weight", (HIDDEN, MLP)))
-        shapes.append((f"{p}input_layernorm.weight", (HIDDEN,)))
-        shapes.append((f"{p}post_attention_layernorm.weight", (HIDDEN,)))
-    shapes.append(("model.norm.weight", (HIDDEN,)))
+            shapes.append((f"{p}self_attn.{name}.weight", (hidden, hidden)))
+        shapes.append((f"{p}mlp.gate_proj.weight", (mlp, hidden)))
+        shapes.append((f"{p}mlp.up_proj.weight", (mlp, hidden)))
+        shapes.append((f"{p}mlp.down_proj.weight", (hidden, mlp)))
+        shapes.append((f"{p}input_layernorm.weight", (hidden,)))
+        shapes.append((f"{p}post_attention_layernorm.weight", (hidden,)))
+    shapes.append(("model.norm.weight", (hidden,)))
     return shapes
 
 
-def write_model(path: Path, seed: int, noise_seed: int | None) -> None:
+def write_model(
+    path: Path, shapes: list[tuple[str, tuple[int, ...]]], seed: int, noise_seed: int | None
+) -> None:
     """Base weights from ``seed``; with ``noise_seed``, plus N(0, 1e-3) fine-tuning noise."""
-    shapes = llama_shapes()
     writer = SafetensorsWriter(path, [(k, s, torch.float32) for k, s in shapes])
     try:
         for i, (key, shape) in enumerate(shapes):
@@ -76,12 +81,18 @@ def max_rss_kb(command: list[str]) -> tuple[int, float, str]:
     return int(match.group(1)), wall, proc.stderr
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/core_merging_bench")
     parser.add_argument("--density", type=float, default=0.2)
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    args = parser.parse_args()
+    parser.add_argument("--hidden", type=int, default=HIDDEN)
+    parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--mlp", type=int, default=MLP)
+    parser.add_argument("--vocab", type=int, default=VOCAB)
+    parser.add_argument("--json", help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+    shapes = llama_shapes(args.hidden, args.layers, args.mlp, args.vocab)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     files = {"base": work / "base.safetensors"}
@@ -89,9 +100,10 @@ def main() -> None:
     for name, path in files.items():
         if not path.exists():
             print(f"writing {path}", file=sys.stderr)
-            write_model(path, seed=0, noise_seed=None if name == "base" else int(name[2:]) + 1)
+            noise = None if name == "base" else int(name[2:]) + 1
+            write_model(path, shapes, seed=0, noise_seed=noise)
     checkpoint_bytes = files["base"].stat().st_size
-    n_params = sum(torch.Size(s).numel() for _, s in llama_shapes())
+    n_params = sum(torch.Size(s).numel() for _, s in shapes)
     out = work / "merged"
     config = {
         "method": "ties",
@@ -120,8 +132,11 @@ def main() -> None:
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 if __name__ == "__main__":

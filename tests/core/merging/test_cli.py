@@ -1,0 +1,341 @@
+"""``python -m core.merging CONFIG.yaml`` end to end: results, manifest, atomicity, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from core.adapters import LoraConfig, inject, load_adapter, save_adapter
+from core.merging import fisher_merge, greedy_soup, merge_adapter_into_base, ties, uniform_soup
+from core.merging.cli import MANIFEST_NAME, config_from_dict, load_config, main, run
+from core.merging.io import sha256_file
+
+from .helpers import make_inputs
+
+
+def held_out_score(state: dict[str, torch.Tensor]) -> float:
+    """Score used by the greedy-soup config below (imported by name)."""
+    return -float(state["head.weight"].float().abs().sum())
+
+
+def failing_score(state: dict[str, torch.Tensor]) -> float:
+    raise RuntimeError("evaluation crashed")
+
+
+def _write_models(tmp_path: Path, dtype: torch.dtype = torch.float32) -> tuple[Path, list[Path]]:
+    base, models, _ = make_inputs(dtype=dtype)
+    save_file(base, str(tmp_path / "base.safetensors"))
+    paths = []
+    for i, m in enumerate(models):
+        paths.append(tmp_path / f"ft{i}.safetensors")
+        save_file(m, str(paths[-1]))
+    return tmp_path / "base.safetensors", paths
+
+
+def _run(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "merge.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return run(load_config(path), log=lambda msg: None)
+
+
+def test_ties_config_matches_the_in_memory_merge(tmp_path: Path) -> None:
+    base_path, paths = _write_models(tmp_path)
+    out = _run(
+        tmp_path,
+        {
+            "method": "ties",
+            "base": str(base_path),
+            "models": [
+                {"path": str(paths[0]), "weight": 2.0, "density": 0.5},
+                str(paths[1]),
+                str(paths[2]),
+            ],
+            "parameters": {"density": 0.3, "scaling": 0.8},
+            "output": str(tmp_path / "merged"),
+        },
+    )
+    base, models, _ = make_inputs()
+    expected = ties(base, models, density=[0.5, 0.3, 0.3], scaling=0.8, weights=[2.0, 1.0, 1.0])
+    got = load_file(str(out / "model.safetensors"))
+    assert list(got) == list(expected) or set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["method"] == "ties"
+    assert manifest["parameters"] == {"scaling": 0.8}
+    assert [m["params"] for m in manifest["models"]] == [
+        {"density": 0.5, "weight": 2.0},
+        {"weight": 1.0, "density": 0.3},
+        {"weight": 1.0, "density": 0.3},
+    ]
+    assert manifest["base"]["files"][0]["sha256"] == sha256_file(base_path)
+    assert manifest["models"][2]["files"][0]["sha256"] == sha256_file(paths[2])
+    assert manifest["outputs"][0]["sha256"] == sha256_file(out / "model.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_adapters_with_an_output_dtype(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    save_file(base_state, str(tmp_path / "base.safetensors"))
+    adapters = []
+    for i in range(2):
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        model.load_state_dict(base_state)
+        inject(model, LoraConfig(r=2, target_modules=["0", "2"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(generator=torch.Generator().manual_seed(i))
+        save_adapter(model, tmp_path / f"adapter{i}")
+        adapters.append(tmp_path / f"adapter{i}")
+    out = _run(
+        tmp_path,
+        {
+            "method": "uniform_soup",
+            "base": str(tmp_path / "base.safetensors"),
+            "models": [str(a) for a in adapters],
+            "dtype": "bfloat16",
+            "output": str(tmp_path / "soup"),
+        },
+    )
+    got = load_file(str(out / "model.safetensors"))
+    folded = [merge_adapter_into_base(base_state, a) for a in adapters]
+    expected = uniform_soup(folded)
+    for key in expected:
+        assert got[key].dtype == torch.bfloat16
+        torch.testing.assert_close(got[key], expected[key].to(torch.bfloat16))
+
+
+def test_default_output_dtype_is_the_base_dtype(tmp_path: Path) -> None:
+    base_path, paths = _write_models(tmp_path, dtype=torch.float16)
+    out = _run(
+        tmp_path,
+        {
+            "method": "task_arithmetic",
+            "base": str(base_path),
+            "models": [str(p) for p in paths],
+            "output": str(tmp_path / "o"),
+        },
+    )
+    assert load_file(str(out / "model.safetensors"))["head.weight"].dtype == torch.float16
+
+
+def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
+    base_path, paths = _write_models(tmp_path)
+    config = {
+        "method": "task_arithmetic",
+        "base": str(base_path),
+        "models": [str(p) for p in paths],
+        "output": str(tmp_path / "o"),
+    }
+    _run(tmp_path, config)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        _run(tmp_path, config)
+    _run(tmp_path, {**config, "overwrite": True, "parameters": {"scaling": 0.1}})
+    manifest = json.loads((tmp_path / "o" / MANIFEST_NAME).read_text())
+    assert manifest["parameters"] == {"scaling": 0.1}
+
+
+def test_a_failure_leaves_nothing_behind(tmp_path: Path) -> None:
+    _, paths = _write_models(tmp_path)
+    config = {
+        "method": "greedy_soup",
+        "models": [str(p) for p in paths],
+        "parameters": {"score_fn": f"{__name__}:failing_score"},
+        "output": str(tmp_path / "soup"),
+    }
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        _run(tmp_path, config)
+    assert not (tmp_path / "soup").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_greedy_soup_with_an_imported_score(tmp_path: Path) -> None:
+    _, paths = _write_models(tmp_path)
+    out = _run(
+        tmp_path,
+        {
+            "method": "greedy_soup",
+            "models": [str(p) for p in paths],
+            "parameters": {"score_fn": f"{__name__}:held_out_score"},
+            "output": str(tmp_path / "soup"),
+        },
+    )
+    _, models, _ = make_inputs()
+    expected = greedy_soup(models, held_out_score)
+    got = load_file(str(out / "model.safetensors"))
+    for key in expected:
+        assert torch.equal(got[key], expected[key])
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["parameters"]["score_fn"].endswith("held_out_score")
+
+
+def test_fisher_files(tmp_path: Path) -> None:
+    _, paths = _write_models(tmp_path)
+    _, models, fishers = make_inputs()
+    fisher_paths = []
+    for i, f in enumerate(fishers):
+        fisher_paths.append(tmp_path / f"fisher{i}.safetensors")
+        save_file(f, str(fisher_paths[-1]))
+    out = _run(
+        tmp_path,
+        {
+            "method": "fisher_merge",
+            "models": [
+                {"path": str(p), "fisher": str(f)} for p, f in zip(paths, fisher_paths, strict=True)
+            ],
+            "output": str(tmp_path / "f"),
+        },
+    )
+    expected = fisher_merge(models, fishers)
+    got = load_file(str(out / "model.safetensors"))
+    for key in expected:
+        assert torch.equal(got[key], expected[key])
+
+
+def test_hf_directory_keeps_its_config(tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=32,
+    )
+    dirs = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(tmp_path / f"m{seed}")
+        dirs.append(tmp_path / f"m{seed}")
+    out = _run(
+        tmp_path,
+        {
+            "method": "dare",
+            "base": str(dirs[0]),
+            "models": [str(d) for d in dirs[1:]],
+            "parameters": {"drop_rate": 0.5},
+            "seed": 3,
+            "output": str(tmp_path / "merged"),
+        },
+    )
+    assert (out / "config.json").is_file()
+    merged = LlamaForCausalLM.from_pretrained(out)  # loads as a normal HF model directory
+    assert merged.model.layers[0].self_attn.q_proj.weight.shape == (16, 16)
+
+
+def test_adapter_level_merge(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    base_state = {k: v.clone() for k, v in net.state_dict().items()}
+    paths = []
+    for i in range(2):
+        net.load_state_dict(base_state)
+        model = torch.nn.Sequential(*net)
+        inject(model, LoraConfig(r=2, target_modules=["0"]), name=f"a{i}")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(generator=torch.Generator().manual_seed(i))
+        save_adapter(model, tmp_path / f"a{i}", name=f"a{i}")
+        paths.append(tmp_path / f"a{i}")
+    out = _run(
+        tmp_path,
+        {
+            "combination": "svd",
+            "rank": 3,
+            "method": "ties",
+            "parameters": {"density": 0.5},
+            "models": [{"path": str(p), "weight": 1.0} for p in paths],
+            "output": str(tmp_path / "merged"),
+        },
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        MANIFEST_NAME,
+    ]
+    fresh = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    fresh.load_state_dict(base_state)
+    load_adapter(fresh, out)  # a valid PEFT-layout adapter
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["kind"] == "adapter" and manifest["combination"] == "svd"
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        ({"method": "ties", "models": ["x"], "output": "o", "colour": 1}, "unknown key"),
+        ({"method": "ties", "output": "o"}, "'models' is required"),
+        ({"method": "tiez", "models": ["x"], "output": "o"}, "Did you mean 'ties'"),
+        ({"models": ["x"], "output": "o"}, "set 'method'"),
+        ({"method": "ties", "models": ["x"], "output": "o", "dtype": "int8"}, "dtype"),
+        ({"method": "ties", "models": [{"weight": 1}], "output": "o"}, "needs a 'path'"),
+        ({"combination": "sum", "models": ["x"], "output": "o"}, "combination must be"),
+    ],
+)
+def test_config_errors_are_explained(config: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        config_from_dict(config)
+
+
+def test_run_errors_name_the_input(tmp_path: Path) -> None:
+    base_path, paths = _write_models(tmp_path)
+    with pytest.raises(ValueError, match="needs base"):
+        _run(tmp_path, {"method": "ties", "models": [str(p) for p in paths], "output": "o"})
+    with pytest.raises(ValueError, match="not an adapter directory"):
+        _run(tmp_path, {"combination": "cat", "models": [str(paths[0])], "output": "o"})
+    bad = tmp_path / "bad.safetensors"
+    save_file({"head.weight": torch.zeros(1)}, str(bad))
+    with pytest.raises(ValueError, match=r"bad\.safetensors"):
+        _run(
+            tmp_path,
+            {
+                "method": "ties",
+                "base": str(base_path),
+                "models": [str(bad)],
+                "output": str(tmp_path / "o"),
+            },
+        )
+    assert not (tmp_path / "o").exists()
+
+
+def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--list-methods"]) == 0
+    assert "ties" in capsys.readouterr().out
+    (tmp_path / "c.yaml").write_text("method: ties\nmodels: [missing.safetensors]\noutput: o\n")
+    assert main([str(tmp_path / "c.yaml")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    base_path, paths = _write_models(tmp_path)
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "method": "task_arithmetic",
+                "base": str(base_path),
+                "models": [str(p) for p in paths],
+                "output": str(tmp_path / "o"),
+            }
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.merging", str(tmp_path / "c.yaml"), "--seed", "5"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "o" / MANIFEST_NAME).read_text())["seed"] == 5
