@@ -101,6 +101,21 @@ def _scatter(grads: Tensor, stack: Tensor, seg: Segments) -> Tensor:
     return full
 
 
+def _forward(x, ids, stack_a, stack_b, scalings, backend, seg):
+    """The update and what backward needs: (delta, (packed x, h, A_u, B_u, s_u))."""
+    xs = pack(x, seg)
+    a, b = _select(stack_a, seg), _select(stack_b, seg)
+    s = _select(scalings, seg).to(x.dtype)[:, None, None]
+    h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
+    if backend == "triton":
+        from .multi_lora_triton import bgmv
+
+        delta = bgmv(x, ids, stack_a, stack_b, scalings)
+    else:
+        delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, x.shape[0])
+    return delta, (xs, h, a, b, s)
+
+
 class MultiLoraDelta(torch.autograd.Function):
     """Per-row LoRA update with per-row adapters; backward derived per adapter group.
 
@@ -117,25 +132,14 @@ class MultiLoraDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, ids, stack_a, stack_b, scalings, backend, segments):
-        n_rows = x.shape[0]
         seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
-        ctx.seg, ctx.n_rows = seg, n_rows
-        if seg.width == 0:
-            ctx.empty = True
+        ctx.seg, ctx.n_rows = seg, x.shape[0]
+        ctx.empty = seg.width == 0
+        if ctx.empty:
             ctx.save_for_backward(stack_a, stack_b)
-            return x.new_zeros(n_rows, stack_b.shape[1])
-        ctx.empty = False
-        xs = pack(x, seg)
-        a, b = _select(stack_a, seg), _select(stack_b, seg)
-        s = _select(scalings, seg).to(x.dtype)[:, None, None]
-        h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
-        if backend == "triton":
-            from .multi_lora_triton import bgmv
-
-            delta = bgmv(x, ids, stack_a, stack_b, scalings)
-        else:
-            delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, n_rows)
-        ctx.save_for_backward(xs, h, a, b, s, stack_a, stack_b)
+            return x.new_zeros(x.shape[0], stack_b.shape[1])
+        delta, saved = _forward(x, ids, stack_a, stack_b, scalings, backend, seg)
+        ctx.save_for_backward(*saved, stack_a, stack_b)
         return delta
 
     @staticmethod
@@ -185,7 +189,17 @@ def multi_lora_delta(
             f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
             f"B {tuple(stack_b.shape)} (N, out, r)."
         )
-    return MultiLoraDelta.apply(x, ids.long(), stack_a, stack_b, scalings, backend_for(x), segments)
+    ids = ids.long()
+    backend = backend_for(x)
+    needs_grad = torch.is_grad_enabled() and (
+        x.requires_grad or stack_a.requires_grad or stack_b.requires_grad
+    )
+    if not needs_grad:  # serving: skip the autograd machinery and what it would keep
+        seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
+        if seg.width == 0:
+            return x.new_zeros(x.shape[0], stack_b.shape[1])
+        return _forward(x, ids, stack_a, stack_b, scalings, backend, seg)[0]
+    return MultiLoraDelta.apply(x, ids, stack_a, stack_b, scalings, backend, segments)
 
 
 def multi_lora_reference(

@@ -10,15 +10,14 @@ Methods PEFT does not ship use the same layout with their own ``peft_type``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from core.atomic import atomic_directory
 
 from .api import adapter_layers, adapter_names, delete_adapter, inject
 from .config import AdapterConfig, LoraConfig, config_from_dict
@@ -89,22 +88,10 @@ def save_adapter(model: nn.Module, path: str | Path, name: str = "default") -> P
 
 def write_adapter_dir(path: str | Path, tensors: dict[str, Tensor], json_dict: dict) -> Path:
     """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(json_dict, indent=2, sort_keys=True))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return Path(path)
 
 
 def read_adapter(path: str | Path) -> tuple[AdapterConfig, dict[str, Tensor]]:

@@ -90,6 +90,8 @@ class LoraStackUnit(AdapterUnit):
         flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
         rows, segments = self.plan.for_rows(flat.shape[0])
         delta = multi_lora_delta(flat, rows, self.lora_A, self.lora_B, self.scalings, segments)
+        if not torch.is_grad_enabled():  # serving: add into the fresh base output in place
+            return out.add_(delta.view(out.shape))
         return out + delta.view(out.shape)
 
     def adapter_tensors(self, k: int) -> dict[str, Tensor]:

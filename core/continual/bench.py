@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.atomic import atomic_write_text
 from core.regularizers import EWC, L2SP, HalfFineTuning, LwF, OnlineEWC, Replay
-from core.training.callbacks import atomic_write_text
 from core.training.penalties import compute_penalties, end_stage, penalty_names, start_stage
 
 from .metrics import average_accuracy, backward_transfer, forgetting, summary

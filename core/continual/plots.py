@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from core.training.callbacks import atomic_write
+from core.atomic import atomic_write
 
 __all__ = ["plot_accuracy_matrix"]
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from core.atomic import atomic_write_text
 from core.regularizers import RegularizerCallback
 from core.training import FineTuneModule
-from core.training.callbacks import atomic_write_text
 from core.training.penalties import penalty_names
 
 from .metrics import summary

@@ -32,8 +32,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from core.adapters import LoraConfig, read_adapter
+from core.atomic import atomic_directory
 
-from .atomic import atomic_directory
 from .engine import merge_state_dicts
 from .registry import get_method
 

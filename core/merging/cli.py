@@ -39,8 +39,9 @@ from typing import Any
 import torch
 import yaml
 
+from core.atomic import atomic_directory
+
 from .adapters import COMBINATIONS, merge_lora_adapters, write_lora_adapter_files
-from .atomic import atomic_directory
 from .engine import check_compatible, output_dtypes, parse_dtype, run_merge
 from .io import SafetensorsWriter, is_adapter_dir, open_source, sha256_file, stored_dtype
 from .registry import METHODS, get_method

@@ -27,8 +27,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from core.atomic import atomic_write
+
 from . import checks, ops
-from .atomic import atomic_file
 from .engine import TensorJob, merge_state_dicts, parse_dtype
 from .registry import MergeMethod, register_method
 from .sources import MemoryReader
@@ -160,7 +161,7 @@ class CompressedTaskVector:
             tensors[f"{key}::scale"] = torch.tensor([t.scale], dtype=torch.float32)
             meta[key] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         metadata = {"format": FORMAT, "density": str(self.density), "tensors": json.dumps(meta)}
-        return atomic_file(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_compressed(path: str | Path) -> CompressedTaskVector:

@@ -42,6 +42,7 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
 
 from core.adapters import LoraConfig, inject, save_adapter
+from core.atomic import atomic_write
 
 from . import (
     breadcrumbs,
@@ -58,7 +59,6 @@ from . import (
     ties,
     uniform_soup,
 )
-from .atomic import atomic_file
 from .cli import config_from_dict, run
 
 TASKS = {"A (digits 0-4)": tuple(range(5)), "B (digits 5-9)": tuple(range(5, 10))}
@@ -207,7 +207,7 @@ def _run_example(
     base_model = MLP()
     train(base_model, x_tr[few], y_tr[few], epochs=100, lr=3e-3, seed=seed)
     base = {k: v.detach().clone() for k, v in base_model.state_dict().items()}
-    atomic_file(out / "base" / "model.safetensors", lambda tmp: save_file(base, str(tmp)))
+    atomic_write(out / "base" / "model.safetensors", lambda tmp: save_file(base, str(tmp)))
 
     # 2. One LoRA adapter per task, on that task's images only.
     adapters = {}

@@ -103,3 +103,13 @@ def test_bad_shapes() -> None:
         multi_lora_delta(torch.randn(3, 8), torch.zeros(4, dtype=torch.long), a, b, s)
     with pytest.raises(ValueError, match="stacks do not match"):
         multi_lora_delta(torch.randn(3, 8), torch.zeros(3, dtype=torch.long), a, b[:1], s)
+
+
+def test_serving_path_without_autograd_matches() -> None:
+    a, b, s, _ = _stacks(6, 20, 12, 4, torch.float32)
+    x = torch.randn(9, 20)
+    ids = torch.tensor([0, 5, -1, 2, 2, 3, 1, 0, 4])
+    expected = multi_lora_reference(x, ids, a.detach(), b.detach(), s)
+    with torch.inference_mode():
+        got = multi_lora_delta(x, ids, a, b, s)
+    torch.testing.assert_close(got, expected)

@@ -1,9 +1,8 @@
-"""Write a file or a whole directory so that readers see the old one or the new one, never
-half of one: write under a temporary name in the same folder, then ``os.replace``.
+"""Write files and directories so a reader sees the old one or the new one, never half.
 
-(``core.training.callbacks.atomic_write`` does the same for single files, but importing it
-loads Lightning, which would add ~300 MB to the resident memory of a merge; the merging
-package stays torch-only.)
+Everything is written under a temporary name in the same folder and moved into place with
+``os.replace``; a crash leaves the previous version (or nothing) behind. Standard library
+only, so light packages (merging, adapters) can use it without importing Lightning.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_file(path: str | Path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)``, then move the result onto ``path`` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +29,11 @@ def atomic_file(path: str | Path, write: Callable[[Path], Any]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 @contextmanager
