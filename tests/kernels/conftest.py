@@ -1,16 +1,6 @@
-"""Kernel tests: without a GPU, run the Triton kernels in Triton's CPU interpreter.
-
-The variable must be set before a kernel module is imported (``triton.jit`` reads it), so it
-is set here, at collection time. Set ``TRITON_INTERPRET=0`` to skip the Triton cases.
-"""
-
-import os
+"""Kernel test fixtures (``TRITON_INTERPRET`` is set for the session in tests/conftest.py)."""
 
 import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.merging.atomic import atomic_directory, atomic_file
+from core.atomic import atomic_directory, atomic_write
 
 
 def test_directory_appears_complete(tmp_path: Path) -> None:
@@ -36,10 +36,10 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b.txt"]
 
 
-def test_atomic_file(tmp_path: Path) -> None:
-    atomic_file(tmp_path / "f.txt", lambda tmp: tmp.write_text("x"))
+def test_atomic_write(tmp_path: Path) -> None:
+    atomic_write(tmp_path / "f.txt", lambda tmp: tmp.write_text("x"))
     assert (tmp_path / "f.txt").read_text() == "x"
     with pytest.raises(ValueError):
-        atomic_file(tmp_path / "f.txt", lambda tmp: (_ for _ in ()).throw(ValueError("no")))
+        atomic_write(tmp_path / "f.txt", lambda tmp: (_ for _ in ()).throw(ValueError("no")))
     assert (tmp_path / "f.txt").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
