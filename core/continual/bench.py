@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +44,7 @@ from core.training.penalties import compute_penalties, end_stage, penalty_names,
 
 from .metrics import average_accuracy, backward_transfer, forgetting, summary
 from .plots import plot_accuracy_matrix
+from .runner import json_safe
 
 __all__ = [
     "METHODS",
@@ -353,16 +353,6 @@ def penalty_check(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def run_benchmark(
     config: BenchConfig,
     out: str | Path | None = None,
@@ -385,7 +375,7 @@ def run_benchmark(
     result = {"config": asdict(config), "runs": runs, "table": table, "seconds": total}
     if out is not None:
         out = Path(out)
-        atomic_write_text(out / "results.json", json.dumps(_json_safe(result), indent=1) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(json_safe(result), indent=1) + "\n")
         atomic_write_text(out / "table.md", table)
         first = config.seeds[0]
         for run in runs:

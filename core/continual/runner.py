@@ -65,7 +65,7 @@ class ContinualResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; ``nan`` becomes ``None``."""
-        return _json_safe(
+        return json_safe(
             {
                 "tasks": self.task_names,
                 "metric": self.metric,
@@ -79,13 +79,14 @@ class ContinualResult:
         )
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as None (JSON has no NaN), recursively."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 

@@ -20,12 +20,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from . import checks
 from .engine import TensorJob, merge_state_dicts
 from .registry import MergeMethod, register_method
+from .task_arithmetic import write_scaled_task_sum
 
 DEFAULT_LAYER_PATTERN = r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)"
 
@@ -104,14 +104,7 @@ def _prepare(keys: list[str], params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _kernel(job: TensorJob) -> None:
-    scale = float(job.info)
-    weights = job.weights
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        total = torch.zeros_like(b)
-        for k, w in enumerate(weights):
-            total += w * (job.model_at(k, sl) - b)
-        job.write(sl, b + scale * total)
+    write_scaled_task_sum(job, float(job.info))  # the layer's depth-dependent scale
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:

@@ -55,8 +55,8 @@ def apply_task_vector(
     return out
 
 
-def _kernel(job: TensorJob) -> None:
-    scaling = job.params["scaling"]
+def write_scaled_task_sum(job: TensorJob, scaling: float) -> None:
+    """Write base + scaling * sum_k w_k (model_k - base) for one tensor, chunk by chunk."""
     weights = job.weights
     for sl in job.chunks():
         b = job.base_at(sl)
@@ -64,6 +64,10 @@ def _kernel(job: TensorJob) -> None:
         for k, w in enumerate(weights):
             total += w * (job.model_at(k, sl) - b)
         job.write(sl, b + scaling * total)
+
+
+def _kernel(job: TensorJob) -> None:
+    write_scaled_task_sum(job, job.params["scaling"])
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
