@@ -10,7 +10,7 @@ import torch
 
 from core.continual import ContinualRunner, TaskStream, summary
 from core.regularizers import EWC, HalfFineTuning, LwF
-from tests.core.training.toys import ToyData, ToyModule
+from tests.core.training.toys import ToyData, ToyModule, quiet_trainer
 
 
 class PenaltyRecorder(pl.Callback):
@@ -32,15 +32,7 @@ def test_runner_fills_R_writes_results_and_penalties_start_after_task_one(tmp_pa
     recorder = PenaltyRecorder()
 
     def factory(callbacks):
-        return pl.Trainer(
-            max_epochs=2,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            callbacks=[*callbacks, recorder] if callbacks else [],
-        )
+        return quiet_trainer(max_epochs=2, callbacks=[*callbacks, recorder] if callbacks else [])
 
     module = ToyModule(optimizer=lambda p: torch.optim.Adam(p, lr=0.05))
     regs = [EWC(lambda_=10.0, labels="true", max_samples=64), LwF(weight=0.5), HalfFineTuning()]

@@ -7,22 +7,13 @@ import pytest
 import torch
 
 from core.regularizers import EWC, L2SP, HalfFineTuning, LwF, RegularizerCallback
-from tests.core.training.toys import ToyData, ToyModule
+from tests.core.training.toys import ToyData, ToyModule, quiet_trainer
 
 
 def _trainer(callbacks, **kwargs) -> pl.Trainer:
-    defaults = dict(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
+    return quiet_trainer(
+        callbacks=callbacks, **{"limit_train_batches": 3, "limit_val_batches": 1, **kwargs}
     )
-    return pl.Trainer(callbacks=callbacks, **{**defaults, **kwargs})
 
 
 def test_attached_penalties_are_added_and_logged_like_the_modules_own() -> None:

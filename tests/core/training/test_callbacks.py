@@ -21,24 +21,18 @@ from core.training import (
     read_manifest,
 )
 
-from .toys import ToyData, ToyModule, ToyNet
+from .toys import ToyData, ToyModule, ToyNet, quiet_trainer
 
 
 def _fit(tmp_path: Path, module: pl.LightningModule, stages=("fit",)) -> tuple[pl.Trainer, Path]:
     callbacks = [AdapterExport(), MetricsJson(), PredictionsWriter()]
-    trainer = pl.Trainer(
-        max_epochs=1,
+    trainer = quiet_trainer(
         limit_train_batches=3,
         limit_val_batches=2,
         limit_test_batches=2,
         limit_predict_batches=2,
         logger=CSVLogger(tmp_path, name=""),
         callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
     )
     data = ToyData()
     for stage in stages:

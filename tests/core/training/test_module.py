@@ -11,7 +11,7 @@ import torch
 from core.adapters import LoraConfig
 from core.training import FineTuneModule, coerce_adapter_config
 
-from .toys import ConstantPenalty, HeadL2, ToyData, ToyModule, ToyNet
+from .toys import ConstantPenalty, HeadL2, ToyData, ToyModule, ToyNet, quiet_trainer
 
 # Steps called directly, without a Trainer, make self.log() warn; that is expected here.
 no_trainer = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -23,18 +23,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _trainer(**kwargs) -> pl.Trainer:
-    defaults = dict(
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-    )
-    return pl.Trainer(**{**defaults, **kwargs})
+    return quiet_trainer(**{"limit_train_batches": 2, "limit_val_batches": 1, **kwargs})
 
 
 def _optimizer_param_ids(module: FineTuneModule) -> set[int]:

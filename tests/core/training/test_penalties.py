@@ -66,19 +66,10 @@ def test_stage_hooks_are_called_where_present() -> None:
 
 
 def test_finetune_module_runs_stage_hooks_of_its_own_regularizers() -> None:
-    import lightning.pytorch as pl
 
-    from .toys import ToyData, ToyModule
+    from .toys import ToyData, ToyModule, quiet_trainer
 
     stage = Stage()
-    trainer = pl.Trainer(
-        max_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(ToyModule(regularizers=[stage]), datamodule=ToyData())
     assert stage.calls == ["start", "end"]

@@ -15,6 +15,23 @@ from core.adapters import AdapterConfig
 from core.training import FineTuneModule, Regularizer, default_loss
 
 
+def quiet_trainer(**kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer for tests: one epoch, no logger, checkpoints, progress bar or summary.
+
+    Keyword arguments override these defaults.
+    """
+    defaults: dict[str, Any] = dict(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+    )
+    return pl.Trainer(**{**defaults, **kwargs})
+
+
 class ToyNet(nn.Module):
     def __init__(self, in_features: int = 6, hidden: int = 8, classes: int = 3) -> None:
         super().__init__()
