@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.atomic import atomic_write_text
+from core.examples.module import MLP
 from core.regularizers import EWC, L2SP, HalfFineTuning, LwF, OnlineEWC, Replay
 from core.training.penalties import compute_penalties, end_stage, penalty_names, start_stage
 
@@ -169,20 +170,6 @@ def make_tasks(
     return tasks
 
 
-# ---------------------------------------------------------------------------- model
-class MLP(nn.Module):
-    """``fc1 -> ReLU -> fc2 -> ReLU -> head``."""
-
-    def __init__(self, hidden: int = 256, in_features: int = 784, classes: int = 10) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden)
-        self.fc2 = nn.Linear(hidden, hidden)
-        self.head = nn.Linear(hidden, classes)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
-
-
 def make_regularizers(method: str, config: BenchConfig, seed: int) -> list[Any]:
     """The ``core.regularizers`` objects a method uses (empty for naive and joint)."""
     if method == "ewc":
@@ -278,7 +265,7 @@ def run_one(
 ) -> dict[str, Any]:
     """Train ``method`` through ``tasks`` with ``seed``; return R, metrics and penalties."""
     torch.manual_seed(seed)
-    model = MLP(config.hidden)
+    model = MLP(784, config.hidden, 10)
     regs = make_regularizers(method, config, seed)
     gen = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
