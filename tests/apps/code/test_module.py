@@ -1,0 +1,173 @@
+"""CodeModule end to end on a tiny base: fit + test through the CLI, options, fused loss."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from apps.code.data import CodeDataModule
+from apps.code.module import CodeModule
+from apps.code.packing import Encoded, additive_mask, collate_packed, packed_attention_mask
+from apps.code.records import Record, write_jsonl
+from apps.code.train import main
+from core.training.lm_loss import causal_lm_loss
+
+from .conftest import TINY_CONFIG
+
+
+def _jsonl(tmp_path):
+    recs = [Record("a", f"def f{i}(x):\n", f"    return x + {i}\n") for i in range(12)]
+    recs += [Record("b", messages=({"role": "user", "content": f"add {i}"},
+                                   {"role": "assistant", "content": f"x + {i}"}))
+             for i in range(6)]  # fmt: skip
+    write_jsonl(tmp_path / "train.jsonl", recs)
+    write_jsonl(tmp_path / "val.jsonl", recs[:3] + recs[-3:])
+    return tmp_path / "train.jsonl"
+
+
+def _run(args, tiny_base, tmp_path):
+    folder, _ = tiny_base
+    return main(["fit", "--config", str(TINY_CONFIG), "--model.pretrained", str(folder),
+                 "--trainer.default_root_dir", str(tmp_path / "runs"), *args])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_fit_then_test_writes_the_run_directory(tiny_base, tiny_cache, tmp_path, monkeypatch):
+    """The no-argument flow (fit, then test) on the embedded tasks, scaled down."""
+    monkeypatch.setenv("SPECIALIST_FINETUNERS_CACHE", str(tiny_cache))
+    _, cfg = tiny_base
+    base = [f"--model.base.{k}={v}" for k, v in (("cache_dir", cfg.cache_dir),)]
+    cli = main(["fit", "--config", str(TINY_CONFIG), "--trainer.default_root_dir",
+                str(tmp_path / "runs"), *base])  # fmt: skip
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    run = tmp_path / "runs" / "version_0"
+    for name in (
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+        "metrics.json",
+        "eval.json",
+        "report.md",
+        "checkpoints/last.ckpt",
+    ):
+        assert (run / name).is_file(), name  # fmt: skip
+    results = json.loads((run / "eval.json").read_text())
+    assert set(results) >= {"task_loss", "fim", "humaneval"}
+    assert results["humaneval"]["tuned"]["problems"] == 2
+    assert 0.0 <= results["humaneval"]["tuned"]["pass@1"] <= 1.0
+    statuses = results["humaneval"]["tuned"]["statuses"]
+    assert sum(statuses.values()) == 4  # 2 problems x 2 samples, each run in the sandbox
+    ran = (statuses.get("passed", 0) + statuses.get("failed", 0)) / 4
+    assert results["humaneval"]["tuned"]["runs_to_tests"] == ran
+    metrics = json.loads((run / "metrics.json").read_text())["test"]
+    assert "test/humaneval_pass@1" in metrics and "test/base_humaneval_pass@1" in metrics
+    for task, row in results["task_loss"].items():
+        assert row["tuned"] > 0 and row["base"] > 0, task
+    # Test stage is the base only outside the adapter: the two differ after training.
+    assert any(abs(r["tuned"] - r["base"]) > 0 for r in results["task_loss"].values())
+    assert "| task | base | fine-tuned | change |" in (run / "report.md").read_text()
+    # The test subcommand on the saved checkpoint gives the same per-task losses.
+    main(
+        [
+            "test",
+            "--config",
+            str(TINY_CONFIG),
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+            *base,
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+        ]
+    )
+    again = json.loads((tmp_path / "runs" / "version_1" / "eval.json").read_text())
+    for task, row in results["task_loss"].items():
+        assert again["task_loss"][task]["tuned"] == pytest.approx(row["tuned"], rel=1e-5)
+
+
+def test_jsonl_data_coba_and_unfused(tiny_base, tmp_path):
+    path = _jsonl(tmp_path)
+    val = path.with_name("val.jsonl")
+    cli = _run(["--data.paths", f"[{path}]", "--data.val_paths", f"[{val}]",
+                "--model.task_weighting", "coba",
+                "--model.coba_warmup", "2", "--model.coba_window", "2",
+                "--model.fused_loss", "false", "--trainer.max_epochs", "3",
+                "--trainer.limit_train_batches", "1"], tiny_base, tmp_path)  # fmt: skip
+    assert cli.datamodule.task_names == ["a", "b"]
+    history = cli.model.coba.history
+    assert len(history) == 3 and all(len(h) == 2 for h in history)  # one per validation run
+    logged = cli.trainer.callback_metrics
+    assert "coba/weight_a" in logged and "val/a_loss" in logged and "val/base_b_loss" in logged
+
+
+def test_adapter_per_task_routes_rows(tiny_base, tmp_path):
+    path = _jsonl(tmp_path)
+    with pytest.raises(ValueError, match="pack_by_task"):
+        _run(["--data.paths", f"[{path}]", "--model.adapter_per_task", "true",
+              "--model.adapter_tasks", "[a, b]"], tiny_base, tmp_path)  # fmt: skip
+    cli = _run(["--data.paths", f"[{path}]", "--model.adapter_per_task", "true",
+                "--model.adapter_tasks", "[a, b]", "--data.pack_by_task", "true"], tiny_base,
+               tmp_path)  # fmt: skip
+    run = tmp_path / "runs" / "version_1"
+    assert (run / "adapters" / "a" / "adapter_model.safetensors").is_file()
+    assert (run / "adapters" / "b" / "adapter_config.json").is_file()
+    model = cli.model
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    with torch.no_grad():
+        routed = model.token_losses(batch)
+        bank = model._bank
+        ids = torch.full((batch["input_ids"].shape[0],), -1)
+        with bank.route(ids):  # base only
+            base = causal_lm_loss(model.model, batch["input_ids"], batch["labels"],
+                                  attention_mask=additive_mask(packed_attention_mask(
+                                      batch["segment_ids"]), torch.float32),
+                                  position_ids=batch["position_ids"], reduction="none")  # fmt: skip
+    assert not torch.allclose(routed, base)  # the task adapters changed the rows' losses
+
+
+def test_fused_equals_unfused_per_token(tiny_base):
+    from apps.code.model import load_base
+
+    folder, cfg = tiny_base
+    model, _tok, _ = load_base(cfg, folder)
+    g = torch.Generator().manual_seed(0)
+    exs = [Encoded(torch.randint(1, 300, (n,), generator=g).tolist(),
+                   [-100, *torch.randint(1, 300, (n - 1,), generator=g).tolist()], "t")
+           for n in (9, 12, 5)]  # fmt: skip
+    batch = collate_packed([exs[:2], exs[2:]], 0, ["t"], 24)
+    mask = additive_mask(packed_attention_mask(batch["segment_ids"]), torch.float32)
+    kw = {"attention_mask": mask, "position_ids": batch["position_ids"], "reduction": "none"}
+    fused = causal_lm_loss(model, batch["input_ids"], batch["labels"], fused=True, **kw)
+    plain = causal_lm_loss(model, batch["input_ids"], batch["labels"], fused=False, **kw)
+    torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+    assert fused.shape == (2, 23)
+    mean = causal_lm_loss(model, batch["input_ids"], batch["labels"], fused=True,
+                          attention_mask=mask, position_ids=batch["position_ids"])  # fmt: skip
+    valid = batch["labels"][:, 1:] != -100
+    torch.testing.assert_close(mean, plain[valid].mean(), atol=1e-5, rtol=1e-5)
+    fused.sum().backward()
+
+
+def test_bad_options(tiny_base):
+    folder, _ = tiny_base
+    with pytest.raises(ValueError, match="task_weighting"):
+        CodeModule(pretrained=str(folder), task_weighting="nope")
+    with pytest.raises(ValueError, match="adapter_per_task needs"):
+        CodeModule(pretrained=str(folder), adapter_per_task=True)
+    with pytest.raises(ValueError, match="seq_len"):
+        CodeDataModule(seq_len=4)
+    with pytest.raises(ValueError, match=r"need data\.paths"):
+        CodeDataModule(val_paths=["x.jsonl"])
+    dm = CodeDataModule(paths=["x.jsonl"])
+    with pytest.raises(ValueError, match="no tokenizer"):
+        dm.setup("fit")
+
+
+def test_dora_with_the_plain_token_mean(tiny_base, tmp_path):
+    path = _jsonl(tmp_path)
+    cli = _run(["--data.paths", f"[{path}]", "--model.task_weighting", "token",
+                "--model.adapter.init_args.use_dora", "true"], tiny_base, tmp_path)  # fmt: skip
+    run = tmp_path / "runs" / "version_0"
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["use_dora"] is True
+    assert "val/loss" in cli.trainer.callback_metrics
