@@ -233,7 +233,9 @@ def estimate_fisher(
                     with torch.enable_grad():
                         grads = looped(inputs, y)
             for name, g in grads.items():
-                total[name] += g.float().pow(2).sum(0)
+                # detach: parameters outside `params` that still require grad (a head left
+                # out by `include`) would otherwise keep the whole graph alive in the Fisher.
+                total[name] += g.detach().float().pow(2).sum(0)
             seen += n
             if max_samples is not None and seen >= max_samples:
                 break

@@ -129,6 +129,7 @@ def run_cli(
     default_config: str | Path,
     args: Sequence[str] | None = None,
     app_name: str | None = None,
+    subclass_mode: bool = False,
 ) -> FineTuneCLI:
     """Run an app's command line; with no arguments at all, fit then test.
 
@@ -142,6 +143,9 @@ def run_cli(
             no command-line arguments) means: fit on the default config, then test.
         app_name: Names the default run root ``runs/<app_name>``; defaults to the package
             of ``module_cls``.
+        subclass_mode: Let the config pick the module class (``model: {class_path: ...,
+            init_args: ...}``, any subclass of ``module_cls``), so one entry point serves
+            several recipes (report generation, classification, ...).
 
     Returns:
         The ``FineTuneCLI`` (``.trainer``, ``.model``, ``.datamodule``, ``.config``).
@@ -163,6 +167,7 @@ def run_cli(
             datamodule_cls,
             app_name=name,
             args=with_default_config(argv or ["fit"], default_config),
+            subclass_mode_model=subclass_mode,
             seed_everything_default=0,
             auto_configure_optimizers=False,
             parser_kwargs={

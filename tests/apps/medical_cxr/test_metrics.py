@@ -141,17 +141,27 @@ def test_empty_hypothesis_scores_zero_without_crashing() -> None:
 
 
 @pytest.mark.skipif(not java_available(), reason="METEOR needs Java")
-def test_meteor_matches_pycocoevalcap_directly() -> None:
-    from pycocoevalcap.meteor.meteor import Meteor
+def test_meteor_runs_pycocoevalcap_on_the_prepared_texts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One JVM: record what the real METEOR scorer saw and returned through nlg_metrics."""
+    from pycocoevalcap.meteor import meteor as meteor_module
 
-    scores = nlg_metrics(REFS, HYPS)
-    scorer = Meteor()
-    direct, _ = scorer.compute_score(
-        {i: [prepare_text(r)] for i, r in enumerate(REFS)},
-        {i: [prepare_text(h)] for i, h in enumerate(HYPS)},
-    )
-    assert scores["METEOR"] == pytest.approx(direct, abs=1e-9)
-    assert 0.0 < scores["METEOR"] < 1.0
+    seen = {}
+
+    class RecordingMeteor(meteor_module.Meteor):
+        def compute_score(self, gts, res):
+            seen["gts"], seen["res"] = gts, res
+            seen["score"], seen["per_report"] = super().compute_score(gts, res)
+            return seen["score"], seen["per_report"]
+
+    monkeypatch.setattr(meteor_module, "Meteor", RecordingMeteor)
+    refs, hyps = [*REFS, REFS[0]], [*HYPS, REFS[0]]  # the last pair is identical
+    scores = nlg_metrics(refs, hyps)
+    assert seen["gts"] == {i: [prepare_text(r)] for i, r in enumerate(refs)}
+    assert seen["res"] == {i: [prepare_text(h)] for i, h in enumerate(hyps)}
+    assert scores["METEOR"] == pytest.approx(seen["score"], abs=1e-12)
+    per_report = [float(x) for x in seen["per_report"]]
+    assert per_report[-1] > 0.95  # an identical report scores (almost) 1
+    assert all(0.0 <= x < per_report[-1] for x in per_report[:-1])
 
 
 def test_meteor_is_skipped_with_a_warning_without_java(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,114 @@
+"""``python -m apps.medical_cxr.factuality``: does preference tuning make reports more factual?
+
+Per seed: fit the SFT report generator (``configs/default.yaml``) and test it, then
+preference-tune it (``configs/preference.yaml``: DPO with LoRA on the decoder, pairs ranked by
+clinical-efficacy F1) and test again on the same held-out split with the same decoding.
+Writes ``comparison.json`` and ``comparison.md`` (clinical efficacy and NLG metrics, SFT vs
+SFT + preference tuning, per seed) under ``--out`` (default ``runs/medical_cxr_factuality``).
+
+``--sft-args`` / ``--pref-args`` pass extra options to the two stages, e.g.
+``--pref-args "--model.init_args.beta 0.2"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.atomic import atomic_write_text
+
+from .train import DEFAULT_CONFIG, main
+
+PREFERENCE = DEFAULT_CONFIG.parent / "preference.yaml"
+KEYS = (
+    "ce_f1_micro",
+    "ce_f1_macro",
+    "ce_precision_micro",
+    "ce_recall_micro",
+    "BLEU-4",
+    "ROUGE-L",
+    "CIDEr",
+)
+
+
+def _test_metrics(cli) -> dict[str, float]:
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule)[0]
+    return {k.removeprefix("test/"): float(v) for k, v in results.items()}
+
+
+def run_seed(seed: int, out: Path, sft_args: Sequence[str], pref_args: Sequence[str]) -> dict:
+    """SFT then preference tuning for one seed; the test metrics of both."""
+    common = ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    sft = main(
+        ["fit", *common, "--trainer.default_root_dir", str(out / f"sft_seed{seed}"), *sft_args]
+    )
+    sft_metrics = _test_metrics(sft)
+    ckpt = Path(sft.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    pref = main(
+        ["fit", "--config", str(PREFERENCE), *common, "--model.init_args.sft_checkpoint", str(ckpt),
+         "--trainer.default_root_dir", str(out / f"pref_seed{seed}"), *pref_args]
+    )  # fmt: skip
+    pref_metrics = _test_metrics(pref)
+    return {
+        "seed": seed,
+        "sft": sft_metrics,
+        "preference": pref_metrics,
+        "pairs": len(pref.model.pairs),
+        "sft_run": str(sft.trainer.log_dir),
+        "preference_run": str(pref.trainer.log_dir),
+    }
+
+
+def comparison_table(records: list[dict]) -> str:
+    """Markdown: per seed and metric, SFT, SFT + preference tuning, difference."""
+    lines = ["| seed | metric | SFT | SFT + DPO | change |", "|---|---|---|---|---|"]
+    for r in records:
+        for key in KEYS:
+            a, b = r["sft"].get(key), r["preference"].get(key)
+            if a is None or b is None:
+                continue
+            lines.append(f"| {r['seed']} | {key} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> Path:
+    """Run the comparison; return the path of ``comparison.md``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--out", default="runs/medical_cxr_factuality")
+    parser.add_argument("--sft-args", default="", help="extra options for the SFT stage")
+    parser.add_argument("--pref-args", default="", help="extra options for the DPO stage")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    start = time.time()
+    records = []
+    for seed in args.seeds:
+        records.append(run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args)))
+        atomic_write_text(out / "comparison.json", json.dumps(records, indent=2) + "\n")
+    text = "\n".join(
+        [
+            "# Factuality preference tuning: SFT vs SFT + DPO (held-out test split)",
+            "",
+            "Real IU X-ray reports, synthetic radiographs. Beam search (3 beams, no repeated "
+            "trigram) for both. Clinical efficacy: CheXpert labels of generated vs reference "
+            "reports (uncertain = negative).",
+            "",
+            comparison_table(records),
+            "",
+            f"{len(records)} seed(s) in {(time.time() - start) / 60:.1f} min. Command: "
+            f"python -m apps.medical_cxr.factuality {' '.join(argv or [])}".rstrip(),
+            "",
+        ]
+    )
+    path = atomic_write_text(out / "comparison.md", text)
+    print(text)
+    print(f"comparison: {path.resolve()}")
+    return path
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,46 @@
+"""The BenchX summary and the factuality comparison tables (their run loops are exercised
+by test_module's command-line runs)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from apps.medical_cxr.benchmark import mean_std, parse_args, run, summary_table
+from apps.medical_cxr.factuality import comparison_table
+
+
+def test_mean_std_is_the_sample_std():
+    mean, std = mean_std([0.7, 0.8, 0.9])
+    assert mean == pytest.approx(0.8)
+    assert std == pytest.approx(np.std([0.7, 0.8, 0.9], ddof=1))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert all(math.isnan(v) for v in mean_std([float("nan")]))
+
+
+def test_summary_table_rows_per_fraction():
+    records = [
+        {"fraction": f, "seed": s, "train_studies": n, "auroc": a, "auroc_excluded": e}
+        for f, n, e, aurocs in ((0.01, 24, 3, (0.6, 0.7, 0.8)), (1.0, 2398, 0, (0.9, 0.9, 0.9)))
+        for s, a in zip((0, 1, 2), aurocs, strict=True)
+    ]
+    table = summary_table(records).splitlines()
+    assert table[2] == "| 0.01 | 24 | 0,1,2 | 0.7000 ± 0.1000 | 3 |"
+    assert table[3] == "| 1 | 2398 | 0,1,2 | 0.9000 ± 0.0000 | 0 |"
+
+
+def test_benchmark_arguments():
+    args, extra = parse_args(["--seeds", "0", "--model.init_args.encoder", "densenet121"])
+    assert args.seeds == [0] and extra == ["--model.init_args.encoder", "densenet121"]
+    with pytest.raises(ValueError, match="one value per fraction"):
+        run(["--fractions", "0.1", "--epochs", "3", "4"])
+
+
+def test_comparison_table():
+    records = [{"seed": 0, "sft": {"ce_f1_micro": 0.5}, "preference": {"ce_f1_micro": 0.6}}]
+    assert (
+        comparison_table(records).splitlines()[2]
+        == "| 0 | ce_f1_micro | 0.5000 | 0.6000 | +0.1000 |"
+    )

@@ -1,0 +1,114 @@
+"""Encoders, tokenizer, decoder, visual-prefix generator: shapes, log-probabilities against
+a brute-force sum, beam search with trigram blocking, sampling, local checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apps.medical_cxr.model import (
+    CxrClassifier,
+    ReportGenerator,
+    build_decoder,
+    build_encoder,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+TEXTS = [
+    "the heart is normal in size . no pleural effusion or pneumothorax .",
+    "mild cardiomegaly . small left pleural effusion .",
+    "lungs are clear . no acute cardiopulmonary process .",
+    "there is a right upper lobe opacity concerning for pneumonia .",
+] * 5
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer(TEXTS, vocab_size=120)
+
+
+def small_generator(vocab: int) -> ReportGenerator:
+    torch.manual_seed(0)
+    encoder = build_encoder("vit_tiny", 32, vit_dim=32, vit_depth=1, vit_heads=2, patch_size=8)
+    return ReportGenerator(encoder, build_decoder(vocab, hidden_size=32, layers=1, heads=2))
+
+
+def test_tokenizer_round_trip_and_special_ids(tok, tmp_path):
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    ids = tok(TEXTS[1], add_special_tokens=False).input_ids
+    assert tok.decode(ids).replace(" .", ".") == TEXTS[1].replace(" .", ".")
+    assert train_tokenizer(TEXTS, 120).backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
+    path = tmp_path / "tokenizer.json"
+    path.write_text(tok.backend_tokenizer.to_str())
+    assert load_tokenizer(str(path))(TEXTS[0]).input_ids == tok(TEXTS[0]).input_ids
+    with pytest.raises(FileNotFoundError, match=r"tokenizer"):
+        load_tokenizer(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "resnet18"])
+def test_encoders_take_one_channel(name):
+    enc = build_encoder(name, 32, vit_dim=32, vit_depth=1, vit_heads=2, patch_size=8)
+    tokens = enc(torch.rand(2, 1, 32, 32))
+    assert tokens.ndim == 3 and tokens.shape[0] == 2 and tokens.shape[2] == enc.out_dim
+    with pytest.raises(ValueError, match=r"grayscale"):
+        enc(torch.rand(2, 3, 32, 32))
+    assert CxrClassifier(enc)(torch.rand(2, 1, 32, 32)).shape == (2, 14)
+
+
+def test_densenet121_encoders_build_with_one_channel():
+    for name in ("densenet121", "monai_densenet121"):
+        enc = build_encoder(name, 32)
+        assert enc.out_dim == 1024
+        first = next(m for m in enc.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first.in_channels == 1, name
+    with pytest.raises(ValueError, match=r"not a timm model"):
+        build_encoder("no_such_net", 32)
+
+
+def test_sequence_logprobs_equal_a_brute_force_sum(tok):
+    model = small_generator(len(tok)).eval()
+    images = torch.rand(2, 1, 32, 32)
+    rows = [[1, *tok(t, add_special_tokens=False).input_ids, 2] for t in TEXTS[:2]]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = (torch.arange(width)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    got = model.sequence_logprobs(images, ids, mask)
+    for b, row in enumerate(rows):  # one unpadded sequence at a time, token by token
+        prefix = model.prefix(images[b : b + 1])
+        total = 0.0
+        for t in range(1, len(row)):
+            emb = model.decoder.get_input_embeddings()(torch.tensor([row[:t]]))
+            logits = model.decoder(inputs_embeds=torch.cat([prefix, emb], 1)).logits[0, -1]
+            total += torch.log_softmax(logits, -1)[row[t]].item()
+        assert got[b].item() == pytest.approx(total, abs=1e-3)
+
+
+def _trigrams(seq: list[int]) -> list[tuple[int, ...]]:
+    return [tuple(seq[i : i + 3]) for i in range(len(seq) - 2)]
+
+
+def test_beam_search_blocks_repeated_trigrams_and_sampling_is_seeded(tok):
+    model = small_generator(len(tok)).eval()
+    images = torch.rand(3, 1, 32, 32)
+    free = model.generate(images, 1, 2, 0, max_new_tokens=40, num_beams=3, no_repeat_ngram_size=0)
+    blocked = model.generate(images, 1, 2, 0, max_new_tokens=40, num_beams=3)
+    assert any(
+        len(set(_trigrams(r))) < len(_trigrams(r)) for r in free.tolist()
+    )  # untrained: loops
+    for row in blocked.tolist():
+        row = row[: row.index(2)] if 2 in row else row
+        assert len(set(_trigrams(row))) == len(_trigrams(row))
+    torch.manual_seed(3)
+    a = model.generate(images, 1, 2, 0, max_new_tokens=10, do_sample=True, num_return_sequences=4)
+    torch.manual_seed(3)
+    b = model.generate(images, 1, 2, 0, max_new_tokens=10, do_sample=True, num_return_sequences=4)
+    assert a.shape[0] == 12 and torch.equal(a, b)
+
+
+def test_decoder_from_a_local_checkpoint(tmp_path, tok):
+    build_decoder(len(tok), hidden_size=32, layers=1, heads=2).save_pretrained(tmp_path / "lm")
+    loaded = build_decoder(len(tok), path=str(tmp_path / "lm"))
+    assert loaded.config.hidden_size == 32
+    with pytest.raises(FileNotFoundError, match=r"no hub downloads"):
+        build_decoder(10, path=str(tmp_path / "nope"))
