@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m core.examples.train
+	$(PY) -m apps.medical_cxr.train
 
 test: $(STAMP)
 	$(PY) -m ruff check .

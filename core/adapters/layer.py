@@ -44,9 +44,22 @@ def layer_dims(base: nn.Module) -> tuple[int, int]:
     return int(out_f), int(in_f)
 
 
+#: Layers whose outputs hold the channels in dimension 1, (N, C, ...).
+CHANNELS_FIRST = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+)
+
+
 def channel_dim(base: nn.Module) -> int:
-    """Which output dimension holds the channels: 1 for convolutions, -1 otherwise."""
-    return 1 if isinstance(base, nn.Conv1d | nn.Conv2d | nn.Conv3d) else -1
+    """Which output dimension holds the channels: 1 for convolutions and batch/group norms
+    (outputs are (N, C, ...)), -1 for linear layers and LayerNorm."""
+    return 1 if isinstance(base, CHANNELS_FIRST) else -1
 
 
 def per_channel(vector: Tensor, output: Tensor, dim: int) -> Tensor:
