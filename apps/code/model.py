@@ -14,10 +14,8 @@ and module list), so a different config or a different Python trains a new base.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -31,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from core.atomic import atomic_directory, atomic_write_text
+from core.cache import app_cache_dir, config_hash
 
 from .corpus import list_modules, read_source, split_modules
 from .fim import FimSentinels
@@ -39,9 +38,7 @@ from .tokenizer import load_tokenizer, train_bpe
 
 def default_cache_dir() -> Path:
     """``$SPECIALIST_FINETUNERS_CACHE/code`` or ``~/.cache/specialist-finetuners/code``."""
-    root = os.environ.get("SPECIALIST_FINETUNERS_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "specialist-finetuners"
-    return base / "code"
+    return app_cache_dir("code")
 
 
 @dataclass
@@ -112,8 +109,7 @@ class BaseConfig:
         }
         spec["python"] = sys.version.split()[0]
         spec["modules"] = modules
-        blob = json.dumps(spec, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return config_hash(spec)
 
     def llama_config(self, vocab_size: int, eos_id: int) -> LlamaConfig:
         """The ``transformers`` config of the base."""

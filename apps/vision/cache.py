@@ -9,9 +9,7 @@ The directory is ``$SPECIALIST_FINETUNERS_CACHE/vision`` or
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,23 +17,14 @@ from typing import Any
 import torch
 
 from core.atomic import atomic_write
+from core.cache import app_cache_dir, config_hash
 
 __all__ = ["cache_root", "cached", "config_hash"]
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
     """The cache directory (created on first write)."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("SPECIALIST_FINETUNERS_CACHE")
-    base = Path(env) if env else Path.home() / ".cache" / "specialist-finetuners"
-    return base / "vision"
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A short stable hash of a JSON-serialisable config."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return Path(cache_dir) if cache_dir is not None else app_cache_dir("vision")
 
 
 def cached(
