@@ -107,15 +107,13 @@ def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
     scorer = Meteor()
     try:
         score, _ = scorer.compute_score(gts, res)
-    finally:
-        scorer.meteor_p.kill()
-        scorer.meteor_p.wait()
-        scorer.__class__ = _ClosedMeteor  # its __del__ would write to the closed pipe
+    finally:  # stop the JVM now, not whenever the scorer is garbage-collected
+        process = scorer.meteor_p
+        process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout, process.stderr):
+            pipe.close()
     return float(score)
-
-
-class _ClosedMeteor:
-    """Stand-in class for a Meteor scorer whose Java process was already stopped."""
 
 
 def _label_matrix(texts: Sequence[str], uncertain_as: int) -> np.ndarray:
