@@ -236,7 +236,6 @@ _NEGATION_PRE = [
     r"nor",
     r"rather than",
     r"never",
-    r"ruled out",
 ]
 _UNCERTAIN_POST = [
     r"(?:is |are |was |were )?(?:not |cannot be |can not be |can't be )(?:\w+ )?"

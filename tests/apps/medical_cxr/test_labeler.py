@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import tarfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,8 @@ from apps.medical_cxr.labeler import (
     label_vector,
     split_sentences,
 )
+from apps.medical_cxr.reports import iter_iu_reports
+from apps.medical_cxr.sources import embedded_reports_path
 
 HAND_LABELS = Path(__file__).parent / "data" / "iu_hand_labels.json"
 
@@ -132,16 +132,13 @@ def test_label_vector_maps_uncertain_and_missing() -> None:
 
 def _iu_reports(names: set[str]) -> dict[str, str]:
     """FINDINGS + IMPRESSION of the named IU X-ray reports, read from torchxrayvision."""
-    xrv = pytest.importorskip("torchxrayvision")
-    archive = Path(xrv.__file__).parent / "data" / "NLMCXR_reports.tgz"
+    pytest.importorskip("torchxrayvision")
     reports = {}
-    with tarfile.open(archive) as tar:
-        for member in tar.getmembers():
-            name = Path(member.name).name
-            if name in names:
-                root = ET.fromstring(tar.extractfile(member).read())
-                sections = {a.get("Label"): a.text or "" for a in root.iter("AbstractText")}
-                reports[name] = f"{sections.get('FINDINGS', '')} {sections.get('IMPRESSION', '')}"
+    for report in iter_iu_reports(embedded_reports_path()):
+        name = Path(report.source).name
+        if name in names:
+            sections = report.sections
+            reports[name] = f"{sections.get('findings', '')} {sections.get('impression', '')}"
     return reports
 
 
