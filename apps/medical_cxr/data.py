@@ -21,10 +21,7 @@ in ``setup`` in the main process, never inside a DataLoader worker.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from core.atomic import atomic_write
+from core.cache import app_cache_dir, config_hash
 
 from .images import read_image, resize
 from .labeler import CHEXPERT_LABELS, label_vector
@@ -54,9 +52,7 @@ log = logging.getLogger(__name__)
 
 DATASETS = ("embedded", "iu_xray", "mimic_cxr", "chexpert")
 PHANTOM_VERSION = 2
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / (
-    "specialist_finetuners/medical_cxr"
-)
+DEFAULT_CACHE = app_cache_dir("medical_cxr")
 
 
 def render_all(
@@ -67,10 +63,13 @@ def render_all(
     The cache key covers the phantom version, the size, the study ids and their labels, so
     a stale cache is never read. ``cache_dir=None`` always renders.
     """
-    key_src = json.dumps(
-        [PHANTOM_VERSION, size, [(s.study_id, s.labels) for s in studies]], sort_keys=True
+    key = config_hash(
+        {
+            "version": PHANTOM_VERSION,
+            "size": size,
+            "studies": [(s.study_id, s.labels) for s in studies],
+        }
     )
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"phantoms-{size}-{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         try:
