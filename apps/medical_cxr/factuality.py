@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.atomic import atomic_write_text
 
+from .benchmark import mean_std
 from .train import DEFAULT_CONFIG, main
 
 PREFERENCE = DEFAULT_CONFIG.parent / "preference.yaml"
@@ -75,6 +77,30 @@ def comparison_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seed_summary_table(records: list[dict]) -> str:
+    """Markdown: per metric, mean ± sample std over seeds of SFT, SFT + DPO and the change,
+    and in how many seeds the change was positive."""
+    lines = [
+        "| metric | SFT | SFT + DPO | change | seeds improved |",
+        "|---|---|---|---|---|",
+    ]
+    for key in KEYS:
+        rows = [r for r in records if key in r["sft"] and key in r["preference"]]
+        if not rows:
+            continue
+        cells = []
+        for values in (
+            [r["sft"][key] for r in rows],
+            [r["preference"][key] for r in rows],
+            [r["preference"][key] - r["sft"][key] for r in rows],
+        ):
+            mean, std = mean_std(values)
+            cells.append(f"{mean:.4f} ± {std:.4f}")
+        improved = sum(r["preference"][key] > r["sft"][key] for r in rows)
+        lines.append(f"| {key} | {' | '.join(cells)} | {improved}/{len(rows)} |")
+    return "\n".join(lines)
+
+
 def run(argv: Sequence[str] | None = None) -> Path:
     """Run the comparison; return the path of ``comparison.md``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -82,11 +108,19 @@ def run(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--out", default="runs/medical_cxr_factuality")
     parser.add_argument("--sft-args", default="", help="extra options for the SFT stage")
     parser.add_argument("--pref-args", default="", help="extra options for the DPO stage")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the seeds already in <out>/comparison.json"
+    )
     args = parser.parse_args(argv)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     start = time.time()
     records = []
-    for seed in args.seeds:
+    if args.resume and (out / "comparison.json").exists():
+        records = [r for r in json.loads((out / "comparison.json").read_text())
+                   if r["seed"] in args.seeds]  # fmt: skip
+    done = {r["seed"] for r in records}
+    for seed in (s for s in args.seeds if s not in done):
         records.append(run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args)))
         atomic_write_text(out / "comparison.json", json.dumps(records, indent=2) + "\n")
     text = "\n".join(
@@ -97,10 +131,16 @@ def run(argv: Sequence[str] | None = None) -> Path:
             "trigram) for both. Clinical efficacy: CheXpert labels of generated vs reference "
             "reports (uncertain = negative).",
             "",
+            "Mean ± sample std over seeds " + ", ".join(str(r["seed"]) for r in records) + ":",
+            "",
+            seed_summary_table(records),
+            "",
+            "Per seed:",
+            "",
             comparison_table(records),
             "",
             f"{len(records)} seed(s) in {(time.time() - start) / 60:.1f} min. Command: "
-            f"python -m apps.medical_cxr.factuality {' '.join(argv or [])}".rstrip(),
+            f"python -m apps.medical_cxr.factuality {command}".rstrip(),
             "",
         ]
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from apps.medical_cxr.benchmark import mean_std, parse_args, run, summary_table
-from apps.medical_cxr.factuality import comparison_table
+from apps.medical_cxr.factuality import comparison_table, seed_summary_table
 
 
 def test_mean_std_is_the_sample_std():
@@ -44,3 +44,14 @@ def test_comparison_table():
         comparison_table(records).splitlines()[2]
         == "| 0 | ce_f1_micro | 0.5000 | 0.6000 | +0.1000 |"
     )
+
+
+def test_factuality_summary_over_seeds():
+    records = [
+        {"seed": s, "sft": {"ce_f1_micro": a}, "preference": {"ce_f1_micro": b}}
+        for s, a, b in ((0, 0.5, 0.6), (1, 0.6, 0.5), (2, 0.4, 0.7))
+    ]
+    row = seed_summary_table(records).splitlines()[2]
+    change = np.std([0.1, -0.1, 0.3], ddof=1)
+    expected = f"| ce_f1_micro | 0.5000 ± 0.1000 | 0.6000 ± 0.1000 | 0.1000 ± {change:.4f} | 2/3 |"
+    assert row == expected
