@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +99,19 @@ def run_one(fraction: float, seed: int, epochs: int, out: Path, extra: Sequence[
     }
 
 
+def write_summary(
+    path: Path, lines: Sequence[str], module: str, argv: Sequence[str] | None
+) -> Path:
+    """Write a markdown summary atomically, ending with the command that reproduces it (the
+    real command line when ``argv`` is None), print it and its path; return the path."""
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join([*lines, f"Command: python -m {module} {command}".rstrip(), ""])
+    atomic_write_text(path, text)
+    print(text)
+    print(f"summary: {path.resolve()}")
+    return path
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
@@ -141,24 +155,17 @@ def run(argv: Sequence[str] | None = None) -> Path:
             records.append(run_one(fraction, seed, epochs, out, extra))
             atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
     minutes = (time.time() - start) / 60
-    text = "\n".join(
-        [
-            "# BenchX-style label efficiency: 14-label classification, embedded data",
-            "",
-            "Synthetic radiographs drawn from the labels of real IU X-ray reports; fixed, "
-            "nested label-fraction split files; test split fixed; best checkpoint by val AUROC.",
-            "",
-            summary_table(records),
-            "",
-            f"{len(records)} runs ({minutes:.1f} min in this invocation). Command: python -m "
-            f"apps.medical_cxr.benchmark {' '.join(argv or [])}".rstrip(),
-            "",
-        ]
-    )
-    summary = atomic_write_text(out / "summary.md", text)
-    print(text)
-    print(f"summary: {summary.resolve()}")
-    return summary
+    lines = [
+        "# BenchX-style label efficiency: 14-label classification, embedded data",
+        "",
+        "Synthetic radiographs drawn from the labels of real IU X-ray reports; fixed, "
+        "nested label-fraction split files; test split fixed; best checkpoint by val AUROC.",
+        "",
+        summary_table(records),
+        "",
+        f"{len(records)} runs ({minutes:.1f} min in this invocation).",
+    ]
+    return write_summary(out / "summary.md", lines, "apps.medical_cxr.benchmark", argv)
 
 
 if __name__ == "__main__":

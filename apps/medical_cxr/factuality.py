@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.atomic import atomic_write_text
 
-from .benchmark import mean_std
+from .benchmark import mean_std, write_summary
 from .train import DEFAULT_CONFIG, main
 
 PREFERENCE = DEFAULT_CONFIG.parent / "preference.yaml"
@@ -112,7 +111,6 @@ def run(argv: Sequence[str] | None = None) -> Path:
         "--resume", action="store_true", help="keep the seeds already in <out>/comparison.json"
     )
     args = parser.parse_args(argv)
-    command = " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out)
     start = time.time()
     records = []
@@ -123,31 +121,24 @@ def run(argv: Sequence[str] | None = None) -> Path:
     for seed in (s for s in args.seeds if s not in done):
         records.append(run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args)))
         atomic_write_text(out / "comparison.json", json.dumps(records, indent=2) + "\n")
-    text = "\n".join(
-        [
-            "# Factuality preference tuning: SFT vs SFT + DPO (held-out test split)",
-            "",
-            "Real IU X-ray reports, synthetic radiographs. Beam search (3 beams, no repeated "
-            "trigram) for both. Clinical efficacy: CheXpert labels of generated vs reference "
-            "reports (uncertain = negative).",
-            "",
-            "Mean ± sample std over seeds " + ", ".join(str(r["seed"]) for r in records) + ":",
-            "",
-            seed_summary_table(records),
-            "",
-            "Per seed:",
-            "",
-            comparison_table(records),
-            "",
-            f"{len(records)} seed(s) in {(time.time() - start) / 60:.1f} min. Command: "
-            f"python -m apps.medical_cxr.factuality {command}".rstrip(),
-            "",
-        ]
-    )
-    path = atomic_write_text(out / "comparison.md", text)
-    print(text)
-    print(f"comparison: {path.resolve()}")
-    return path
+    lines = [
+        "# Factuality preference tuning: SFT vs SFT + DPO (held-out test split)",
+        "",
+        "Real IU X-ray reports, synthetic radiographs. Beam search (3 beams, no repeated "
+        "trigram) for both. Clinical efficacy: CheXpert labels of generated vs reference "
+        "reports (uncertain = negative).",
+        "",
+        "Mean ± sample std over seeds " + ", ".join(str(r["seed"]) for r in records) + ":",
+        "",
+        seed_summary_table(records),
+        "",
+        "Per seed:",
+        "",
+        comparison_table(records),
+        "",
+        f"{len(records)} seed(s), {(time.time() - start) / 60:.1f} min in this invocation.",
+    ]
+    return write_summary(out / "comparison.md", lines, "apps.medical_cxr.factuality", argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from apps.medical_cxr.benchmark import mean_std, parse_args, run, summary_table
+from apps.medical_cxr.benchmark import mean_std, parse_args, run, summary_table, write_summary
 from apps.medical_cxr.factuality import comparison_table, seed_summary_table
 
 
@@ -55,3 +55,9 @@ def test_factuality_summary_over_seeds():
     change = np.std([0.1, -0.1, 0.3], ddof=1)
     expected = f"| ce_f1_micro | 0.5000 ± 0.1000 | 0.6000 ± 0.1000 | 0.1000 ± {change:.4f} | 2/3 |"
     assert row == expected
+
+
+def test_write_summary_ends_with_the_command(tmp_path, capsys):
+    path = write_summary(tmp_path / "s.md", ["# t", "", "body"], "apps.x", ["--seeds", "0"])
+    assert path.read_text() == "# t\n\nbody\nCommand: python -m apps.x --seeds 0\n"
+    assert "summary:" in capsys.readouterr().out

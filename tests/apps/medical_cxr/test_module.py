@@ -147,3 +147,40 @@ def test_encoder_adapter_per_part(tmp_path):
 def test_preference_module_needs_a_checkpoint_and_an_adapter(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train the report generator first"):
         PreferenceModule(sft_checkpoint=str(tmp_path / "none.ckpt"))
+
+
+@pytest.mark.slow
+def test_factuality_comparison_runs_both_stages_and_resumes(fast_embedded, tmp_path, monkeypatch):
+    from apps.medical_cxr import factuality
+
+    arch = [f"--model.init_args.{k}={v}" for k, v in TINY_ARCH.items()]
+    tiny = [
+        "--data.max_studies",
+        "16",
+        "--data.image_size",
+        "32",
+        "--data.batch_size",
+        "8",
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+        "--trainer.max_epochs",
+        "1",
+        *TRAINER,
+    ]
+    pref = ["--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens",
+            "12", "--model.init_args.meteor", "false", *tiny]  # fmt: skip
+    argv = ["--seeds", "3", "--out", str(tmp_path / "out"),
+            "--sft-args", " ".join([*arch, *tiny]), "--pref-args", " ".join(pref)]  # fmt: skip
+    path = factuality.run(argv)
+    (record,) = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert record["seed"] == 3 and record["pairs"] > 0
+    for stage in ("sft", "preference"):
+        assert 0.0 <= record[stage]["ce_f1_micro"] <= 1.0
+    text = path.read_text()
+    assert "| ce_f1_micro |" in text and "| 3 | ce_f1_micro |" in text
+    assert Path(record["preference_run"]).is_relative_to(tmp_path / "out" / "pref_seed3")
+    # --resume keeps the finished seed instead of training it again.
+    calls = []
+    monkeypatch.setattr(factuality, "run_seed", lambda *a: calls.append(a))
+    factuality.run([*argv, "--resume"])
+    assert calls == []
