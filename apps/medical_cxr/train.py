@@ -3,7 +3,7 @@
 With no arguments: fit the report generator on ``configs/default.yaml`` (real IU X-ray
 reports, synthetic radiographs), then test it with beam search; prints the metrics table and
 the path of ``report.md``. Other recipes: ``fit --config apps/medical_cxr/configs/<recipe>.yaml``
-(``classification.yaml``, ``preference.yaml``).
+(``classification.yaml``, ``preference.yaml``, ``segmentation.yaml``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from core.training import FineTuneCLI, FineTuneModule, run_cli
 
 from . import module as _modules  # noqa: F401  (registers the recipes' module classes)
+from . import segmentation as _segmentation  # noqa: F401  (registers SegmentationModule)
 from .data import CxrDataModule
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
