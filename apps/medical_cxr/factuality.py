@@ -103,7 +103,7 @@ def seed_summary_table(records: list[dict]) -> str:
 def run(argv: Sequence[str] | None = None) -> Path:
     """Run the comparison; return the path of ``comparison.md``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/medical_cxr_factuality")
     parser.add_argument("--sft-args", default="", help="extra options for the SFT stage")
     parser.add_argument("--pref-args", default="", help="extra options for the DPO stage")
