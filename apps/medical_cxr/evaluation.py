@@ -118,6 +118,42 @@ def plot_per_label(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def plot_factuality(records: list[dict], per_label: dict[str, dict[str, float]], out: Path) -> Path:
+    """SFT vs SFT + DPO: clinical F1 micro and macro per seed (left) and each observation's
+    F1 averaged over the seeds (right; ``per_label`` maps stage -> observation -> F1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 2.4]}
+    )
+    stages = (("sft", "SFT", "tab:gray"), ("preference", "SFT + DPO", "tab:blue"))
+    groups = [(r["seed"], key) for key in ("ce_f1_micro", "ce_f1_macro") for r in records]
+    x = np.arange(len(groups))
+    for offset, (stage, label, color) in zip((-0.2, 0.2), stages, strict=True):
+        values = [next(r for r in records if r["seed"] == s)[stage][k] for s, k in groups]
+        left.bar(x + offset, values, 0.4, label=label, color=color)
+    left.set_xticks(x, [f"{k.removeprefix('ce_f1_')}\ns{s}" for s, k in groups], fontsize=7)
+    left.set_ylabel("clinical-efficacy F1 (test)")
+    left.set_ylim(0, 1)
+    left.legend(fontsize=8)
+    names = list(per_label.get("sft", {}))
+    x = np.arange(len(names))
+    for offset, (stage, label, color) in zip((-0.2, 0.2), stages, strict=True):
+        values = [per_label.get(stage, {}).get(n, float("nan")) for n in names]
+        right.bar(x + offset, values, 0.4, label=label, color=color)
+    right.set_xticks(x, names, rotation=60, ha="right", fontsize=8)
+    right.set_ylim(0, 1)
+    right.set_ylabel(f"F1, mean over {len(records)} seed(s)")
+    left.set_title("micro / macro, per seed (s)", fontsize=9)
+    right.set_title("per observation", fontsize=9)
+    fig.suptitle("factuality preference tuning: SFT vs SFT + DPO (held-out test split)", y=1.02)
+    _save_png(out, fig)
+    return out
+
+
 def plot_examples(images: list[np.ndarray], out: Path) -> Path:
     """The input images of the examples shown in the report, side by side."""
     import matplotlib

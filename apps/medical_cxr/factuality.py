@@ -3,8 +3,9 @@
 Per seed: fit the SFT report generator (``configs/default.yaml``) and test it, then
 preference-tune it (``configs/preference.yaml``: DPO with LoRA on the decoder, pairs ranked by
 clinical-efficacy F1) and test again on the same held-out split with the same decoding.
-Writes ``comparison.json`` and ``comparison.md`` (clinical efficacy and NLG metrics, SFT vs
-SFT + preference tuning, per seed) under ``--out`` (default ``runs/medical_cxr_factuality``).
+Writes ``comparison.json``, ``comparison.md`` (clinical efficacy and NLG metrics, SFT vs SFT +
+preference tuning, per seed and mean ± std) and ``comparison.png`` (the same as bars, and
+each observation's F1) under ``--out`` (default ``runs/medical_cxr_factuality``).
 
 ``--sft-args`` / ``--pref-args`` pass extra options to the two stages, e.g.
 ``--pref-args "--model.init_args.beta 0.2"``.
@@ -13,6 +14,7 @@ SFT + preference tuning, per seed) under ``--out`` (default ``runs/medical_cxr_f
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import time
@@ -22,6 +24,7 @@ from pathlib import Path
 from core.atomic import atomic_write_text
 
 from .benchmark import mean_std, write_summary
+from .evaluation import plot_factuality
 from .train import DEFAULT_CONFIG, main
 
 PREFERENCE = DEFAULT_CONFIG.parent / "preference.yaml"
@@ -62,6 +65,22 @@ def run_seed(seed: int, out: Path, sft_args: Sequence[str], pref_args: Sequence[
         "sft_run": str(sft.trainer.log_dir),
         "preference_run": str(pref.trainer.log_dir),
     }
+
+
+def per_label_f1(records: list[dict]) -> dict[str, dict[str, float]]:
+    """Stage -> observation -> test F1 averaged over the seeds, from each run's
+    ``eval/test_seed<k>/per_label.csv`` (runs whose file is missing are left out)."""
+    out: dict[str, dict[str, float]] = {}
+    for stage, key in (("sft", "sft_run"), ("preference", "preference_run")):
+        sums: dict[str, list[float]] = {}
+        for r in records:
+            path = Path(r[key]) / "eval" / f"test_seed{r['seed']}" / "per_label.csv"
+            if path.is_file():
+                with open(path) as f:
+                    for row in csv.DictReader(f):
+                        sums.setdefault(row["observation"], []).append(float(row["f1"]))
+        out[stage] = {name: sum(v) / len(v) for name, v in sums.items()}
+    return out
 
 
 def comparison_table(records: list[dict]) -> str:
@@ -138,6 +157,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
         "",
         f"{len(records)} seed(s), {(time.time() - start) / 60:.1f} min in this invocation.",
     ]
+    plot = plot_factuality(records, per_label_f1(records), out / "comparison.png")
+    lines += ["", f"![SFT vs SFT + DPO]({plot.name})", ""]
     return write_summary(out / "comparison.md", lines, "apps.medical_cxr.factuality", argv)
 
 

@@ -178,6 +178,7 @@ def test_factuality_comparison_runs_both_stages_and_resumes(fast_embedded, tmp_p
         assert 0.0 <= record[stage]["ce_f1_micro"] <= 1.0
     text = path.read_text()
     assert "| ce_f1_micro |" in text and "| 3 | ce_f1_micro |" in text
+    assert "comparison.png" in text and path.with_suffix(".png").stat().st_size > 1000
     assert Path(record["preference_run"]).is_relative_to(tmp_path / "out" / "pref_seed3")
     # --resume keeps the finished seed instead of training it again.
     calls = []
