@@ -132,14 +132,15 @@ def run(argv: Sequence[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
-    records = []
+    saved = []
     if args.resume and (out / "comparison.json").exists():
-        records = [r for r in json.loads((out / "comparison.json").read_text())
-                   if r["seed"] in args.seeds]  # fmt: skip
+        saved = json.loads((out / "comparison.json").read_text())
+    records = [r for r in saved if r["seed"] in args.seeds]
+    others = [r for r in saved if r["seed"] not in args.seeds]  # kept in the file, not shown
     done = {r["seed"] for r in records}
     for seed in (s for s in args.seeds if s not in done):
         records.append(run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args)))
-        atomic_write_text(out / "comparison.json", json.dumps(records, indent=2) + "\n")
+        atomic_write_text(out / "comparison.json", json.dumps(others + records, indent=2) + "\n")
     lines = [
         "# Factuality preference tuning: SFT vs SFT + DPO (held-out test split)",
         "",

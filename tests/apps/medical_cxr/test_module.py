@@ -182,6 +182,15 @@ def test_factuality_comparison_runs_both_stages_and_resumes(fast_embedded, tmp_p
     assert Path(record["preference_run"]).is_relative_to(tmp_path / "out" / "pref_seed3")
     # --resume keeps the finished seed instead of training it again.
     calls = []
-    monkeypatch.setattr(factuality, "run_seed", lambda *a: calls.append(a))
+
+    def fake_run_seed(seed, *args):
+        calls.append(seed)
+        return {**record, "seed": seed}
+
+    monkeypatch.setattr(factuality, "run_seed", fake_run_seed)
     factuality.run([*argv, "--resume"])
     assert calls == []
+    # A resumed run with other seeds trains only those and keeps the earlier ones on file.
+    factuality.run([*argv[2:], "--seeds", "4", "--resume"])
+    saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert calls == [4] and [r["seed"] for r in saved] == [3, 4]
