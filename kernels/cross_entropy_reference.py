@@ -26,23 +26,32 @@ def cross_entropy_rows(
     smoothing: float,
     grad_scale: Tensor | float | None,
 ) -> Tensor:
-    """Loss per row of an fp32 ``logits`` block; with ``grad_scale`` the block becomes its grad."""
+    """Loss per row of an fp32 ``logits`` block, which is used as scratch space; with
+    ``grad_scale`` the block ends up holding its gradient.
+
+    Five passes over the block (max, subtract-and-exp in place, sum, rescale in place),
+    with no block-sized temporary: ``torch.logsumexp`` would allocate one and a later
+    softmax would exponentiate a second time.
+    """
     vocab = logits.shape[1]
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels))
-    lse = torch.logsumexp(logits, dim=1)
     target = logits.gather(1, safe[:, None]).squeeze(1)
+    smooth_term = smoothing * logits.mean(dim=1) if smoothing else None
+    top = logits.amax(dim=1, keepdim=True)
+    exp = logits.sub_(top).exp_()  # in place: the block now holds exp(z - max)
+    total = exp.sum(dim=1, keepdim=True)
+    lse = (top + total.log()).squeeze(1)
     loss = lse - (1 - smoothing) * target
-    if smoothing:
-        loss = loss - smoothing * logits.mean(dim=1)
+    if smooth_term is not None:
+        loss = loss - smooth_term
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     if grad_scale is not None:
-        logits.sub_(lse[:, None]).exp_()
-        if smoothing:
-            logits.sub_(smoothing / vocab)
-        rows = torch.arange(logits.shape[0], device=logits.device)
-        logits[rows, safe] -= 1 - smoothing
         scale = valid.to(logits.dtype)
         scale = scale * grad_scale if isinstance(grad_scale, Tensor) else scale * float(grad_scale)
-        logits.mul_(scale[:, None])
+        exp.mul_((scale / total.squeeze(1))[:, None])  # softmax times the row's scale
+        if smoothing:
+            exp.sub_((smoothing / vocab) * scale[:, None])
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        exp[rows, safe] -= (1 - smoothing) * scale
     return loss

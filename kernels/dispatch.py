@@ -7,6 +7,7 @@ or ``auto`` (the default).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -16,8 +17,10 @@ ENV_VAR = "FINETUNERS_KERNELS"
 BACKENDS = ("auto", "triton", "reference")
 
 
+@functools.cache
 def triton_available() -> bool:
-    """Whether the ``triton`` package can be imported."""
+    """Whether the ``triton`` package can be imported (looked up once: the lookup stats the
+    file system, and every kernel call asks)."""
     return importlib.util.find_spec("triton") is not None
 
 
