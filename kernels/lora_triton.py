@@ -21,7 +21,7 @@ def _gemm_lowrank_kernel(
     M, N, K, RANK, scale,
     stride_xm, stride_xk, stride_wk, stride_wn, stride_lm, stride_lr,
     stride_rr, stride_rn, stride_mm, stride_mn, stride_om, stride_on,
-    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -44,7 +44,7 @@ def _gemm_lowrank_kernel(
         if UPCAST:
             x = x.to(tl.float32)
             w = w.to(tl.float32)
-        acc += tl.dot(x, w, out_dtype=tl.float32)
+        acc += tl.dot(x, w, input_precision=PRECISION, out_dtype=tl.float32)
     low = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, RANK, BLOCK_R):
         rr = r0 + tl.arange(0, BLOCK_R)
@@ -61,7 +61,7 @@ def _gemm_lowrank_kernel(
         if UPCAST:
             lo = lo.to(tl.float32)
             ro = ro.to(tl.float32)
-        low += tl.dot(lo, ro, out_dtype=tl.float32)
+        low += tl.dot(lo, ro, input_precision=PRECISION, out_dtype=tl.float32)
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_MASK:
         drop = tl.load(
@@ -83,6 +83,14 @@ def _upcast(x: torch.Tensor) -> bool:
     """Triton's CPU interpreter computes ``tl.dot`` on 16-bit floats wrongly (Triton 3.6), so
     under it the tiles are widened to fp32 first; on a GPU the dot runs in the input dtype."""
     return x.dtype in (torch.bfloat16, torch.float16) and not x.is_cuda
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 products in full precision unless PyTorch itself allows TF32 matmuls (its default
+    is not to), so the kernel agrees with the reference to fp32 tolerance."""
+    if x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def gemm_lowrank(
@@ -115,6 +123,7 @@ def gemm_lowrank(
         low_left.stride(0), low_left.stride(1), low_right.stride(0), low_right.stride(1),
         mask_arg.stride(0), mask_arg.stride(1), out.stride(0), out.stride(1),
         HAS_BIAS=bias is not None, HAS_MASK=mask is not None, UPCAST=_upcast(x),
+        PRECISION=_precision(x),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r,
     )  # fmt: skip
     return out

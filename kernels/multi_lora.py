@@ -9,8 +9,9 @@ GEMM for the whole batch (the caller adds ``x W^T + b``).
 The reference groups rows by adapter (SGMV): rows are sorted by id and packed into
 (adapters present, rows per adapter, in), and two batched matmuls apply every adapter to
 its own rows. When every adapter of the stack is present, the stacks are used as they are,
-without gathering a copy per row. The Triton forward (BGMV) runs one program per row and
-output tile, reading that row's adapter straight from the stacks.
+without gathering a copy per row. The Triton backend (:mod:`kernels.multi_lora_triton`)
+reads each row's adapter straight from the stacks (BGMV) in the forward pass and for dx,
+and reduces the adapters' weight gradients over their own rows (SGMV).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Segments:
 
     order: Tensor  # row indices with id >= 0, sorted by id
     unique: Tensor  # adapter ids present, ascending
+    counts: Tensor  # rows of each adapter present
     slots: Tensor | None  # position of each sorted row in the packed layout (None if dense)
     width: int  # rows of the largest group
     n_rows: int  # rows in the batch, with or without an adapter
@@ -60,7 +62,7 @@ def make_segments(ids: Tensor, n_adapters: int) -> Segments:
         and len(order) == n_rows
         and bool((order == torch.arange(n_rows, device=ids.device)).all())
     )
-    return Segments(order, unique, slots, width, n_rows, dense, whole, identity)
+    return Segments(order, unique, counts, slots, width, n_rows, dense, whole, identity)
 
 
 def pack(rows: Tensor, seg: Segments) -> Tensor:
@@ -101,19 +103,25 @@ def _scatter(grads: Tensor, stack: Tensor, seg: Segments) -> Tensor:
     return full
 
 
-def _forward(x, ids, stack_a, stack_b, scalings, backend, seg):
-    """The update and what backward needs: (delta, (packed x, h, A_u, B_u, s_u))."""
+def _forward(x, stack_a, stack_b, scalings, seg):
+    """Reference update and what its backward needs: (delta, (packed x, h, A_u, B_u, s_u))."""
     xs = pack(x, seg)
     a, b = _select(stack_a, seg), _select(stack_b, seg)
     s = _select(scalings, seg).to(x.dtype)[:, None, None]
     h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
+    delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, x.shape[0])
+    return delta, (xs, h, a, b, s)
+
+
+def _delta(x, ids, stack_a, stack_b, scalings, backend, seg):
+    """The update alone (no autograd), on either backend."""
+    if seg.width == 0:
+        return x.new_zeros(x.shape[0], stack_b.shape[1])
     if backend == "triton":
         from .multi_lora_triton import bgmv
 
-        delta = bgmv(x, ids, stack_a, stack_b, scalings)
-    else:
-        delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, x.shape[0])
-    return delta, (xs, h, a, b, s)
+        return bgmv(x, ids, stack_a, stack_b, scalings)
+    return _forward(x, stack_a, stack_b, scalings, seg)[0]
 
 
 class MultiLoraDelta(torch.autograd.Function):
@@ -133,12 +141,15 @@ class MultiLoraDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, ids, stack_a, stack_b, scalings, backend, segments):
         seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
-        ctx.seg, ctx.n_rows = seg, x.shape[0]
+        ctx.seg, ctx.n_rows, ctx.backend = seg, x.shape[0], backend
         ctx.empty = seg.width == 0
         if ctx.empty:
             ctx.save_for_backward(stack_a, stack_b)
             return x.new_zeros(x.shape[0], stack_b.shape[1])
-        delta, saved = _forward(x, ids, stack_a, stack_b, scalings, backend, seg)
+        if backend == "triton":
+            ctx.save_for_backward(x, ids, scalings, stack_a, stack_b)
+            return _delta(x, ids, stack_a, stack_b, scalings, backend, seg)
+        delta, saved = _forward(x, stack_a, stack_b, scalings, seg)
         ctx.save_for_backward(*saved, stack_a, stack_b)
         return delta
 
@@ -148,8 +159,17 @@ class MultiLoraDelta(torch.autograd.Function):
             stack_a, stack_b = ctx.saved_tensors
             zeros = (torch.zeros_like(stack_a), torch.zeros_like(stack_b))
             return None, None, *zeros, None, None, None
-        xs, h, a, b, s, stack_a, stack_b = ctx.saved_tensors
         seg = ctx.seg
+        if ctx.backend == "triton":
+            from .multi_lora_triton import multi_lora_backward
+
+            x, ids, scalings, stack_a, stack_b = ctx.saved_tensors
+            needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+            grad_x, grad_a, grad_b = multi_lora_backward(
+                grad.contiguous(), x, ids, stack_a, stack_b, scalings, seg, needs
+            )
+            return grad_x, None, grad_a, grad_b, None, None, None
+        xs, h, a, b, s, stack_a, stack_b = ctx.saved_tensors
         gs = pack(grad.contiguous(), seg)
         grad_b = torch.bmm(gs.transpose(1, 2), h)
         u = torch.bmm(gs, b)
@@ -196,9 +216,7 @@ def multi_lora_delta(
     )
     if not needs_grad:  # serving: skip the autograd machinery and what it would keep
         seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
-        if seg.width == 0:
-            return x.new_zeros(x.shape[0], stack_b.shape[1])
-        return _forward(x, ids, stack_a, stack_b, scalings, backend, seg)[0]
+        return _delta(x, ids, stack_a, stack_b, scalings, backend, seg)
     return MultiLoraDelta.apply(x, ids, stack_a, stack_b, scalings, backend, segments)
 
 
