@@ -50,10 +50,10 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(
+def interleaved_samples(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median times of several functions measured in turns, so load drifts hit all alike."""
+) -> dict[str, list[float]]:
+    """Wall times of several functions measured in turns, so load drifts hit all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -63,7 +63,28 @@ def interleaved_medians(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median times of several functions measured in turns (see :func:`interleaved_samples`)."""
+    samples = interleaved_samples(fns, repeats, warmup)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def round_ratio_quartiles(ours: list[float], peer: list[float]) -> tuple[float, float]:
+    """25th and 75th percentiles of ours / peer taken round by round (same turn).
+
+    The spread a reader should expect from a re-run on a shared machine: one ratio per
+    round pairs two measurements taken seconds apart, under the same load.
+    """
+    ratios = sorted(a / b for a, b in zip(ours, peer, strict=True))
+    if len(ratios) == 1:
+        return ratios[0], ratios[0]
+    quartiles = statistics.quantiles(ratios, n=4, method="inclusive")
+    return quartiles[0], quartiles[2]
 
 
 def reset_peak_rss() -> None:

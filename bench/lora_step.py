@@ -4,7 +4,8 @@
 
 Ours: LoRA from ``core.adapters`` (fused LoRA linear) and the LM loss from
 ``core.training.lm_loss`` (fused linear cross-entropy). PEFT: ``get_peft_model`` and the
-model's own ``labels=`` loss. Times come from one process, alternating the two paths; peak
+model's own ``labels=`` loss. Times come from one process, alternating the two paths (the
+ratio of medians, and the quartiles of the round-by-round ratios as its spread); peak
 memory from one fresh process per path (peak RSS over two steps minus the RSS of the
 built model before them; optimizer state included).
 """
@@ -13,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 
 from .common import (
     LORA_TARGETS,
     current_rss_mb,
-    interleaved_medians,
+    interleaved_samples,
     peak_rss_mb,
     reference_llama,
     report,
     reset_peak_rss,
+    round_ratio_quartiles,
     run_worker,
 )
 
@@ -93,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(2)
     steps = {path: make_step(build(path), path, args.batch, args.seq) for path in ("ours", "peft")}
-    times = interleaved_medians(steps, args.repeats, args.warmup)
+    samples = interleaved_samples(steps, args.repeats, args.warmup)
+    times = {path: statistics.median(values) for path, values in samples.items()}
+    low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
     shape = ["--batch", str(args.batch), "--seq", str(args.seq)]
     memory = {p: run_worker("bench.lora_step", [*shape, "--worker", p]) for p in ("ours", "peft")}
     rows = [
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
             "path": path,
             "step_ms": times[path] * 1e3,
             "time_vs_peft": times[path] / times["peft"],
+            "per_round_iqr": f"{low:.3f}-{high:.3f}" if path == "ours" else "",
             "step_peak_mb": memory[path]["added_mb"],
             "memory_vs_peft": memory[path]["added_mb"] / memory["peft"]["added_mb"],
         }

@@ -55,3 +55,13 @@ def test_gpu_sweep_refuses_without_cuda() -> None:
     with pytest.raises(SystemExit) as exit_info:
         gpu_kernels.main([])
     assert exit_info.value.code == 2
+
+
+def test_round_ratio_quartiles_pairs_rounds() -> None:
+    from bench.common import round_ratio_quartiles
+
+    ours = [0.9, 1.8, 0.85, 2.0]  # the machine slowed down in rounds 2 and 4
+    peer = [1.0, 2.0, 1.0, 2.0]
+    low, high = round_ratio_quartiles(ours, peer)
+    assert (low, high) == pytest.approx((0.8875, 0.925))
+    assert round_ratio_quartiles([1.0], [2.0]) == (0.5, 0.5)
