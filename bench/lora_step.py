@@ -4,7 +4,9 @@
 
 Ours: LoRA from ``core.adapters`` (fused LoRA linear) and the LM loss from
 ``core.training.lm_loss`` (fused linear cross-entropy). PEFT: ``get_peft_model`` and the
-model's own ``labels=`` loss. Times come from one process, alternating the two paths (the
+model's own ``labels=`` loss. A third row times the frozen model with no adapter (see
+:func:`make_floor_step`), the part of the step both paths share. Times come from one
+process, alternating the paths (the
 ratio of medians, and the quartiles of the round-by-round ratios as its spread); peak
 memory from one fresh process per path (peak RSS over two steps minus the RSS of the
 built model before them; optimizer state included).
@@ -71,6 +73,30 @@ def make_step(model: torch.nn.Module, path: str, batch: int = BATCH, seq: int = 
     return step
 
 
+def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0):
+    """The same step with no adapter at all: what any LoRA implementation must pay.
+
+    The base model is frozen and the embedding output is made to require grad, so backward
+    still runs the input gradient through every layer (as a LoRA step does) but no adapter
+    product, weight gradient or optimizer step is computed. The loss is the fused one.
+    """
+    from core.training.lm_loss import causal_lm_loss
+
+    model = reference_llama().train()
+    model.requires_grad_(False)
+    model.get_input_embeddings().register_forward_hook(
+        lambda _module, _inputs, output: output.requires_grad_(True)
+    )
+    ids = torch.randint(0, 8000, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+    def step() -> float:
+        loss = causal_lm_loss(model, ids, fused=True)
+        loss.backward()
+        return float(loss.detach())
+
+    return step
+
+
 def worker(path: str, batch: int, seq: int) -> None:
     torch.set_num_threads(2)
     model = build(path)
@@ -96,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(2)
     steps = {path: make_step(build(path), path, args.batch, args.seq) for path in ("ours", "peft")}
+    steps["no adapter (floor)"] = make_floor_step(args.batch, args.seq)
     samples = interleaved_samples(steps, args.repeats, args.warmup)
     times = {path: statistics.median(values) for path, values in samples.items()}
     low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
@@ -107,10 +134,12 @@ def main(argv: list[str] | None = None) -> None:
             "step_ms": times[path] * 1e3,
             "time_vs_peft": times[path] / times["peft"],
             "per_round_iqr": f"{low:.3f}-{high:.3f}" if path == "ours" else "",
-            "step_peak_mb": memory[path]["added_mb"],
-            "memory_vs_peft": memory[path]["added_mb"] / memory["peft"]["added_mb"],
+            "step_peak_mb": memory[path]["added_mb"] if path in memory else "",
+            "memory_vs_peft": (
+                memory[path]["added_mb"] / memory["peft"]["added_mb"] if path in memory else ""
+            ),
         }
-        for path in ("ours", "peft")
+        for path in steps
     ]
     report(
         f"LoRA training step (Llama 21M, r={RANK} all linear, batch {args.batch}x{args.seq}, "

@@ -42,7 +42,7 @@ def test_lora_step_bench(tmp_path) -> None:
     lora_step.main(
         ["--batch", "1", "--seq", "8", "--repeats", "1", "--warmup", "0", "--csv", str(out)]
     )
-    assert [r["path"] for r in _rows(out)] == ["ours", "peft"]
+    assert [r["path"] for r in _rows(out)] == ["ours", "peft", "no adapter (floor)"]
 
 
 def test_gpu_sweep_refuses_without_cuda() -> None:
