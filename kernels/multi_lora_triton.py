@@ -117,7 +117,7 @@ def _expand_kernel(
 @triton.jit
 def _segment_outer_kernel(
     left_ptr, right_ptr, order_ptr, starts_ptr, counts_ptr, groups_ptr, s_ptr, out_ptr,
-    P, Q, WIDTH,
+    P, Q,
     stride_lm, stride_lp, stride_rm, stride_rq, stride_ok, stride_op, stride_oq,
     HAS_SCALE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr,
@@ -130,7 +130,7 @@ def _segment_outer_kernel(
     count = tl.load(counts_ptr + group)
     k = tl.load(groups_ptr + group)
     acc = tl.zeros((BLOCK_P, BLOCK_Q), dtype=tl.float32)
-    for m0 in range(0, WIDTH, BLOCK_M):
+    for m0 in range(0, count, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
         live = rm < count
         rows = tl.load(order_ptr + start + rm, mask=live, other=0)
@@ -241,7 +241,7 @@ def segment_outer(
     scale_arg = scalings.contiguous() if scalings is not None else out
     _segment_outer_kernel[grid](
         left, right, seg.order, starts, counts, seg.unique, scale_arg, out,
-        fp, fq, seg.width,
+        fp, fq,
         left.stride(0), left.stride(1), right.stride(0), right.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
         HAS_SCALE=scalings is not None, BLOCK_M=16, BLOCK_P=block_p, BLOCK_Q=block_q,
