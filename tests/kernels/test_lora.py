@@ -106,3 +106,19 @@ def test_per_sample_gradients_with_torch_func() -> None:
         expected = torch.func.grad(loss)((a, bb), samples[i])
         torch.testing.assert_close(per_sample[0][i], expected[0])
         torch.testing.assert_close(per_sample[1][i], expected[1])
+
+
+def test_plain_autograd_uses_the_classic_form_and_transforms_the_vmappable_one() -> None:
+    """Outside torch.func the op skips setup_context's per-call signature binding."""
+    x, w, b, a, bb, _ = _inputs(4, 12, 7, 3, torch.float32, False)
+    out = lora_linear(x, w, b, a, bb, 2.0)
+    assert type(out.grad_fn).__name__ == "EagerFusedLoraLinearBackward"
+    seen = []
+
+    def probe(weights, sample):
+        result = lora_linear(sample, w, b, *weights, 2.0)
+        seen.append(torch._C._are_functorch_transforms_active())
+        return result.sum()
+
+    torch.func.grad(probe)((a.detach(), bb.detach()), x.detach()[0])
+    assert seen == [True]
