@@ -31,6 +31,14 @@ def lora_linear_reference(
     )
 
 
+def _add_product(out: Tensor, left: Tensor, right: Tensor, alpha: float) -> Tensor:
+    """``out + alpha * left @ right``: in place in plain autograd (no extra buffer), out of
+    place under ``torch.func`` transforms, where vmap has no batching rule for ``addmm_``."""
+    if torch._C._are_functorch_transforms_active():
+        return torch.addmm(out, left, right, alpha=alpha)
+    return out.addmm_(left, right, alpha=alpha)
+
+
 class FusedLoraLinear(torch.autograd.Function):
     """LoRA linear with a hand-written backward; W and b are frozen (no gradient).
 
@@ -75,7 +83,7 @@ class FusedLoraLinear(torch.autograd.Function):
             y = gemm_lowrank(x2, weight.T, h, lora_b.T, scaling, bias=bias)
         else:
             y = torch.addmm(bias, x2, weight.T) if bias is not None else x2 @ weight.T
-            y.addmm_(h, lora_b.T, alpha=scaling)
+            y = _add_product(y, h, lora_b.T, scaling)
         return y.reshape(*shape[:-1], weight.shape[0]), h
 
     @staticmethod
@@ -107,7 +115,7 @@ class FusedLoraLinear(torch.autograd.Function):
 
                 grad_x = gemm_lowrank(g, weight, u, lora_a, s, mask=mask)
             elif mask is None:
-                grad_x = (g @ weight).addmm_(u, lora_a, alpha=s)
+                grad_x = _add_product(g @ weight, u, lora_a, s)
             else:
                 grad_x = (g @ weight).add_((u @ lora_a).mul_(mask), alpha=s)
             grad_x = grad_x.reshape(x.shape)
