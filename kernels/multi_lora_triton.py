@@ -24,42 +24,57 @@ import triton.language as tl
 
 
 @triton.jit
+def _row_shrink(
+    x_ptr, stride_x, w_ptr, stride_wr, stride_wi, IN, RANK,
+    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
+):  # fmt: skip
+    """W x for one row: (RANK,) fp32, with ``w_ptr`` at the row's adapter, W (RANK, IN)."""
+    rr = tl.arange(0, BLOCK_R)
+    h = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for i0 in range(0, IN, BLOCK_I):
+        ri = i0 + tl.arange(0, BLOCK_I)
+        x = tl.load(x_ptr + ri * stride_x, mask=ri < IN, other=0.0).to(tl.float32)
+        w = tl.load(
+            w_ptr + rr[:, None] * stride_wr + ri[None, :] * stride_wi,
+            mask=(rr[:, None] < RANK) & (ri[None, :] < IN),
+            other=0.0,
+        ).to(tl.float32)
+        h += tl.sum(w * x[None, :], axis=1)
+    return h
+
+
+@triton.jit
+def _row_expand(h, w_ptr, stride_wo, stride_wr, ro, OUT, RANK, BLOCK_R: tl.constexpr):
+    """W[ro] h for one row's output tile ``ro``, with ``w_ptr`` at its adapter, W (OUT, RANK)."""
+    rr = tl.arange(0, BLOCK_R)
+    w = tl.load(
+        w_ptr + ro[:, None] * stride_wo + rr[None, :] * stride_wr,
+        mask=(ro[:, None] < OUT) & (rr[None, :] < RANK),
+        other=0.0,
+    ).to(tl.float32)
+    return tl.sum(w * h[None, :], axis=1)
+
+
+@triton.jit
 def _bgmv_kernel(
     x_ptr, ids_ptr, a_ptr, b_ptr, s_ptr, out_ptr,
     IN, OUT, RANK,
     stride_xm, stride_ak, stride_ar, stride_ai, stride_bk, stride_bo, stride_br, stride_om,
     BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
 ):  # fmt: skip
+    """out[m, tile] = B_k[tile] (s_k A_k x[m]); zeros where ids[m] < 0."""
     row = tl.program_id(0)
-    tile = tl.program_id(1)
     k = tl.load(ids_ptr + row)
-    ro = tile * BLOCK_O + tl.arange(0, BLOCK_O)
-    rr = tl.arange(0, BLOCK_R)
-    if k < 0:
-        tl.store(
-            out_ptr + row * stride_om + ro,
-            tl.zeros((BLOCK_O,), tl.float32).to(out_ptr.dtype.element_ty),
-            mask=ro < OUT,
-        )
-    else:
-        h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-        for i0 in range(0, IN, BLOCK_I):
-            ri = i0 + tl.arange(0, BLOCK_I)
-            x = tl.load(x_ptr + row * stride_xm + ri, mask=ri < IN, other=0.0).to(tl.float32)
-            a = tl.load(
-                a_ptr + k * stride_ak + rr[:, None] * stride_ar + ri[None, :] * stride_ai,
-                mask=(rr[:, None] < RANK) & (ri[None, :] < IN),
-                other=0.0,
-            ).to(tl.float32)
-            h += tl.sum(a * x[None, :], axis=1)
+    ro = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    out = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    if k >= 0:
+        h = _row_shrink(
+            x_ptr + row * stride_xm, 1, a_ptr + k * stride_ak, stride_ar, stride_ai, IN, RANK,
+            BLOCK_R, BLOCK_I,
+        )  # fmt: skip
         h = h * tl.load(s_ptr + k).to(tl.float32)
-        b = tl.load(
-            b_ptr + k * stride_bk + ro[:, None] * stride_bo + rr[None, :] * stride_br,
-            mask=(ro[:, None] < OUT) & (rr[None, :] < RANK),
-            other=0.0,
-        ).to(tl.float32)
-        out = tl.sum(b * h[None, :], axis=1)
-        tl.store(out_ptr + row * stride_om + ro, out.to(out_ptr.dtype.element_ty), mask=ro < OUT)
+        out = _row_expand(h, b_ptr + k * stride_bk, stride_bo, stride_br, ro, OUT, RANK, BLOCK_R)
+    tl.store(out_ptr + row * stride_om + ro, out.to(out_ptr.dtype.element_ty), mask=ro < OUT)
 
 
 @triton.jit
@@ -75,15 +90,10 @@ def _shrink_kernel(
     rr = tl.arange(0, BLOCK_R)
     h = tl.zeros((BLOCK_R,), dtype=tl.float32)
     if k >= 0:
-        for i0 in range(0, IN, BLOCK_I):
-            ri = i0 + tl.arange(0, BLOCK_I)
-            x = tl.load(x_ptr + row * stride_xm + ri * stride_xi, mask=ri < IN, other=0.0)
-            w = tl.load(
-                w_ptr + k * stride_wk + rr[:, None] * stride_wr + ri[None, :] * stride_wi,
-                mask=(rr[:, None] < RANK) & (ri[None, :] < IN),
-                other=0.0,
-            )
-            h += tl.sum(w.to(tl.float32) * x.to(tl.float32)[None, :], axis=1)
+        h = _row_shrink(
+            x_ptr + row * stride_xm, stride_xi, w_ptr + k * stride_wk, stride_wr, stride_wi,
+            IN, RANK, BLOCK_R, BLOCK_I,
+        )  # fmt: skip
         if HAS_SCALE:
             h = h * tl.load(s_ptr + k).to(tl.float32)
     tl.store(out_ptr + row * stride_om + rr, h, mask=rr < RANK)
@@ -98,19 +108,14 @@ def _expand_kernel(
 ):  # fmt: skip
     """out[m, tile] = s_k W_k[tile] h[m] with W_k (OUT, RANK); zeros where ids[m] < 0."""
     row = tl.program_id(0)
-    tile = tl.program_id(1)
     k = tl.load(ids_ptr + row)
-    ro = tile * BLOCK_O + tl.arange(0, BLOCK_O)
+    ro = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     rr = tl.arange(0, BLOCK_R)
     out = tl.zeros((BLOCK_O,), dtype=tl.float32)
     if k >= 0:
         h = tl.load(h_ptr + row * stride_hm + rr, mask=rr < RANK, other=0.0).to(tl.float32)
-        w = tl.load(
-            w_ptr + k * stride_wk + ro[:, None] * stride_wo + rr[None, :] * stride_wr,
-            mask=(ro[:, None] < OUT) & (rr[None, :] < RANK),
-            other=0.0,
-        ).to(tl.float32)
-        out = tl.sum(w * h[None, :], axis=1) * tl.load(s_ptr + k).to(tl.float32)
+        h = h * tl.load(s_ptr + k).to(tl.float32)
+        out = _row_expand(h, w_ptr + k * stride_wk, stride_wo, stride_wr, ro, OUT, RANK, BLOCK_R)
     tl.store(out_ptr + row * stride_om + ro, out.to(out_ptr.dtype.element_ty), mask=ro < OUT)
 
 
