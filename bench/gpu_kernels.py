@@ -13,13 +13,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
-from .common import report
+from .common import median_seconds, report
 
 
 def _cuda_time(fn, repeats: int = 20, warmup: int = 5) -> float:
+    """Median milliseconds of ``fn``: CUDA events on a GPU, the wall clock elsewhere (the
+    CPU path exists so the sweep's code can be smoke-tested under the Triton interpreter)."""
+    if not torch.cuda.is_available():
+        return median_seconds(fn, repeats, warmup) * 1e3
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -35,10 +41,24 @@ def _cuda_time(fn, repeats: int = 20, warmup: int = 5) -> float:
     return times[len(times) // 2]
 
 
-def fused_lora_rows(hidden: int, rank: int, tokens: int) -> list[dict]:
+@contextmanager
+def kernel_backend(name: str) -> Iterator[None]:
+    """Force ``FINETUNERS_KERNELS`` to ``name`` inside the block, then restore it."""
+    previous = os.environ.get("FINETUNERS_KERNELS")
+    os.environ["FINETUNERS_KERNELS"] = name
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("FINETUNERS_KERNELS", None)
+        else:
+            os.environ["FINETUNERS_KERNELS"] = previous
+
+
+def fused_lora_rows(hidden: int, rank: int, tokens: int, dev: str = "cuda") -> list[dict]:
     from kernels.lora import lora_linear, lora_linear_reference
 
-    dev, dt = "cuda", torch.bfloat16
+    dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt, requires_grad=True)
     w = torch.randn(hidden, hidden, device=dev, dtype=dt) * hidden**-0.5
     a = (torch.randn(rank, hidden, device=dev, dtype=dt) * 0.01).requires_grad_()
@@ -52,9 +72,9 @@ def fused_lora_rows(hidden: int, rank: int, tokens: int) -> list[dict]:
 
         return step
 
-    os.environ["FINETUNERS_KERNELS"] = "triton"
-    fused = _cuda_time(run(lora_linear))
-    reference = _cuda_time(run(lora_linear_reference))
+    with kernel_backend("triton"):
+        fused = _cuda_time(run(lora_linear))
+        reference = _cuda_time(run(lora_linear_reference))
     return [
         {
             "op": "fused LoRA fwd+bwd",
@@ -67,18 +87,19 @@ def fused_lora_rows(hidden: int, rank: int, tokens: int) -> list[dict]:
     ]
 
 
-def multi_adapter_rows(hidden: int, rank: int, adapters: int, tokens: int) -> list[dict]:
+def multi_adapter_rows(
+    hidden: int, rank: int, adapters: int, tokens: int, dev: str = "cuda"
+) -> list[dict]:
     from kernels.multi_lora import multi_lora_delta
 
-    dev, dt = "cuda", torch.bfloat16
+    dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt)
     w = torch.randn(hidden, hidden, device=dev, dtype=dt)
     sa = torch.randn(adapters, rank, hidden, device=dev, dtype=dt) * 0.01
     sb = torch.randn(adapters, hidden, rank, device=dev, dtype=dt) * 0.01
     s = torch.ones(adapters, device=dev)
     ids = torch.arange(tokens, device=dev) % adapters
-    os.environ["FINETUNERS_KERNELS"] = "triton"
-    with torch.inference_mode():
+    with kernel_backend("triton"), torch.inference_mode():
         base = _cuda_time(lambda: x @ w.T)
         both = _cuda_time(lambda: x @ w.T + multi_lora_delta(x, ids, sa, sb, s))
     return [
@@ -93,11 +114,13 @@ def multi_adapter_rows(hidden: int, rank: int, adapters: int, tokens: int) -> li
     ]
 
 
-def multi_adapter_train_rows(hidden: int, rank: int, adapters: int, tokens: int) -> list[dict]:
+def multi_adapter_train_rows(
+    hidden: int, rank: int, adapters: int, tokens: int, dev: str = "cuda"
+) -> list[dict]:
     """Multi-adapter forward+backward: Triton BGMV/SGMV kernels against the bmm reference."""
     from kernels.multi_lora import multi_lora_delta
 
-    dev, dt = "cuda", torch.bfloat16
+    dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt, requires_grad=True)
     sa = (torch.randn(adapters, rank, hidden, device=dev, dtype=dt) * 0.01).requires_grad_()
     sb = (torch.randn(adapters, hidden, rank, device=dev, dtype=dt) * 0.01).requires_grad_()
@@ -111,8 +134,8 @@ def multi_adapter_train_rows(hidden: int, rank: int, adapters: int, tokens: int)
 
     times = {}
     for backend in ("triton", "reference"):
-        os.environ["FINETUNERS_KERNELS"] = backend
-        times[backend] = _cuda_time(step)
+        with kernel_backend(backend):
+            times[backend] = _cuda_time(step)
     return [
         {
             "op": f"multi-adapter fwd+bwd ({adapters} adapters)",

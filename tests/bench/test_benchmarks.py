@@ -65,3 +65,26 @@ def test_round_ratio_quartiles_pairs_rounds() -> None:
     low, high = round_ratio_quartiles(ours, peer)
     assert (low, high) == pytest.approx((0.8875, 0.925))
     assert round_ratio_quartiles([1.0], [2.0]) == (0.5, 0.5)
+
+
+def test_gpu_sweep_code_runs_under_the_interpreter(monkeypatch) -> None:
+    """The sweep has never had a GPU here: run its row builders on CPU with tiny shapes so
+    a broken sweep shows up before a GPU session spends time on it."""
+    import os
+
+    from bench import gpu_kernels
+    from kernels.dispatch import triton_interpreting
+
+    if not triton_interpreting():
+        pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    monkeypatch.delenv("FINETUNERS_KERNELS", raising=False)
+    timed = lambda fn, repeats=1, warmup=0: gpu_kernels.median_seconds(fn, 1, 0) * 1e3  # noqa: E731
+    monkeypatch.setattr(gpu_kernels, "_cuda_time", timed)
+    rows = gpu_kernels.fused_lora_rows(32, 4, 16, dev="cpu")
+    rows += gpu_kernels.multi_adapter_rows(32, 4, 3, 8, dev="cpu")
+    rows += gpu_kernels.multi_adapter_train_rows(32, 4, 3, 8, dev="cpu")
+    assert [r["op"].split(" (")[0] for r in rows] == [
+        "fused LoRA fwd+bwd", "multi-adapter fwd", "multi-adapter fwd+bwd",
+    ]  # fmt: skip
+    assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 and r["speedup"] > 0 for r in rows)
+    assert "FINETUNERS_KERNELS" not in os.environ  # the sweep restores the backend setting
