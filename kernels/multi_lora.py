@@ -186,6 +186,18 @@ class MultiLoraDelta(torch.autograd.Function):
         )
 
 
+def _check_inputs(x: Tensor, ids: Tensor, stack_a: Tensor, stack_b: Tensor) -> None:
+    if ids.shape != x.shape[:1]:
+        raise ValueError(
+            f"ids must hold one adapter id per row: got {tuple(ids.shape)} for {x.shape[0]} rows."
+        )
+    if stack_a.shape[0] != stack_b.shape[0] or stack_a.shape[1] != stack_b.shape[2]:
+        raise ValueError(
+            f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
+            f"B {tuple(stack_b.shape)} (N, out, r)."
+        )
+
+
 def multi_lora_delta(
     x: Tensor,
     ids: Tensor,
@@ -198,17 +210,10 @@ def multi_lora_delta(
 
     Shapes: x (M, in), ids (M,) integer, stack_a (N, r, in), stack_b (N, out, r),
     scalings (N,). Returns (M, out). ``segments`` (from :func:`make_segments` on the same
-    ids) can be passed in to share the grouping across the layers of a model.
+    ids) can be passed in to share the grouping across the layers of a model. Any strides
+    work; a ``stack_b`` whose (N, r, out) transpose is contiguous is read fastest.
     """
-    if ids.shape != x.shape[:1]:
-        raise ValueError(
-            f"ids must hold one adapter id per row: got {tuple(ids.shape)} for {x.shape[0]} rows."
-        )
-    if stack_a.shape[0] != stack_b.shape[0] or stack_a.shape[1] != stack_b.shape[2]:
-        raise ValueError(
-            f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
-            f"B {tuple(stack_b.shape)} (N, out, r)."
-        )
+    _check_inputs(x, ids, stack_a, stack_b)
     ids = ids.long()
     backend = backend_for(x)
     needs_grad = torch.is_grad_enabled() and (
@@ -218,6 +223,48 @@ def multi_lora_delta(
         seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
         return _delta(x, ids, stack_a, stack_b, scalings, backend, seg)
     return MultiLoraDelta.apply(x, ids, stack_a, stack_b, scalings, backend, segments)
+
+
+def multi_lora_accumulate_(
+    out: Tensor,
+    x: Tensor,
+    ids: Tensor,
+    stack_a: Tensor,
+    stack_b: Tensor,
+    scalings: Tensor,
+    segments: Segments | None = None,
+) -> Tensor:
+    """Serving: ``out += multi_lora_delta(x, ids, ...)`` in place, without autograd.
+
+    When the rows are already grouped by adapter in order (for example one adapter per
+    sample with ids 0, 1, 2, ...), the second batched matmul accumulates straight into
+    ``out`` (``baddbmm_``): no (M, out) update is allocated, written and added. Otherwise
+    it falls back to adding :func:`multi_lora_delta`. ``out`` is (M, out); returns it.
+    """
+    if torch.is_grad_enabled() and (
+        x.requires_grad or stack_a.requires_grad or stack_b.requires_grad or out.requires_grad
+    ):
+        raise RuntimeError(
+            "multi_lora_accumulate_ works in place for serving; under autograd use "
+            "out + multi_lora_delta(...) instead (or wrap the call in torch.no_grad())."
+        )
+    _check_inputs(x, ids, stack_a, stack_b)
+    if out.shape != (x.shape[0], stack_b.shape[1]):
+        raise ValueError(
+            f"out has shape {tuple(out.shape)}; expected ({x.shape[0]}, {stack_b.shape[1]})."
+        )
+    ids = ids.long()
+    seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
+    if seg.width == 0:
+        return out
+    backend = backend_for(x)
+    if backend == "reference" and seg.identity and out.is_contiguous():
+        a, b = _select(stack_a, seg), _select(stack_b, seg)
+        s = _select(scalings, seg).to(x.dtype)[:, None, None]
+        h = torch.bmm(pack(x, seg), a.transpose(1, 2)).mul_(s)
+        out.view(len(seg.unique), seg.width, out.shape[1]).baddbmm_(h, b.transpose(1, 2))
+        return out
+    return out.add_(_delta(x, ids, stack_a, stack_b, scalings, backend, seg))
 
 
 def multi_lora_reference(

@@ -2,7 +2,12 @@
 
 All N adapters of a layer live in two parameters, A (N, r_max, in) and B (N, out, r_max);
 adapter k uses A[k, :r_k] and B[k, :, :r_k] and the zero padding beyond r_k never gets a
-gradient. Each sample's rows go through :func:`kernels.multi_lora.multi_lora_delta`.
+gradient. Each sample's rows go through :func:`kernels.multi_lora.multi_lora_delta` (when
+serving, :func:`~kernels.multi_lora.multi_lora_accumulate_`, which adds in place).
+
+B keeps PEFT's (out, r) orientation per adapter, but its memory is laid out as
+(N, r_max, out): the batched matmul reads B transposed, and with one row per adapter the
+op is a pure read of the stacks, which runs faster from contiguous memory.
 """
 
 from __future__ import annotations
@@ -12,7 +17,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kernels.multi_lora import Segments, make_segments, multi_lora_delta
+from kernels.multi_lora import (
+    Segments,
+    make_segments,
+    multi_lora_accumulate_,
+    multi_lora_delta,
+)
 
 from .config import LoraConfig
 from .layer import AdapterUnit, layer_dims
@@ -68,7 +78,8 @@ class LoraStackUnit(AdapterUnit):
         r_max = max(ranks)
         self.ranks = ranks
         self.lora_A = nn.Parameter(torch.zeros(len(configs), r_max, in_f, **like))
-        self.lora_B = nn.Parameter(torch.zeros(len(configs), out_f, r_max, **like))
+        # (N, out, r) in shape, (N, r, out) in memory: see the module docstring.
+        self.lora_B = nn.Parameter(torch.zeros(len(configs), r_max, out_f, **like).transpose(1, 2))
         self.register_buffer("scalings", torch.tensor(scalings, **like))
         with torch.no_grad():
             for k, (config, r) in enumerate(zip(configs, ranks, strict=True)):
@@ -89,9 +100,12 @@ class LoraStackUnit(AdapterUnit):
         check_ids(self.plan.sample_ids, x.shape[0])
         flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
         rows, segments = self.plan.for_rows(flat.shape[0])
-        delta = multi_lora_delta(flat, rows, self.lora_A, self.lora_B, self.scalings, segments)
-        if not torch.is_grad_enabled():  # serving: add into the fresh base output in place
-            return out.add_(delta.view(out.shape))
+        stacks = (self.lora_A, self.lora_B, self.scalings)
+        if not torch.is_grad_enabled() and out.is_contiguous():
+            # Serving: add into the fresh base output in place.
+            multi_lora_accumulate_(out.view(-1, out.shape[-1]), flat, rows, *stacks, segments)
+            return out
+        delta = multi_lora_delta(flat, rows, *stacks, segments)
         return out + delta.view(out.shape)
 
     def adapter_tensors(self, k: int) -> dict[str, Tensor]:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.multi_lora import make_segments, multi_lora_delta, multi_lora_reference
+from kernels.multi_lora import (
+    make_segments,
+    multi_lora_accumulate_,
+    multi_lora_delta,
+    multi_lora_reference,
+)
 
 from .backends import BACKENDS, DEVICE, assert_close_for
 
@@ -153,3 +158,45 @@ def test_segment_outer_matches_brute_force(backend) -> None:
             expected[k] += scalings[k] * torch.outer(left[m], right[m])
     torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
     assert seg.counts.tolist() == [2, 16, 1]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("ids", "in_order"),
+    [([0, 1, 2, 3, 4, 5], True), ([0, 0, 2, 2, 5, 5], True), ([3, 0, -1, 5, 5, 1], False)],
+    ids=["one-per-adapter", "grouped-in-order", "shuffled-with-none"],
+)
+def test_accumulate_in_place_matches_out_plus_delta(
+    backend, ids, in_order, force_backend, monkeypatch
+) -> None:
+    force_backend(backend)
+    fused_adds = []
+    real_baddbmm = torch.Tensor.baddbmm_
+    monkeypatch.setattr(
+        torch.Tensor,
+        "baddbmm_",
+        lambda t, *a, **k: fused_adds.append(1) or real_baddbmm(t, *a, **k),
+    )
+    a, b, s, _ = _stacks(6, 20, 12, 4, torch.float32)
+    # B laid out as (N, r, out) in memory, as AdapterBank stores it.
+    b = b.detach().transpose(1, 2).contiguous().transpose(1, 2)
+    x = torch.randn(6, 20, device=DEVICE)
+    ids = torch.tensor(ids, device=DEVICE)
+    base = torch.randn(6, 12, device=DEVICE)
+    expected = base + multi_lora_reference(x, ids, a.detach(), b, s)
+    with torch.no_grad():
+        out = base.clone()
+        returned = multi_lora_accumulate_(out, x, ids, a, b, s)
+    assert returned is out
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # Rows grouped in adapter order take the in-place batched add on the reference backend.
+    assert bool(fused_adds) == (backend == "reference" and in_order)
+
+
+def test_accumulate_refuses_autograd_and_wrong_shapes() -> None:
+    a, b, s, _ = _stacks(2, 8, 5, 2, torch.float32)
+    x, ids = torch.randn(3, 8), torch.tensor([0, 1, 1])
+    with pytest.raises(RuntimeError, match="under autograd use"):
+        multi_lora_accumulate_(torch.zeros(3, 5), x, ids, a, b, s)
+    with torch.no_grad(), pytest.raises(ValueError, match="out has shape"):
+        multi_lora_accumulate_(torch.zeros(3, 4), x, ids, a, b, s)

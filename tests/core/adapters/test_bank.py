@@ -119,3 +119,17 @@ def test_bank_errors() -> None:
         AdapterBank(MODEL_CASES["mlp"].build(), LoraConfig(r=2, init="pissa"), names=["a", "b"])
     with pytest.raises(ValueError, match="one method"):
         AdapterBank(MODEL_CASES["mlp"].build(), {"a": LoraConfig(r=2), "b": SsfConfig()})
+
+
+def test_stacked_serving_in_adapter_order_matches_the_training_path() -> None:
+    """One sample per adapter in id order takes the in-place batched path when serving."""
+    bank = _perturbed_bank(LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    target, unit = next(iter(bank.stack_layers.items()))
+    out_features = bank.model.get_submodule(target).base_layer.out_features
+    assert unit.lora_B.shape == (3, out_features, 4)  # PEFT's (out, r) per adapter
+    assert unit.lora_B.transpose(1, 2).is_contiguous()  # stored as (N, r, out)
+    x = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(4))
+    ids = torch.arange(3)
+    training_path = bank(x, adapter_ids=ids).logits
+    with torch.inference_mode():
+        torch.testing.assert_close(bank(x, adapter_ids=ids).logits, training_path)
