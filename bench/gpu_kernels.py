@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         print("bench.gpu_kernels: no CUDA device here; nothing measured.", file=sys.stderr)
         sys.exit(2)
-    rows = fused_lora_rows(4096, 16, 8192)
+    # The acceptance shape first (hidden 4096, r 16, 8192 tokens), then a sweep around it.
+    rows = []
+    for hidden, rank, tokens in ((4096, 16, 8192), (4096, 64, 8192), (1024, 16, 8192),
+                                 (4096, 16, 1024)):  # fmt: skip
+        rows += fused_lora_rows(hidden, rank, tokens)
     for tokens in (64, 1024, 8192):
         rows += multi_adapter_rows(4096, 16, 64, tokens)
     rows += multi_adapter_train_rows(4096, 16, 64, 8192)
