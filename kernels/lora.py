@@ -104,8 +104,8 @@ class FusedLoraLinear(torch.autograd.Function):
         dropped = x2 if mask is None else x2 * mask
         g = grad_out.reshape(-1, weight.shape[0])
         u = g @ lora_b
-        # (h^T g)^T, not g^T h: the same numbers, and BLAS runs the (r, M) x (M, out) shape
-        # up to twice as fast on CPU.
+        # (h^T g)^T, not g^T h: the same numbers, and CPU BLAS (MKL) runs the
+        # (r, M) x (M, out) shape faster than (out, M) x (M, r).
         grad_b = (h.T @ g).mul_(s).T if ctx.needs_input_grad[4] else None
         grad_a = (u.T @ dropped).mul_(s) if ctx.needs_input_grad[3] else None
         grad_x = None
