@@ -103,14 +103,21 @@ def _scatter(grads: Tensor, stack: Tensor, seg: Segments) -> Tensor:
     return full
 
 
-def _forward(x, stack_a, stack_b, scalings, seg):
-    """Reference update and what its backward needs: (delta, (packed x, h, A_u, B_u, s_u))."""
+def _shrink(x, stack_a, stack_b, scalings, seg):
+    """First half of the reference update, per group: (packed x, h = s X A^T, A_u, B_u, s_u)."""
     xs = pack(x, seg)
     a, b = _select(stack_a, seg), _select(stack_b, seg)
     s = _select(scalings, seg).to(x.dtype)[:, None, None]
     h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
+    return xs, h, a, b, s
+
+
+def _forward(x, stack_a, stack_b, scalings, seg):
+    """Reference update and what its backward needs: (delta, (packed x, h, A_u, B_u, s_u))."""
+    saved = _shrink(x, stack_a, stack_b, scalings, seg)
+    h, b = saved[1], saved[3]
     delta = unpack(torch.bmm(h, b.transpose(1, 2)), seg, x.shape[0])
-    return delta, (xs, h, a, b, s)
+    return delta, saved
 
 
 def _delta(x, ids, stack_a, stack_b, scalings, backend, seg):
@@ -259,9 +266,7 @@ def multi_lora_accumulate_(
         return out
     backend = backend_for(x)
     if backend == "reference" and seg.identity and out.is_contiguous():
-        a, b = _select(stack_a, seg), _select(stack_b, seg)
-        s = _select(scalings, seg).to(x.dtype)[:, None, None]
-        h = torch.bmm(pack(x, seg), a.transpose(1, 2)).mul_(s)
+        _, h, _, b, _ = _shrink(x, stack_a, stack_b, scalings, seg)
         out.view(len(seg.unique), seg.width, out.shape[1]).baddbmm_(h, b.transpose(1, 2))
         return out
     return out.add_(_delta(x, ids, stack_a, stack_b, scalings, backend, seg))
