@@ -1,21 +1,36 @@
 """A batch where every sample uses its own LoRA adapter: ours (AdapterBank) vs PEFT.
 
     python -m bench.multi_adapter [--adapters 128] [--batch 128] [--seq 1 16] [--repeats 5]
+                                  [--plot docs/multi_adapter.png]
 
 Forward time of the reference Llama with 128 LoRA adapters (r=16, all linear layers), each
 row a different adapter, relative to the base model alone. PEFT serves such a batch with
 ``model(..., adapter_names=[...])``. All paths run in one process, measured in turns.
+
+Two more rows explain ours (see :func:`make_read_floor` and :class:`UpdateAlone`):
+the base forward plus one read of every adapter stack, a lower bound for any fp32
+implementation when the rows use different adapters; and our low-rank updates alone.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from .common import LORA_TARGETS, interleaved_medians, reference_llama, report
 
 RANK = 16
+BASE = "base (no adapters)"
+OURS = "ours (AdapterBank)"
+FLOOR = "read floor (base + one read of the stacks)"
+UPDATE = "our low-rank updates alone"
+PEFT = "PEFT (adapter_names)"
+# The issue's targets for ours vs base, by sequence length.
+TARGETS = {1: 1.5, 16: 1.2}
 
 
 def _randomize(params, seed: int) -> None:
@@ -47,6 +62,87 @@ def build_peft(n: int):
     return model.eval()
 
 
+def stack_tensors(bank) -> list[Tensor]:
+    """Every factor stack of a stacked LoRA bank: A and B of each adapted layer."""
+    return [t for unit in bank.stack_layers.values() for t in (unit.lora_A, unit.lora_B)]
+
+
+def make_read_floor(base: torch.nn.Module, tokens: Tensor, stacks: list[Tensor]) -> Callable:
+    """The base forward plus one streaming pass (a sum) over every adapter stack.
+
+    When the rows of a batch use different adapters, each adapter's factors must be read at
+    least once per forward, so no fp32 implementation can beat this. At short sequences the
+    low-rank work is too small to hide that read behind compute: the floor, not the
+    arithmetic, sets the cost.
+    """
+
+    def run() -> None:
+        base(input_ids=tokens)
+        for stack in stacks:
+            stack.sum()
+
+    return run
+
+
+class UpdateAlone:
+    """Our serving update of every stacked layer on its own: the same kernel call as in the
+    forward (:func:`kernels.multi_lora.multi_lora_accumulate_`), on random inputs of the
+    layers' shapes, without the base model around it. ``layers`` holds (x, out, unit)."""
+
+    def __init__(self, bank, adapter_ids: Tensor, rows: int) -> None:
+        from core.adapters.lora_stack import RoutePlan
+
+        self.row_ids, self.segments = RoutePlan(adapter_ids, len(bank.names)).for_rows(rows)
+        gen = torch.Generator().manual_seed(2)
+        self.layers = [
+            (
+                torch.randn(rows, unit.lora_A.shape[2], generator=gen),
+                torch.zeros(rows, unit.lora_B.shape[1]),
+                unit,
+            )
+            for unit in bank.stack_layers.values()
+        ]
+
+    def __call__(self) -> None:
+        from kernels.multi_lora import multi_lora_accumulate_
+
+        for x, out, unit in self.layers:
+            multi_lora_accumulate_(
+                out, x, self.row_ids, unit.lora_A, unit.lora_B, unit.scalings, self.segments
+            )
+
+
+def plot_scaling(rows: list[dict], path: str | Path) -> Path:
+    """Forward time relative to the base model against sequence length, one line a path."""
+    from matplotlib.figure import Figure
+
+    from core.atomic import atomic_write
+
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    for path_name, style in ((OURS, "o-"), (FLOOR, "s--"), (PEFT, "^-")):
+        points = [(r["seq_len"], r["vs_base"]) for r in rows if r["path"] == path_name]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, style, label=path_name)
+    for seq, target in TARGETS.items():
+        ax.plot([seq], [target], "kx", markersize=9)
+        ax.annotate(f"target {target}x", (seq, target), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)  # fmt: skip
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ticks = [1, 1.2, 1.5, 2, 3, 5, 10, 20]
+    ax.set_yticks(ticks, labels=[f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("sequence length (tokens per row)")
+    ax.set_ylabel("forward time / base model")
+    ax.set_title("A batch mixing one adapter per row")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapters", type=int, default=128)
@@ -56,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--skip-peft", action="store_true", help="time only ours and the base")
     parser.add_argument("--csv", default="bench/results/multi_adapter.csv")
+    parser.add_argument("--plot", help="also draw time vs base against sequence length (PNG)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     base = reference_llama().eval()
@@ -63,19 +160,20 @@ def main(argv: list[str] | None = None) -> None:
     peft_model = None if args.skip_peft else build_peft(args.adapters)
     ids = torch.arange(args.batch) % args.adapters
     names = [f"a{int(k)}" for k in ids]
+    stacks = stack_tensors(ours)
     rows = []
     for seq in args.seq:
         tokens = torch.randint(
             0, 8000, (args.batch, seq), generator=torch.Generator().manual_seed(0)
         )
         paths = {
-            "base (no adapters)": lambda t=tokens: base(input_ids=t),
-            "ours (AdapterBank)": lambda t=tokens: ours(input_ids=t, adapter_ids=ids),
+            BASE: lambda t=tokens: base(input_ids=t),
+            OURS: lambda t=tokens: ours(input_ids=t, adapter_ids=ids),
+            FLOOR: make_read_floor(base, tokens, stacks),
+            UPDATE: UpdateAlone(ours, ids, args.batch * seq),
         }
         if peft_model is not None:
-            paths["PEFT (adapter_names)"] = lambda t=tokens: peft_model(
-                input_ids=t, adapter_names=names
-            )
+            paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
         with torch.inference_mode():
             times = interleaved_medians(paths, args.repeats, args.warmup)
         for path, seconds in times.items():
@@ -84,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                     "seq_len": seq,
                     "path": path,
                     "forward_ms": seconds * 1e3,
-                    "vs_base": seconds / times["base (no adapters)"],
+                    "vs_base": seconds / times[BASE],
                 }
             )
     report(
@@ -93,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         args.csv,
     )
+    if args.plot:
+        print(f"plot: {plot_scaling(rows, args.plot)}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from bench import cross_entropy, lora_step, multi_adapter
 
@@ -28,12 +29,52 @@ def test_cross_entropy_bench(tmp_path, capsys) -> None:
 @pytest.mark.slow
 def test_multi_adapter_bench(tmp_path) -> None:
     out = tmp_path / "ma.csv"
+    plot = tmp_path / "ma.png"
     multi_adapter.main(
-        ["--adapters", "4", "--batch", "4", "--seq", "1", "--repeats", "1", "--warmup", "0",
-         "--csv", str(out)]
+        ["--adapters", "4", "--batch", "4", "--seq", "1", "2", "--repeats", "1", "--warmup", "0",
+         "--csv", str(out), "--plot", str(plot)]
     )  # fmt: skip
-    paths = [r["path"] for r in _rows(out)]
-    assert paths == ["base (no adapters)", "ours (AdapterBank)", "PEFT (adapter_names)"]
+    rows = _rows(out)
+    expected = [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.FLOOR,
+                multi_adapter.UPDATE, multi_adapter.PEFT]  # fmt: skip
+    assert [r["path"] for r in rows] == expected * 2
+    assert [r["seq_len"] for r in rows] == ["1"] * 5 + ["2"] * 5
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_read_floor_reads_every_stack_once() -> None:
+    """The floor row must cover all adapter factors of the bank, each exactly once."""
+    bank = multi_adapter.build_ours(3)
+    stacks = multi_adapter.stack_tensors(bank)
+    assert len(stacks) == 2 * len(bank.stack_layers) == 2 * 4 * 7
+    assert len({t.data_ptr() for t in stacks}) == len(stacks)
+    trainable = sum(p.numel() for p in bank.parameters() if p.requires_grad)
+    assert sum(t.numel() for t in stacks) == trainable
+    touched = []
+    floor = multi_adapter.make_read_floor(lambda input_ids: None, torch.zeros(1), stacks)
+    original = torch.Tensor.sum
+    try:
+        torch.Tensor.sum = lambda self, *a, **k: touched.append(self.data_ptr())
+        floor()
+    finally:
+        torch.Tensor.sum = original
+    assert sorted(touched) == sorted(t.data_ptr() for t in stacks)
+
+
+def test_update_alone_matches_the_bank_delta() -> None:
+    """The updates-alone row runs the serving kernel: out must equal the reference update."""
+    from kernels.multi_lora import multi_lora_reference
+
+    bank = multi_adapter.build_ours(3)
+    ids = torch.tensor([2, 0, 1])
+    run = multi_adapter.UpdateAlone(bank, ids, rows=6)
+    with torch.inference_mode():
+        run()
+    assert len(run.layers) == len(bank.stack_layers)
+    x, out, unit = run.layers[-1]
+    rows = ids.repeat_interleave(2)
+    expected = multi_lora_reference(x, rows, unit.lora_A, unit.lora_B, unit.scalings)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
