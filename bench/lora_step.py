@@ -4,12 +4,12 @@
 
 Ours: LoRA from ``core.adapters`` (fused LoRA linear) and the LM loss from
 ``core.training.lm_loss`` (fused linear cross-entropy). PEFT: ``get_peft_model`` and the
-model's own ``labels=`` loss. A third row times the frozen model with no adapter (see
-:func:`make_floor_step`), the part of the step both paths share. Times come from one
-process, alternating the paths (the
-ratio of medians, and the quartiles of the round-by-round ratios as its spread); peak
-memory from one fresh process per path (peak RSS over two steps minus the RSS of the
-built model before them; optimizer state included).
+model's own ``labels=`` loss. A third row times the frozen model with no adapter but the
+same input gradients (see :func:`make_floor_step`), the part of the step both paths share.
+Times come from one process, alternating the paths (the ratio of medians, and the
+quartiles of the round-by-round ratios as its spread); peak memory from one fresh process
+per path (peak RSS over two steps minus the RSS of the built model before them; optimizer
+state included).
 """
 
 from __future__ import annotations
@@ -76,17 +76,18 @@ def make_step(model: torch.nn.Module, path: str, batch: int = BATCH, seq: int = 
 def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0):
     """The same step with no adapter at all: what any LoRA implementation must pay.
 
-    The base model is frozen and the embedding output is made to require grad, so backward
-    still runs the input gradient through every layer (as a LoRA step does) but no adapter
-    product, weight gradient or optimizer step is computed. The loss is the fused one.
+    The base model is frozen and the output of every linear layer LoRA would adapt is made
+    to require grad, so backward runs the input gradients exactly where a LoRA step does
+    (every layer but the first attention's inputs, which feed only frozen q/k/v weights)
+    but no adapter product, weight gradient or optimizer step. The loss is the fused one.
     """
     from core.training.lm_loss import causal_lm_loss
 
     model = reference_llama().train()
     model.requires_grad_(False)
-    model.get_input_embeddings().register_forward_hook(
-        lambda _module, _inputs, output: output.requires_grad_(True)
-    )
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LORA_TARGETS:
+            module.register_forward_hook(_require_grad)
     ids = torch.randint(0, 8000, (batch, seq), generator=torch.Generator().manual_seed(seed))
 
     def step() -> float:
@@ -95,6 +96,11 @@ def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0):
         return float(loss.detach())
 
     return step
+
+
+def _require_grad(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook: the output joins the graph as a LoRA layer's output would."""
+    return output if output.requires_grad else output.requires_grad_(True)
 
 
 def worker(path: str, batch: int, seq: int) -> None:

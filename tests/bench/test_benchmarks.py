@@ -129,3 +129,38 @@ def test_gpu_sweep_code_runs_under_the_interpreter(monkeypatch) -> None:
     ]  # fmt: skip
     assert all(r["ours_ms"] > 0 and r["peer_ms"] > 0 and r["speedup"] > 0 for r in rows)
     assert "FINETUNERS_KERNELS" not in os.environ  # the sweep restores the backend setting
+
+
+def _full_width_products(step) -> int:
+    """How many matrix products one step runs that do not involve a LoRA rank dimension."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    products = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default}
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in products:
+                left, right = args[-2], args[-1]
+                if lora_step.RANK not in (*left.shape, *right.shape):
+                    Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()
+    return Count.n
+
+
+@pytest.mark.slow
+def test_lora_step_floor_runs_the_base_products_of_a_lora_step() -> None:
+    """The floor must pay for the same frozen-weight products as our LoRA step: forward,
+    input gradients where LoRA needs them (not into the first attention's inputs) and the
+    loss; only the thin adapter products differ."""
+    ours = lora_step.make_step(lora_step.build("ours"), "ours", batch=1, seq=8)
+    floor = lora_step.make_floor_step(batch=1, seq=8)
+    layers, linears = 4, 7
+    expected = layers * linears * 2 - 3  # forward + dx, minus layer 0's q/k/v dx
+    counts = _full_width_products(floor), _full_width_products(ours)
+    assert counts[0] == counts[1]
+    assert counts[0] >= expected
