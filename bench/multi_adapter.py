@@ -8,8 +8,9 @@ row a different adapter, relative to the base model alone. PEFT serves such a ba
 ``model(..., adapter_names=[...])``. All paths run in one process, measured in turns.
 
 Two more rows explain ours (see :func:`make_read_floor` and :class:`UpdateAlone`):
-the base forward plus one read of every adapter stack, a lower bound for any fp32
-implementation when the rows use different adapters; and our low-rank updates alone.
+the base forward plus one read of every adapter stack, a lower bound for an fp32
+implementation that reads the stacks in a pass of its own when the rows use different
+adapters; and our low-rank updates alone.
 """
 
 from __future__ import annotations
@@ -71,9 +72,9 @@ def make_read_floor(base: torch.nn.Module, tokens: Tensor, stacks: list[Tensor])
     """The base forward plus one streaming pass (a sum) over every adapter stack.
 
     When the rows of a batch use different adapters, each adapter's factors must be read at
-    least once per forward, so no fp32 implementation can beat this. At short sequences the
-    low-rank work is too small to hide that read behind compute: the floor, not the
-    arithmetic, sets the cost.
+    least once per forward, so an fp32 implementation that does not overlap that read with
+    the base GEMMs cannot beat this. At short sequences the low-rank arithmetic is tiny and
+    the read sets the cost.
     """
 
     def run() -> None:
