@@ -1,6 +1,8 @@
-"""Fused Triton kernels, each with a pure-PyTorch reference and a dispatcher.
+"""Fused kernels, each with a pure-PyTorch reference, a Triton implementation and a dispatcher.
 
-Depends only on torch and triton. The kernels (fused LoRA, multi-adapter LoRA, fused
-linear cross-entropy) land with their own issue; until then the adapters compute with
-plain PyTorch (see ``core.adapters.lora`` and ``core.adapters.routing``).
+Depends only on torch and triton. The ops: fused LoRA linear and its DoRA variant
+(:mod:`kernels.lora`), multi-adapter LoRA (:mod:`kernels.multi_lora`) and fused linear
+cross-entropy (:mod:`kernels.cross_entropy`). :mod:`kernels.dispatch` picks the backend,
+:mod:`kernels.amp` makes the ops work under autocast, and ``python -m
+kernels.compile_check`` compiles every Triton kernel for GPU targets without a GPU.
 """

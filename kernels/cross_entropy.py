@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from .amp import autocast_dtype, autocast_off, cast_floating
 from .dispatch import backend_for
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -183,6 +184,23 @@ def linear_cross_entropy(
             f"hidden size {hidden.shape[-1]} does not match weight {tuple(weight.shape)} "
             "(expected (vocab, hidden))."
         )
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"labels must be class indices (integers), got {labels.dtype}.")
+    dtype = autocast_dtype(hidden)
+    if dtype is not None:
+        # As autocast runs the unfused pair: the linear in its dtype, the loss in fp32.
+        hidden, weight, bias = cast_floating(dtype, hidden, weight, bias)
+        with autocast_off(hidden):
+            loss = linear_cross_entropy(
+                hidden, weight, labels, bias, ignore_index, label_smoothing, reduction, chunk_size
+            )
+        return loss.float()
+    if hidden.dtype != weight.dtype or (bias is not None and bias.dtype != weight.dtype):
+        raise ValueError(
+            f"hidden ({hidden.dtype}), weight ({weight.dtype}) and bias must share one dtype; "
+            "cast them, or run under torch.autocast."
+        )
+    _check_label_range(labels, weight.shape[0], ignore_index)
     out_shape = labels.shape
     hidden2 = hidden.reshape(-1, hidden.shape[-1])
     labels2 = labels.reshape(-1)
@@ -192,3 +210,18 @@ def linear_cross_entropy(
         backend_for(hidden2),
     )  # fmt: skip
     return loss.reshape(out_shape) if reduction == "none" else loss
+
+
+def _check_label_range(labels: Tensor, vocab: int, ignore_index: int) -> None:
+    """Every counted label must name a vocabulary row; the Triton kernel would read past
+    the logits otherwise, and the reference fail with a bare index error."""
+    counted = labels[labels != ignore_index]
+    if counted.numel() == 0:
+        return
+    low, high = torch.aminmax(counted)
+    if int(low) < 0 or int(high) >= vocab:
+        raise ValueError(
+            f"labels must lie in [0, {vocab - 1}] (vocab {vocab}) or equal ignore_index="
+            f"{ignore_index}; got min {int(low)}, max {int(high)}. Check the tokenizer's "
+            "vocabulary against the output layer, and mark padding with ignore_index."
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .amp import autocast_dtype, autocast_off, cast_floating
 from .dispatch import backend_for
 
 
@@ -141,6 +142,35 @@ class EagerFusedLoraLinear(torch.autograd.Function):
     backward = FusedLoraLinear.backward
 
 
+def _check_shapes(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    lora_a: Tensor,
+    lora_b: Tensor,
+    dropout_mask: Tensor | None,
+) -> None:
+    """Name the argument that does not fit, instead of letting a matmul fail deep inside."""
+    out_f, in_f = weight.shape
+    rank = lora_a.shape[0]
+    expected = {
+        "x": (x.shape[-1:], (in_f,), "(..., in_features)"),
+        "lora_a": (tuple(lora_a.shape), (rank, in_f), "(r, in_features)"),
+        "lora_b": (tuple(lora_b.shape), (out_f, rank), "(out_features, r)"),
+    }
+    if bias is not None:
+        expected["bias"] = (tuple(bias.shape), (out_f,), "(out_features,)")
+    if dropout_mask is not None:
+        expected["dropout_mask"] = (tuple(dropout_mask.shape), tuple(x.shape), "x's shape")
+    for name, (got, want, layout) in expected.items():
+        if tuple(got) != want:
+            raise ValueError(
+                f"lora_linear: {name} has shape {tuple(got)} where {want} was expected, "
+                f"{layout} for weight {tuple(weight.shape)} and rank {rank}; pass tensors "
+                "in PEFT's orientation (lora_A.weight, lora_B.weight)."
+            )
+
+
 def lora_linear(
     x: Tensor,
     weight: Tensor,
@@ -154,12 +184,26 @@ def lora_linear(
 
     Shapes: x (..., in), weight (out, in), bias (out,), lora_a (r, in), lora_b (out, r),
     dropout_mask like x (already divided by 1 - p) or None. Dispatches to Triton on CUDA
-    and to the PyTorch reference elsewhere (see :mod:`kernels.dispatch`).
+    and to the PyTorch reference elsewhere (see :mod:`kernels.dispatch`). Under autocast the
+    products run in the autocast dtype, gradients come back in each input's own dtype
+    (see :mod:`kernels.amp`).
     """
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         raise ValueError(
             "lora_linear treats the base weight and bias as frozen, but one of them requires "
             "grad; freeze them (requires_grad_(False)) or use the unfused path."
+        )
+    _check_shapes(x, weight, bias, lora_a, lora_b, dropout_mask)
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        cast = cast_floating(dtype, x, weight, bias, lora_a, lora_b, dropout_mask)
+        with autocast_off(x):
+            return lora_linear(*cast[:5], scaling, cast[5])
+    if len({x.dtype, weight.dtype, lora_a.dtype, lora_b.dtype}) > 1:
+        raise ValueError(
+            f"lora_linear: x, weight, lora_a and lora_b must share one dtype, got x {x.dtype}, "
+            f"weight {weight.dtype}, lora_a {lora_a.dtype}, lora_b {lora_b.dtype}; cast the "
+            "adapter to the base layer's dtype, or run under torch.autocast."
         )
     # torch.func transforms (vmap of per-sample gradients) need the setup_context form.
     transformed = torch._C._are_functorch_transforms_active()

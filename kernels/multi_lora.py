@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .amp import autocast_dtype, autocast_off, cast_floating
 from .dispatch import backend_for
 
 
@@ -42,6 +43,13 @@ class Segments:
 def make_segments(ids: Tensor, n_adapters: int) -> Segments:
     """Group the rows of ``ids`` (one adapter id per row, -1 for none) by adapter."""
     n_rows = ids.shape[0]
+    if n_rows:
+        low, high = torch.aminmax(ids)
+        if int(low) < -1 or int(high) >= n_adapters:
+            raise ValueError(
+                f"adapter ids must lie in [-1, {n_adapters - 1}] (-1: no adapter) for "
+                f"{n_adapters} adapters; got min {int(low)}, max {int(high)}."
+            )
     order = torch.argsort(ids, stable=True)
     order = order[ids[order] >= 0]
     sorted_ids = ids[order]
@@ -198,10 +206,26 @@ def _check_inputs(x: Tensor, ids: Tensor, stack_a: Tensor, stack_b: Tensor) -> N
         raise ValueError(
             f"ids must hold one adapter id per row: got {tuple(ids.shape)} for {x.shape[0]} rows."
         )
+    if ids.is_floating_point() or ids.is_complex():
+        raise ValueError(f"ids must be an integer tensor, got {ids.dtype}; pass ids.long().")
     if stack_a.shape[0] != stack_b.shape[0] or stack_a.shape[1] != stack_b.shape[2]:
         raise ValueError(
             f"stacks do not match: A {tuple(stack_a.shape)} should be (N, r, in) and "
             f"B {tuple(stack_b.shape)} (N, out, r)."
+        )
+    if x.dim() != 2 or x.shape[1] != stack_a.shape[2]:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}; expected (rows, {stack_a.shape[2]}) to match "
+            f"stack A {tuple(stack_a.shape)} (N, r, in). Flatten leading dims first."
+        )
+
+
+def _check_dtypes(x: Tensor, stack_a: Tensor, stack_b: Tensor) -> None:
+    if len({x.dtype, stack_a.dtype, stack_b.dtype}) > 1:
+        raise ValueError(
+            f"x ({x.dtype}), stack A ({stack_a.dtype}) and stack B ({stack_b.dtype}) must "
+            "share one dtype; cast the stacks to the activations' dtype, or run under "
+            "torch.autocast."
         )
 
 
@@ -221,6 +245,12 @@ def multi_lora_delta(
     work; a ``stack_b`` whose (N, r, out) transpose is contiguous is read fastest.
     """
     _check_inputs(x, ids, stack_a, stack_b)
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        x, stack_a, stack_b = cast_floating(dtype, x, stack_a, stack_b)
+        with autocast_off(x):
+            return multi_lora_delta(x, ids, stack_a, stack_b, scalings, segments)
+    _check_dtypes(x, stack_a, stack_b)
     ids = ids.long()
     backend = backend_for(x)
     needs_grad = torch.is_grad_enabled() and (
@@ -260,6 +290,9 @@ def multi_lora_accumulate_(
         raise ValueError(
             f"out has shape {tuple(out.shape)}; expected ({x.shape[0]}, {stack_b.shape[1]})."
         )
+    if autocast_dtype(x) is not None or {x.dtype, stack_a.dtype, stack_b.dtype} != {out.dtype}:
+        # Autocast or mixed dtypes: form the update in the op's own dtype, add with promotion.
+        return out.add_(multi_lora_delta(x, ids, stack_a, stack_b, scalings, segments))
     ids = ids.long()
     seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
     if seg.width == 0:

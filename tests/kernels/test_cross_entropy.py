@@ -101,6 +101,26 @@ def test_bad_inputs() -> None:
         linear_cross_entropy(h, w, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="does not match weight"):
         linear_cross_entropy(h, torch.randn(10, 9), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="class indices"):
+        linear_cross_entropy(h, w, torch.zeros(4))
+    with pytest.raises(ValueError, match="share one dtype"):
+        linear_cross_entropy(h.double(), w, torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_outside_the_vocabulary_are_named(backend, force_backend) -> None:
+    force_backend(backend)
+    h, w = torch.randn(4, 8, device=DEVICE), torch.randn(10, 8, device=DEVICE)
+    for bad in (10, -1):
+        labels = torch.tensor([1, bad, -100, 3], device=DEVICE)
+        with pytest.raises(ValueError, match=r"must lie in \[0, 9\].*ignore_index=-100"):
+            linear_cross_entropy(h, w, labels)
+    # ignored rows may hold anything equal to ignore_index, even outside the vocabulary
+    labels = torch.tensor([1, -7, -7, 3], device=DEVICE)
+    torch.testing.assert_close(
+        linear_cross_entropy(h, w, labels, ignore_index=-7),
+        linear_cross_entropy_reference(h, w, labels, ignore_index=-7),
+    )
 
 
 def test_default_chunk_keeps_a_chunk_of_logits_near_the_hidden_size() -> None:

@@ -124,3 +124,29 @@ def test_plain_autograd_uses_the_classic_form_and_transforms_the_vmappable_one()
 
     torch.func.grad(probe)((a.detach(), bb.detach()), x.detach()[0])
     assert seen == [True]
+
+
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [
+        ("x", {"x": torch.randn(3, 5)}),
+        ("lora_a", {"lora_a": torch.randn(2, 5)}),
+        ("lora_b", {"lora_b": torch.randn(7, 2)}),
+        ("bias", {"bias": torch.randn(7)}),
+        ("dropout_mask", {"dropout_mask": torch.ones(3, 5)}),
+    ],
+)
+def test_wrong_shapes_name_the_argument(name: str, change: dict) -> None:
+    args = {
+        "x": torch.randn(3, 6), "weight": torch.randn(8, 6), "bias": torch.randn(8),
+        "lora_a": torch.randn(2, 6), "lora_b": torch.randn(8, 2), "scaling": 1.0,
+        "dropout_mask": None,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match=rf"lora_linear: {name} has shape"):
+        lora_linear(**{**args, **change})
+
+
+def test_mixed_dtypes_outside_autocast_are_refused() -> None:
+    x, w, a, b = torch.randn(3, 6), torch.randn(8, 6), torch.randn(2, 6), torch.randn(8, 2)
+    with pytest.raises(ValueError, match=r"share one dtype.*autocast"):
+        lora_linear(x.bfloat16(), w, None, a, b, 1.0)

@@ -109,6 +109,22 @@ def test_bad_shapes() -> None:
         multi_lora_delta(torch.randn(3, 8), torch.zeros(4, dtype=torch.long), a, b, s)
     with pytest.raises(ValueError, match="stacks do not match"):
         multi_lora_delta(torch.randn(3, 8), torch.zeros(3, dtype=torch.long), a, b[:1], s)
+    with pytest.raises(ValueError, match=r"expected \(rows, 8\)"):
+        multi_lora_delta(torch.randn(3, 7), torch.zeros(3, dtype=torch.long), a, b, s)
+    with pytest.raises(ValueError, match="integer tensor"):
+        multi_lora_delta(torch.randn(3, 8), torch.zeros(3), a, b, s)
+    with pytest.raises(ValueError, match=r"share one dtype"):
+        multi_lora_delta(torch.randn(3, 8).double(), torch.zeros(3, dtype=torch.long), a, b, s)
+
+
+@pytest.mark.parametrize("bad", [2, 5, -2])
+def test_adapter_ids_out_of_range_are_named(bad: int) -> None:
+    a, b, s, _ = _stacks(2, 8, 5, 2, torch.float32)
+    ids = torch.tensor([0, bad, 1])
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\].*got min"):
+        multi_lora_delta(torch.randn(3, 8), ids, a, b, s)
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        make_segments(ids, 2)
 
 
 def test_serving_path_without_autograd_matches() -> None:
