@@ -153,6 +153,14 @@ def _check_shapes(
     """Name the argument that does not fit, instead of letting a matmul fail deep inside."""
     out_f, in_f = weight.shape
     rank = lora_a.shape[0]
+    if (
+        x.shape[-1] == in_f
+        and lora_a.shape == (rank, in_f)
+        and lora_b.shape == (out_f, rank)
+        and (bias is None or bias.shape == (out_f,))
+        and (dropout_mask is None or dropout_mask.shape == x.shape)
+    ):
+        return  # the common case, checked without building the report below
     expected = {
         "x": (x.shape[-1:], (in_f,), "(..., in_features)"),
         "lora_a": (tuple(lora_a.shape), (rank, in_f), "(r, in_features)"),
