@@ -22,9 +22,11 @@ from torch import Tensor
 def autocast_dtype(tensor: Tensor) -> torch.dtype | None:
     """The dtype autocast gives matmuls on ``tensor``'s device, or None when it is off."""
     device = tensor.device.type
-    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+    try:
+        enabled = torch.is_autocast_enabled(device)
+    except RuntimeError:  # a device type autocast does not know (meta)
         return None
-    return torch.get_autocast_dtype(device)
+    return torch.get_autocast_dtype(device) if enabled else None
 
 
 def cast_floating(dtype: torch.dtype, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:

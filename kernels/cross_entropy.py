@@ -215,10 +215,9 @@ def linear_cross_entropy(
 def _check_label_range(labels: Tensor, vocab: int, ignore_index: int) -> None:
     """Every counted label must name a vocabulary row; the Triton kernel would read past
     the logits otherwise, and the reference fail with a bare index error."""
-    counted = labels[labels != ignore_index]
-    if counted.numel() == 0:
+    if labels.numel() == 0:
         return
-    low, high = torch.aminmax(counted)
+    low, high = torch.aminmax(labels.masked_fill(labels == ignore_index, 0))
     if int(low) < 0 or int(high) >= vocab:
         raise ValueError(
             f"labels must lie in [0, {vocab - 1}] (vocab {vocab}) or equal ignore_index="

@@ -32,6 +32,10 @@ def test_autocast_dtype_follows_the_region() -> None:
             assert autocast_dtype(x) is None
 
 
+def test_autocast_dtype_of_a_device_autocast_does_not_know() -> None:
+    assert autocast_dtype(torch.empty(2, device="meta")) is None
+
+
 def test_cast_floating_leaves_none_and_integers() -> None:
     ids, none, x = torch.arange(3), None, torch.ones(2)
     cast = cast_floating(torch.bfloat16, ids, none, x)
