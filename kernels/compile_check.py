@@ -6,7 +6,7 @@ Triton's CPU interpreter, which runs the kernels' correctness tests on machines 
 GPU, executes them as NumPy and forgives what the real compiler refuses (dot shapes,
 mismatched types across branches, constexpr misuse). Triton can compile a kernel all the
 way to a cubin with no device present, so this compiles each kernel with the argument
-types its launcher passes, for fp32 and bf16, for sm_80 and sm_90. It must run in a process
+types its launcher passes, for fp32, bf16 and fp16, for sm_80 and sm_90. It must run in a process
 where ``TRITON_INTERPRET`` is off: under the interpreter, ``triton.jit`` builds functions
 that cannot be compiled.
 """
@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 TARGETS = {"sm80": 80, "sm90": 90}
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)

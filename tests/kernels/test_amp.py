@@ -14,9 +14,12 @@ from kernels.multi_lora import multi_lora_accumulate_, multi_lora_delta, multi_l
 
 from .backends import BACKENDS, DEVICE, assert_close_for
 
+# Lightning's "bf16-mixed" and "16-mixed"; checked with bf16's (looser) tolerance.
+HALF = [torch.bfloat16, torch.float16]
 
-def _autocast():
-    return torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16)
+
+def _autocast(dtype: torch.dtype = torch.bfloat16):
+    return torch.autocast(torch.device(DEVICE).type, dtype=dtype)
 
 
 def _grads(loss, tensors):
@@ -42,9 +45,10 @@ def test_cast_floating_leaves_none_and_integers() -> None:
     assert cast[0] is ids and cast[1] is None and cast[2].dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("half", HALF)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_lora_linear_under_autocast(backend: str, with_mask: bool, force_backend) -> None:
+def test_lora_linear_under_autocast(backend: str, with_mask: bool, half, force_backend) -> None:
     force_backend(backend)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(7, 33, generator=gen).to(DEVICE).requires_grad_()
@@ -54,11 +58,11 @@ def test_lora_linear_under_autocast(backend: str, with_mask: bool, force_backend
     b = (torch.randn(17, 4, generator=gen) * 0.3).to(DEVICE).requires_grad_()
     mask = (torch.rand(7, 33, generator=gen) > 0.2).float().div(0.8).to(DEVICE)
     mask = mask if with_mask else None
-    with _autocast():
+    with _autocast(half):
         ours = lora_linear(x, weight, bias, a, b, 2.0, mask)
         unfused = lora_linear_reference(x, weight, bias, a, b, 2.0, mask)
     truth = lora_linear_reference(x, weight, bias, a, b, 2.0, mask)
-    assert ours.dtype == unfused.dtype == torch.bfloat16
+    assert ours.dtype == unfused.dtype == half
     assert_close_for(torch.bfloat16, ours, truth, "y")
     upstream = torch.randn(ours.shape, generator=gen).to(DEVICE)
     got = _grads((ours.float() * upstream).sum(), (x, a, b))
@@ -127,9 +131,12 @@ def test_multi_lora_accumulate_under_autocast_serving() -> None:
     assert_close_for(torch.bfloat16, out - base, truth, "update")
 
 
+@pytest.mark.parametrize("half", HALF)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
-def test_linear_cross_entropy_under_autocast(backend: str, reduction: str, force_backend) -> None:
+def test_linear_cross_entropy_under_autocast(
+    backend: str, reduction: str, half, force_backend
+) -> None:
     force_backend(backend)
     gen = torch.Generator().manual_seed(3)
     hidden = torch.randn(2, 7, 33, generator=gen).to(DEVICE).requires_grad_()
@@ -137,7 +144,7 @@ def test_linear_cross_entropy_under_autocast(backend: str, reduction: str, force
     labels = torch.randint(0, 50, (2, 7), generator=gen).to(DEVICE)
     labels[0, 3] = -100
     kwargs = {"label_smoothing": 0.1, "reduction": reduction}
-    with _autocast():
+    with _autocast(half):
         ours = linear_cross_entropy(hidden, weight, labels, **kwargs)
         unfused = torch.nn.functional.cross_entropy(
             (hidden @ weight.T).transpose(1, 2), labels, **kwargs
