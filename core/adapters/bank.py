@@ -24,7 +24,7 @@ from .api import _replace_module, inject, logical_modules
 from .config import AdapterConfig, LoraConfig
 from .io import PEFT_PREFIX, read_adapter, save_adapter, write_adapter_dir
 from .layer import AdapterLayer
-from .lora_stack import LoraStackUnit, RoutePlan, supports_lora_stack
+from .lora_stack import LoraStackUnit, StackRouter, supports_lora_stack
 from .targeting import resolve_targets
 
 STACK_KEY = "adapter_bank"
@@ -86,9 +86,10 @@ class AdapterBank(nn.Module):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.stack_layers: dict[str, LoraStackUnit] = {}
+        self.router = StackRouter(len(self.names))
         for target in targets:
             base = modules[target]
-            unit = LoraStackUnit(base, target, configs)
+            unit = LoraStackUnit(base, target, configs, self.router)
             layer = self.model.get_submodule(target)
             if not isinstance(layer, AdapterLayer):
                 layer = AdapterLayer(base)
@@ -119,23 +120,21 @@ class AdapterBank(nn.Module):
                 f"{len(self.names)} adapters; got min {int(adapter_ids.min())}, "
                 f"max {int(adapter_ids.max())}."
             )
-        plans: dict[torch.device, RoutePlan] = {}
+        if self.stacked:  # one shared router: nothing to set per layer
+            self.router.start(adapter_ids)
+            try:
+                yield
+            finally:
+                self.router.stop()
+            return
         for layer in self.layers:
-            device = layer.base_layer.weight.device
-            ids = adapter_ids.to(device)
-            if STACK_KEY in layer.adapters:
-                if device not in plans:
-                    plans[device] = RoutePlan(ids, len(self.names))
-                layer.adapters[STACK_KEY].plan = plans[device]
-            elif all(n in layer.adapters for n in self.names):
-                layer.routing = (self.names, ids)
+            if all(n in layer.adapters for n in self.names):
+                layer.routing = (self.names, adapter_ids.to(layer.base_layer.weight.device))
         try:
             yield
         finally:
             for layer in self.layers:
                 layer.routing = None
-                if STACK_KEY in layer.adapters:
-                    layer.adapters[STACK_KEY].plan = None
 
     def forward(self, *args: Any, adapter_ids: Tensor, **kwargs: Any) -> Any:
         with self.route(adapter_ids):

@@ -56,12 +56,52 @@ class RoutePlan:
         return self._by_rows[n_rows]
 
 
+class StackRouter:
+    """The ids of the batch being routed, shared by every stacked layer of one bank.
+
+    The bank sets the ids once per batch (:meth:`start`) instead of visiting each layer, and
+    each layer asks for the plan on its own device; plans are built once per device.
+    """
+
+    def __init__(self, n_adapters: int) -> None:
+        self.n_adapters = n_adapters
+        self.sample_ids: Tensor | None = None
+        self._plans: dict[torch.device, RoutePlan] = {}
+
+    def start(self, sample_ids: Tensor) -> None:
+        self.sample_ids = sample_ids
+        self._plans = {}
+
+    def stop(self) -> None:
+        self.sample_ids = None
+        self._plans = {}
+
+    def plan_for(self, device: torch.device) -> RoutePlan:
+        """This batch's plan with its ids on ``device``; raises when no batch is routed."""
+        if self.sample_ids is None:
+            raise RuntimeError(
+                "this layer holds an AdapterBank's LoRA stack: call the model through "
+                "bank(..., adapter_ids=ids) or inside bank.route(ids)."
+            )
+        plan = self._plans.get(device)
+        if plan is None:
+            plan = RoutePlan(self.sample_ids.to(device), self.n_adapters)
+            self._plans[device] = plan
+        return plan
+
+
 class LoraStackUnit(AdapterUnit):
-    """N LoRA adapters on one layer; ``route_ids`` (one id per sample) picks each sample's."""
+    """N LoRA adapters on one layer; the bank's ``router`` says which one serves each sample."""
 
     method = "lora"
 
-    def __init__(self, base: nn.Module, module_name: str, configs: list[LoraConfig]) -> None:
+    def __init__(
+        self,
+        base: nn.Module,
+        module_name: str,
+        configs: list[LoraConfig],
+        router: StackRouter | None = None,
+    ) -> None:
         super().__init__()
         out_f, in_f = layer_dims(base)
         ranks, scalings = [], []
@@ -89,17 +129,13 @@ class LoraStackUnit(AdapterUnit):
                     nn.init.kaiming_uniform_(self.lora_A[k, :r], a=math.sqrt(5))
         p = configs[0].dropout
         self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
-        self.plan: RoutePlan | None = None
+        self.router = router if router is not None else StackRouter(len(configs))
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        if self.plan is None:
-            raise RuntimeError(
-                "this layer holds an AdapterBank's LoRA stack: call the model through "
-                "bank(..., adapter_ids=ids) or inside bank.route(ids)."
-            )
-        check_ids(self.plan.sample_ids, x.shape[0])
+        plan = self.router.plan_for(x.device)
+        check_ids(plan.sample_ids, x.shape[0])
         flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
-        rows, segments = self.plan.for_rows(flat.shape[0])
+        rows, segments = plan.for_rows(flat.shape[0])
         stacks = (self.lora_A, self.lora_B, self.scalings)
         if not torch.is_grad_enabled() and out.is_contiguous():
             # Serving: add into the fresh base output in place.

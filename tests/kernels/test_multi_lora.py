@@ -95,6 +95,33 @@ def test_segments_use_the_whole_stack_without_a_gather() -> None:
     assert partial.unique.tolist() == [0, 2] and partial.width == 2
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_segments_match_a_brute_force_grouping(seed: int) -> None:
+    """The plan's fields against plain Python, on sorted, unsorted, partial and empty ids."""
+    gen = torch.Generator().manual_seed(seed)
+    n_adapters = int(torch.randint(1, 6, (1,), generator=gen))
+    n_rows = int(torch.randint(0, 12, (1,), generator=gen))
+    ids = torch.randint(-1 if seed % 3 else 0, n_adapters, (n_rows,), generator=gen)
+    if seed % 2:
+        ids = ids.sort().values
+    seg = make_segments(ids, n_adapters)
+    values = ids.tolist()
+    order = sorted((m for m in range(n_rows) if values[m] >= 0), key=lambda m: values[m])
+    present = sorted({v for v in values if v >= 0})
+    counts = [values.count(k) for k in present]
+    assert seg.order.tolist() == order
+    assert seg.unique.tolist() == present and seg.counts.tolist() == counts
+    assert seg.width == max(counts, default=0) and seg.n_rows == n_rows
+    assert seg.dense == (bool(counts) and len(set(counts)) == 1)
+    assert seg.whole_stack == (present == list(range(n_adapters)))
+    assert seg.identity == (seg.dense and order == list(range(n_rows)))
+    if not seg.dense:
+        starts = {k: order.index(next(m for m in order if values[m] == k)) for k in present}
+        slots = [present.index(values[m]) * seg.width + i - starts[values[m]]
+                 for i, m in enumerate(order)]  # fmt: skip
+        assert seg.slots.tolist() == slots
+
+
 def test_no_row_has_an_adapter() -> None:
     a, b, s, _ = _stacks(2, 8, 5, 2, torch.float32)
     x = torch.randn(3, 8, requires_grad=True)

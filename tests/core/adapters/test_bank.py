@@ -66,8 +66,15 @@ def test_each_adapter_gets_gradient_only_from_its_samples() -> None:
 
 def test_stacked_bank_needs_routing() -> None:
     bank = _perturbed_bank(LoraConfig(r=2, target_modules=["q_proj"]))
+    x = torch.randint(0, 64, (1, 3))
     with pytest.raises(RuntimeError, match="adapter_ids"):
-        bank.model(torch.randint(0, 64, (1, 3)))
+        bank.model(x)
+    # Routing ends with the batch, also when the batch fails.
+    bank(x, adapter_ids=torch.tensor([1]))
+    with pytest.raises(ValueError, match="one id per sample"), bank.route(torch.tensor([0, 1])):
+        bank.model(x)
+    with pytest.raises(RuntimeError, match="adapter_ids"):
+        bank.model(x)
 
 
 def test_bank_save_and_reload_each_adapter(tmp_path) -> None:
