@@ -10,8 +10,9 @@ The reference groups rows by adapter (SGMV): rows are sorted by id and packed in
 (adapters present, rows per adapter, in), and two batched matmuls apply every adapter to
 its own rows. When every adapter of the stack is present, the stacks are used as they are,
 without gathering a copy per row. The Triton backend (:mod:`kernels.multi_lora_triton`)
-reads each row's adapter straight from the stacks (BGMV) in the forward pass and for dx,
-and reduces the adapters' weight gradients over their own rows (SGMV).
+groups the same way without packing: each program takes a block of one adapter's rows
+through the sorted order, loads that adapter's factors once and multiplies on tensor cores,
+in the forward pass, for dx and for the weight gradients.
 """
 
 from __future__ import annotations
@@ -134,14 +135,14 @@ def _forward(x, stack_a, stack_b, scalings, seg):
     return delta, saved
 
 
-def _delta(x, ids, stack_a, stack_b, scalings, backend, seg):
+def _delta(x, stack_a, stack_b, scalings, backend, seg):
     """The update alone (no autograd), on either backend."""
     if seg.width == 0:
         return x.new_zeros(x.shape[0], stack_b.shape[1])
     if backend == "triton":
-        from .multi_lora_triton import bgmv
+        from .multi_lora_triton import sgmv
 
-        return bgmv(x, ids, stack_a, stack_b, scalings)
+        return sgmv(x, seg, stack_a, stack_b, scalings)
     return _forward(x, stack_a, stack_b, scalings, seg)[0]
 
 
@@ -168,8 +169,8 @@ class MultiLoraDelta(torch.autograd.Function):
             ctx.save_for_backward(stack_a, stack_b)
             return x.new_zeros(x.shape[0], stack_b.shape[1])
         if backend == "triton":
-            ctx.save_for_backward(x, ids, scalings, stack_a, stack_b)
-            return _delta(x, ids, stack_a, stack_b, scalings, backend, seg)
+            ctx.save_for_backward(x, scalings, stack_a, stack_b)
+            return _delta(x, stack_a, stack_b, scalings, backend, seg)
         delta, saved = _forward(x, stack_a, stack_b, scalings, seg)
         ctx.save_for_backward(*saved, stack_a, stack_b)
         return delta
@@ -184,10 +185,10 @@ class MultiLoraDelta(torch.autograd.Function):
         if ctx.backend == "triton":
             from .multi_lora_triton import multi_lora_backward
 
-            x, ids, scalings, stack_a, stack_b = ctx.saved_tensors
+            x, scalings, stack_a, stack_b = ctx.saved_tensors
             needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3])
             grad_x, grad_a, grad_b = multi_lora_backward(
-                grad.contiguous(), x, ids, stack_a, stack_b, scalings, seg, needs
+                grad.contiguous(), x, stack_a, stack_b, scalings, seg, needs
             )
             return grad_x, None, grad_a, grad_b, None, None, None
         xs, h, a, b, s, stack_a, stack_b = ctx.saved_tensors
@@ -264,7 +265,7 @@ def multi_lora_delta(
     )
     if not needs_grad:  # serving: skip the autograd machinery and what it would keep
         seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
-        return _delta(x, ids, stack_a, stack_b, scalings, backend, seg)
+        return _delta(x, stack_a, stack_b, scalings, backend, seg)
     return MultiLoraDelta.apply(x, ids, stack_a, stack_b, scalings, backend, segments)
 
 
@@ -279,10 +280,11 @@ def multi_lora_accumulate_(
 ) -> Tensor:
     """Serving: ``out += multi_lora_delta(x, ids, ...)`` in place, without autograd.
 
-    When the rows are already grouped by adapter in order (for example one adapter per
-    sample with ids 0, 1, 2, ...), the second batched matmul accumulates straight into
-    ``out`` (``baddbmm_``): no (M, out) update is allocated, written and added. Otherwise
-    it falls back to adding :func:`multi_lora_delta`. ``out`` is (M, out); returns it.
+    No (M, out) update is allocated, written and added where it can be avoided: the Triton
+    expand kernel adds into ``out`` itself, and on the reference backend, when the rows are
+    already grouped by adapter in order (for example one adapter per sample with ids 0, 1,
+    2, ...), the second batched matmul accumulates straight into ``out`` (``baddbmm_``).
+    Otherwise it adds :func:`multi_lora_delta`. ``out`` is (M, out); returns it.
     """
     if torch.is_grad_enabled() and (
         x.requires_grad or stack_a.requires_grad or stack_b.requires_grad or out.requires_grad
@@ -304,11 +306,15 @@ def multi_lora_accumulate_(
     if seg.width == 0:
         return out
     backend = backend_for(x)
-    if backend == "reference" and seg.identity and out.is_contiguous():
+    if backend == "triton":  # the expand kernel adds into out itself
+        from .multi_lora_triton import sgmv
+
+        return sgmv(x, seg, stack_a, stack_b, scalings, out=out)
+    if seg.identity and out.is_contiguous():
         _, h, _, b, _ = _shrink(x, stack_a, stack_b, scalings, seg)
         out.view(len(seg.unique), seg.width, out.shape[1]).baddbmm_(h, b.transpose(1, 2))
         return out
-    return out.add_(_delta(x, ids, stack_a, stack_b, scalings, backend, seg))
+    return out.add_(_delta(x, stack_a, stack_b, scalings, backend, seg))
 
 
 def multi_lora_reference(

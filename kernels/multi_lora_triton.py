@@ -1,19 +1,22 @@
-"""Triton kernels of the multi-adapter LoRA: BGMV per row, SGMV per adapter group.
+"""Triton kernels of the multi-adapter LoRA, all grouped by adapter (SGMV, Punica/S-LoRA).
 
-Forward (:func:`bgmv`): one program per (row, output tile) shrinks h = s_k A_k x (r values,
-over the input in tiles), then expands the tile B_k[tile] h. Rank is small, so recomputing
-h per output tile is cheaper than a second launch.
+Rows are taken in the order of :func:`kernels.multi_lora.make_segments` (sorted by adapter
+id, rows without an adapter left out). One program owns a block of one adapter's rows, so
+it loads that adapter's factors once per block of up to ``BLOCK_M`` rows and multiplies
+them with ``tl.dot`` on tensor cores, instead of once per row; rows are gathered and
+scattered through the order, so nothing is packed or copied.
+
+Forward (:func:`sgmv`): shrink h = A_k x (M, r) in fp32, then expand s_k B_k h into the
+output, or added straight into the base output (``out=``, the serving path).
 
 Backward (:func:`multi_lora_backward`), with k = ids[m] and g the upstream gradient:
 
-    h[m]  = s_k A_k x[m]         shrink (rows)        u[m] = B_k^T g[m]     shrink (rows)
-    dx[m] = s_k A_k^T u[m]       expand (rows)
-    dB_k  = sum_{m in k} g[m] h[m]^T       dA_k = s_k sum_{m in k} u[m] x[m]^T
+    h[m]  = s_k A_k x[m]         shrink               u[m] = B_k^T g[m]     shrink
+    dx[m] = s_k A_k^T u[m]       expand
+    dB_k  = sum_{m in k} g[m] h[m]^T       dA_k = s_k sum_{m in k} u[m] x[m]^T   (segment_outer)
 
-The row-wise steps read each row's adapter straight from the stacks (transposed views cost
-nothing: the kernels take strides). The weight gradients are one segmented outer-product
-reduction (SGMV): one program per (adapter present, output tile) sums over that adapter's
-rows, found through the sorted row order, so nothing is packed or scattered.
+Transposed stacks are views with other strides; the kernels take strides, so A^T and B^T
+cost nothing.
 """
 
 from __future__ import annotations
@@ -22,101 +25,99 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _row_shrink(
-    x_ptr, stride_x, w_ptr, stride_wr, stride_wi, IN, RANK,
-    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
-):  # fmt: skip
-    """W x for one row: (RANK,) fp32, with ``w_ptr`` at the row's adapter, W (RANK, IN)."""
-    rr = tl.arange(0, BLOCK_R)
-    h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    for i0 in range(0, IN, BLOCK_I):
-        ri = i0 + tl.arange(0, BLOCK_I)
-        x = tl.load(x_ptr + ri * stride_x, mask=ri < IN, other=0.0).to(tl.float32)
-        w = tl.load(
-            w_ptr + rr[:, None] * stride_wr + ri[None, :] * stride_wi,
-            mask=(rr[:, None] < RANK) & (ri[None, :] < IN),
-            other=0.0,
-        ).to(tl.float32)
-        h += tl.sum(w * x[None, :], axis=1)
-    return h
-
-
-@triton.jit
-def _row_expand(h, w_ptr, stride_wo, stride_wr, ro, OUT, RANK, BLOCK_R: tl.constexpr):
-    """W[ro] h for one row's output tile ``ro``, with ``w_ptr`` at its adapter, W (OUT, RANK)."""
-    rr = tl.arange(0, BLOCK_R)
-    w = tl.load(
-        w_ptr + ro[:, None] * stride_wo + rr[None, :] * stride_wr,
-        mask=(ro[:, None] < OUT) & (rr[None, :] < RANK),
-        other=0.0,
-    ).to(tl.float32)
-    return tl.sum(w * h[None, :], axis=1)
-
-
-@triton.jit
-def _bgmv_kernel(
-    x_ptr, ids_ptr, a_ptr, b_ptr, s_ptr, out_ptr,
-    IN, OUT, RANK,
-    stride_xm, stride_ak, stride_ar, stride_ai, stride_bk, stride_bo, stride_br, stride_om,
-    BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr,
-):  # fmt: skip
-    """out[m, tile] = B_k[tile] (s_k A_k x[m]); zeros where ids[m] < 0."""
-    row = tl.program_id(0)
-    k = tl.load(ids_ptr + row)
-    ro = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-    out = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    if k >= 0:
-        h = _row_shrink(
-            x_ptr + row * stride_xm, 1, a_ptr + k * stride_ak, stride_ar, stride_ai, IN, RANK,
-            BLOCK_R, BLOCK_I,
-        )  # fmt: skip
-        h = h * tl.load(s_ptr + k).to(tl.float32)
-        out = _row_expand(h, b_ptr + k * stride_bk, stride_bo, stride_br, ro, OUT, RANK, BLOCK_R)
-    tl.store(out_ptr + row * stride_om + ro, out.to(out_ptr.dtype.element_ty), mask=ro < OUT)
+from .triton_dtypes import dot_precision, upcast_tiles
 
 
 @triton.jit
 def _shrink_kernel(
-    x_ptr, ids_ptr, w_ptr, s_ptr, out_ptr,
+    x_ptr, w_ptr, s_ptr, out_ptr, order_ptr, starts_ptr, counts_ptr, groups_ptr,
     IN, RANK,
     stride_xm, stride_xi, stride_wk, stride_wr, stride_wi, stride_om,
-    HAS_SCALE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
+    HAS_SCALE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
-    """out[m] = (s_k) W_k x[m] with W_k (RANK, IN); zeros where ids[m] < 0; fp32 out."""
-    row = tl.program_id(0)
-    k = tl.load(ids_ptr + row)
+    """out[m] = (s_k) W_k x[m] (fp32) for one block of adapter group k's rows; W_k (RANK, IN)."""
+    group = tl.program_id(0)
+    count = tl.load(counts_ptr + group)
+    m0 = tl.program_id(1) * BLOCK_M
+    if m0 >= count:
+        return
+    start = tl.load(starts_ptr + group)
+    k = tl.load(groups_ptr + group)
+    rm = m0 + tl.arange(0, BLOCK_M)
+    live = rm < count
+    rows = tl.load(order_ptr + start + rm, mask=live, other=0)
     rr = tl.arange(0, BLOCK_R)
-    h = tl.zeros((BLOCK_R,), dtype=tl.float32)
-    if k >= 0:
-        h = _row_shrink(
-            x_ptr + row * stride_xm, stride_xi, w_ptr + k * stride_wk, stride_wr, stride_wi,
-            IN, RANK, BLOCK_R, BLOCK_I,
-        )  # fmt: skip
-        if HAS_SCALE:
-            h = h * tl.load(s_ptr + k).to(tl.float32)
-    tl.store(out_ptr + row * stride_om + rr, h, mask=rr < RANK)
+    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for i0 in range(0, IN, BLOCK_I):
+        ri = i0 + tl.arange(0, BLOCK_I)
+        x = tl.load(
+            x_ptr + rows[:, None] * stride_xm + ri[None, :] * stride_xi,
+            mask=live[:, None] & (ri[None, :] < IN),
+            other=0.0,
+        )
+        w = tl.load(  # W_k^T tile (BLOCK_I, BLOCK_R)
+            w_ptr + k * stride_wk + ri[:, None] * stride_wi + rr[None, :] * stride_wr,
+            mask=(ri[:, None] < IN) & (rr[None, :] < RANK),
+            other=0.0,
+        )
+        if UPCAST:
+            x = x.to(tl.float32)
+            w = w.to(tl.float32)
+        acc += tl.dot(x, w.to(x.dtype), input_precision=PRECISION, out_dtype=tl.float32)
+    if HAS_SCALE:
+        acc = acc * tl.load(s_ptr + k).to(tl.float32)
+    tl.store(
+        out_ptr + rows[:, None] * stride_om + rr[None, :],
+        acc,
+        mask=live[:, None] & (rr[None, :] < RANK),
+    )
 
 
 @triton.jit
 def _expand_kernel(
-    h_ptr, ids_ptr, w_ptr, s_ptr, out_ptr,
+    h_ptr, w_ptr, s_ptr, out_ptr, order_ptr, starts_ptr, counts_ptr, groups_ptr,
     OUT, RANK,
-    stride_hm, stride_wk, stride_wo, stride_wr, stride_om,
-    BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
+    stride_hm, stride_wk, stride_wo, stride_wr, stride_om, stride_on,
+    ACCUMULATE: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
 ):  # fmt: skip
-    """out[m, tile] = s_k W_k[tile] h[m] with W_k (OUT, RANK); zeros where ids[m] < 0."""
-    row = tl.program_id(0)
-    k = tl.load(ids_ptr + row)
-    ro = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    """out[m, tile] (+)= s_k W_k[tile] h[m] for one block of group k's rows; W_k (OUT, RANK).
+
+    h is fp32; on a GPU it is rounded to W's dtype for the tensor-core dot, as an unfused
+    16-bit implementation rounds its (rows x r) intermediate.
+    """
+    group = tl.program_id(0)
+    count = tl.load(counts_ptr + group)
+    m0 = tl.program_id(1) * BLOCK_M
+    if m0 >= count:
+        return
+    start = tl.load(starts_ptr + group)
+    k = tl.load(groups_ptr + group)
+    rm = m0 + tl.arange(0, BLOCK_M)
+    live = rm < count
+    rows = tl.load(order_ptr + start + rm, mask=live, other=0)
+    ro = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
     rr = tl.arange(0, BLOCK_R)
-    out = tl.zeros((BLOCK_O,), dtype=tl.float32)
-    if k >= 0:
-        h = tl.load(h_ptr + row * stride_hm + rr, mask=rr < RANK, other=0.0).to(tl.float32)
-        h = h * tl.load(s_ptr + k).to(tl.float32)
-        out = _row_expand(h, w_ptr + k * stride_wk, stride_wo, stride_wr, ro, OUT, RANK, BLOCK_R)
-    tl.store(out_ptr + row * stride_om + ro, out.to(out_ptr.dtype.element_ty), mask=ro < OUT)
+    h = tl.load(
+        h_ptr + rows[:, None] * stride_hm + rr[None, :],
+        mask=live[:, None] & (rr[None, :] < RANK),
+        other=0.0,
+    )
+    w = tl.load(  # W_k[tile]^T (BLOCK_R, BLOCK_O)
+        w_ptr + k * stride_wk + rr[:, None] * stride_wr + ro[None, :] * stride_wo,
+        mask=(rr[:, None] < RANK) & (ro[None, :] < OUT),
+        other=0.0,
+    )
+    if UPCAST:
+        w = w.to(tl.float32)
+    acc = tl.dot(h.to(w.dtype), w, input_precision=PRECISION, out_dtype=tl.float32)
+    acc = acc * tl.load(s_ptr + k).to(tl.float32)
+    where = out_ptr + rows[:, None] * stride_om + ro[None, :] * stride_on
+    keep = live[:, None] & (ro[None, :] < OUT)
+    if ACCUMULATE:
+        acc += tl.load(where, mask=keep, other=0.0).to(tl.float32)
+    tl.store(where, acc.to(out_ptr.dtype.element_ty), mask=keep)
 
 
 @triton.jit
@@ -163,63 +164,84 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def bgmv(
-    x: torch.Tensor,
-    ids: torch.Tensor,
-    stack_a: torch.Tensor,
-    stack_b: torch.Tensor,
-    scalings: torch.Tensor,
-) -> torch.Tensor:
-    """(M, out) per-row LoRA updates; x (M, in) with unit stride along features."""
-    x = x.contiguous()
-    rows, fin = x.shape
-    fout, rank = stack_b.shape[1], stack_b.shape[2]
-    out = torch.empty(rows, fout, device=x.device, dtype=x.dtype)
-    block_o = 64
-    grid = (rows, triton.cdiv(fout, block_o))
-    _bgmv_kernel[grid](
-        x, ids.contiguous(), stack_a, stack_b, scalings.contiguous(), out,
-        fin, fout, rank,
-        x.stride(0), stack_a.stride(0), stack_a.stride(1), stack_a.stride(2),
-        stack_b.stride(0), stack_b.stride(1), stack_b.stride(2), out.stride(0),
-        BLOCK_R=_block(rank), BLOCK_I=64, BLOCK_O=block_o,
-    )  # fmt: skip
-    return out
+def _row_block(seg) -> int:
+    """Rows per program: up to 64 of one adapter's rows, at least tl.dot's 16."""
+    return min(64, _block(seg.width))
 
 
-def bgmv_shrink(
-    x: torch.Tensor, ids: torch.Tensor, stack: torch.Tensor, scalings: torch.Tensor | None
+def _groups(seg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sorted row order, first position of each group in it, group sizes, adapter ids)."""
+    return seg.order, torch.cumsum(seg.counts, 0) - seg.counts, seg.counts, seg.unique
+
+
+def sgmv_shrink(
+    x: torch.Tensor, seg, stack: torch.Tensor, scalings: torch.Tensor | None
 ) -> torch.Tensor:
-    """(M, r) fp32 rows ``s_k stack[k] @ x[m]`` for a (N, r, in) stack (any strides)."""
+    """(M, r) fp32 rows ``(s_k) stack[k] @ x[m]`` for a (N, r, in) stack (any strides); rows
+    without an adapter are zero."""
     rows, fin = x.shape
     rank = stack.shape[1]
-    out = torch.empty(rows, rank, device=x.device, dtype=torch.float32)
+    out = torch.zeros(rows, rank, device=x.device, dtype=torch.float32)
+    if seg.width == 0:
+        return out
+    block_m = _row_block(seg)
     scale_arg = scalings.contiguous() if scalings is not None else out
-    _shrink_kernel[(rows,)](
-        x, ids, stack, scale_arg, out,
+    _shrink_kernel[(len(seg.unique), triton.cdiv(seg.width, block_m))](
+        x, stack, scale_arg, out, *_groups(seg),
         fin, rank,
         x.stride(0), x.stride(1), stack.stride(0), stack.stride(1), stack.stride(2), out.stride(0),
-        HAS_SCALE=scalings is not None, BLOCK_R=_block(rank), BLOCK_I=64,
+        HAS_SCALE=scalings is not None, UPCAST=upcast_tiles(x), PRECISION=dot_precision(x),
+        BLOCK_M=block_m, BLOCK_R=_block(rank), BLOCK_I=64,
     )  # fmt: skip
     return out
 
 
-def bgmv_expand(
-    h: torch.Tensor, ids: torch.Tensor, stack: torch.Tensor, scalings: torch.Tensor, dtype
+def sgmv_expand(
+    h: torch.Tensor,
+    seg,
+    stack: torch.Tensor,
+    scalings: torch.Tensor,
+    dtype: torch.dtype,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(M, out) rows ``s_k stack[k] @ h[m]`` for a (N, out, r) stack (any strides)."""
+    """(M, out) rows ``s_k stack[k] @ h[m]`` for a (N, out, r) stack (any strides).
+
+    With ``out`` given, the rows are added into it in place (rows without an adapter keep
+    their values) and it is returned; otherwise a new tensor, zero on those rows.
+    """
     h = h.contiguous()
     rows, rank = h.shape
     fout = stack.shape[1]
-    out = torch.empty(rows, fout, device=h.device, dtype=dtype)
-    block_o = 64
-    _expand_kernel[(rows, triton.cdiv(fout, block_o))](
-        h, ids, stack, scalings.contiguous(), out,
+    accumulate = out is not None
+    if out is None:
+        fill = torch.empty if len(seg.order) == rows else torch.zeros
+        out = fill(rows, fout, device=h.device, dtype=dtype)
+    if seg.width == 0:
+        return out
+    block_m, block_o = _row_block(seg), 64
+    grid = (len(seg.unique), triton.cdiv(seg.width, block_m), triton.cdiv(fout, block_o))
+    _expand_kernel[grid](
+        h, stack, scalings.contiguous(), out, *_groups(seg),
         fout, rank,
-        h.stride(0), stack.stride(0), stack.stride(1), stack.stride(2), out.stride(0),
-        BLOCK_R=_block(rank), BLOCK_O=block_o,
+        h.stride(0), stack.stride(0), stack.stride(1), stack.stride(2),
+        out.stride(0), out.stride(1),
+        ACCUMULATE=accumulate, UPCAST=upcast_tiles(stack), PRECISION=dot_precision(stack),
+        BLOCK_M=block_m, BLOCK_R=_block(rank), BLOCK_O=block_o,
     )  # fmt: skip
     return out
+
+
+def sgmv(
+    x: torch.Tensor,
+    seg,
+    stack_a: torch.Tensor,
+    stack_b: torch.Tensor,
+    scalings: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-row LoRA updates ``s_k B_k A_k x[m]`` (M, out); added into ``out`` when given."""
+    h = sgmv_shrink(x, seg, stack_a, None)
+    return sgmv_expand(h, seg, stack_b, scalings, x.dtype, out)
 
 
 def segment_outer(
@@ -239,13 +261,11 @@ def segment_outer(
     out = torch.zeros(n_adapters, fp, fq, device=left.device, dtype=dtype)
     if seg.width == 0:
         return out
-    counts = seg.counts
-    starts = torch.cumsum(counts, 0) - counts
     block_p, block_q = min(64, _block(fp)), min(64, _block(fq))
     grid = (len(seg.unique), triton.cdiv(fp, block_p), triton.cdiv(fq, block_q))
     scale_arg = scalings.contiguous() if scalings is not None else out
     _segment_outer_kernel[grid](
-        left, right, seg.order, starts, counts, seg.unique, scale_arg, out,
+        left, right, *_groups(seg), scale_arg, out,
         fp, fq,
         left.stride(0), left.stride(1), right.stride(0), right.stride(1),
         out.stride(0), out.stride(1), out.stride(2),
@@ -257,7 +277,6 @@ def segment_outer(
 def multi_lora_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
-    ids: torch.Tensor,
     stack_a: torch.Tensor,
     stack_b: torch.Tensor,
     scalings: torch.Tensor,
@@ -266,11 +285,11 @@ def multi_lora_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dA stack, dB stack) of the multi-adapter update; ``needs`` says which to form."""
     n = stack_a.shape[0]
-    u = bgmv_shrink(grad, ids, stack_b.transpose(1, 2), None)  # B_k^T g, (M, r)
-    grad_x = bgmv_expand(u, ids, stack_a.transpose(1, 2), scalings, x.dtype) if needs[0] else None
+    u = sgmv_shrink(grad, seg, stack_b.transpose(1, 2), None)  # B_k^T g, (M, r)
+    grad_x = sgmv_expand(u, seg, stack_a.transpose(1, 2), scalings, x.dtype) if needs[0] else None
     grad_a = segment_outer(u, x, seg, n, scalings, stack_a.dtype) if needs[1] else None
     grad_b = None
     if needs[2]:
-        h = bgmv_shrink(x, ids, stack_a, scalings)  # s_k A_k x, recomputed rather than kept
+        h = sgmv_shrink(x, seg, stack_a, scalings)  # s_k A_k x, recomputed rather than kept
         grad_b = segment_outer(grad, h, seg, n, None, stack_b.dtype)
     return grad_x, grad_a, grad_b

@@ -22,6 +22,7 @@ CASES = [
     (16, 48, 64, 16, 16, "each"),
     (12, 40, 24, 12, 4, "arange"),
     (7, 512, 512, 8, 64, "mixed"),
+    (150, 33, 24, 2, 4, "all"),  # one adapter over 150 rows: several row blocks per group
 ]
 
 
