@@ -150,3 +150,26 @@ def test_mixed_dtypes_outside_autocast_are_refused() -> None:
     x, w, a, b = torch.randn(3, 6), torch.randn(8, 6), torch.randn(2, 6), torch.randn(8, 2)
     with pytest.raises(ValueError, match=r"share one dtype.*autocast"):
         lora_linear(x.bfloat16(), w, None, a, b, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_autotuner_tries_only_the_tiles_that_fit(dtype) -> None:
+    """The autotuner's prune hook keeps the candidates whose pipelined tiles fit the shared
+    memory budget at the operands' element size (computed here by hand)."""
+    pytest.importorskip("triton")
+    from kernels.lora_triton import (
+        GPU_CONFIGS,
+        SHARED_BUDGET,
+        _gemm_lowrank_tuned,
+        _prune,
+    )
+
+    size = torch.empty(0, dtype=dtype).element_size()
+    kept = _prune(_gemm_lowrank_tuned.configs, {"x_ptr": torch.empty(1, dtype=dtype)})
+    shapes = [
+        (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages)
+        for c in kept
+    ]
+    expected = [c for c in GPU_CONFIGS if c[4] * (c[0] + c[1]) * c[2] * size <= SHARED_BUDGET]
+    assert shapes == expected and shapes
+    assert len(shapes) == (len(GPU_CONFIGS) if size == 2 else 3)
