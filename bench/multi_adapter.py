@@ -16,13 +16,20 @@ adapters; and our low-rank updates alone.
 from __future__ import annotations
 
 import argparse
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .common import LORA_TARGETS, interleaved_medians, reference_llama, report
+from .common import (
+    LORA_TARGETS,
+    interleaved_samples,
+    reference_llama,
+    report,
+    round_ratio_quartiles,
+)
 
 RANK = 16
 BASE = "base (no adapters)"
@@ -176,14 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         if peft_model is not None:
             paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
         with torch.inference_mode():
-            times = interleaved_medians(paths, args.repeats, args.warmup)
+            samples = interleaved_samples(paths, args.repeats, args.warmup)
+        times = {path: statistics.median(values) for path, values in samples.items()}
         for path, seconds in times.items():
+            low, high = round_ratio_quartiles(samples[path], samples[BASE])
             rows.append(
                 {
                     "seq_len": seq,
                     "path": path,
                     "forward_ms": seconds * 1e3,
                     "vs_base": seconds / times[BASE],
+                    "per_round_iqr": "" if path == BASE else f"{low:.3f}-{high:.3f}",
                 }
             )
     report(

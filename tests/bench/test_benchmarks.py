@@ -39,6 +39,13 @@ def test_multi_adapter_bench(tmp_path) -> None:
                 multi_adapter.UPDATE, multi_adapter.PEFT]  # fmt: skip
     assert [r["path"] for r in rows] == expected * 2
     assert [r["seq_len"] for r in rows] == ["1"] * 5 + ["2"] * 5
+    # Each path's spread against the base, round by round (one round: a single ratio).
+    for row in rows:
+        if row["path"] == multi_adapter.BASE:
+            assert row["per_round_iqr"] == ""
+        else:
+            low, high = map(float, row["per_round_iqr"].split("-"))
+            assert low == high == pytest.approx(float(row["vs_base"]), rel=1e-3)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
