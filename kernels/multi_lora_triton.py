@@ -29,6 +29,20 @@ from .triton_dtypes import dot_precision, upcast_tiles
 
 
 @triton.jit
+def _group_block(order_ptr, starts_ptr, counts_ptr, groups_ptr, BLOCK_M: tl.constexpr):
+    """This program's block of rows: program axis 0 is the adapter group, axis 1 the block.
+
+    Returns (adapter id, row indices, which of them are real rows, whether the group has no
+    rows left for this block)."""
+    group = tl.program_id(0)
+    count = tl.load(counts_ptr + group)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = rm < count
+    rows = tl.load(order_ptr + tl.load(starts_ptr + group) + rm, mask=live, other=0)
+    return tl.load(groups_ptr + group), rows, live, tl.program_id(1) * BLOCK_M >= count
+
+
+@triton.jit
 def _shrink_kernel(
     x_ptr, w_ptr, s_ptr, out_ptr, order_ptr, starts_ptr, counts_ptr, groups_ptr,
     IN, RANK,
@@ -37,16 +51,9 @@ def _shrink_kernel(
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_I: tl.constexpr,
 ):  # fmt: skip
     """out[m] = (s_k) W_k x[m] (fp32) for one block of adapter group k's rows; W_k (RANK, IN)."""
-    group = tl.program_id(0)
-    count = tl.load(counts_ptr + group)
-    m0 = tl.program_id(1) * BLOCK_M
-    if m0 >= count:
+    k, rows, live, idle = _group_block(order_ptr, starts_ptr, counts_ptr, groups_ptr, BLOCK_M)
+    if idle:
         return
-    start = tl.load(starts_ptr + group)
-    k = tl.load(groups_ptr + group)
-    rm = m0 + tl.arange(0, BLOCK_M)
-    live = rm < count
-    rows = tl.load(order_ptr + start + rm, mask=live, other=0)
     rr = tl.arange(0, BLOCK_R)
     acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for i0 in range(0, IN, BLOCK_I):
@@ -87,16 +94,9 @@ def _expand_kernel(
     h is fp32; on a GPU it is rounded to W's dtype for the tensor-core dot, as an unfused
     16-bit implementation rounds its (rows x r) intermediate.
     """
-    group = tl.program_id(0)
-    count = tl.load(counts_ptr + group)
-    m0 = tl.program_id(1) * BLOCK_M
-    if m0 >= count:
+    k, rows, live, idle = _group_block(order_ptr, starts_ptr, counts_ptr, groups_ptr, BLOCK_M)
+    if idle:
         return
-    start = tl.load(starts_ptr + group)
-    k = tl.load(groups_ptr + group)
-    rm = m0 + tl.arange(0, BLOCK_M)
-    live = rm < count
-    rows = tl.load(order_ptr + start + rm, mask=live, other=0)
     ro = tl.program_id(2) * BLOCK_O + tl.arange(0, BLOCK_O)
     rr = tl.arange(0, BLOCK_R)
     h = tl.load(
@@ -164,7 +164,7 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _row_block(seg) -> int:
+def _rows_per_program(seg) -> int:
     """Rows per program: up to 64 of one adapter's rows, at least tl.dot's 16."""
     return min(64, _block(seg.width))
 
@@ -184,7 +184,7 @@ def sgmv_shrink(
     out = torch.zeros(rows, rank, device=x.device, dtype=torch.float32)
     if seg.width == 0:
         return out
-    block_m = _row_block(seg)
+    block_m = _rows_per_program(seg)
     scale_arg = scalings.contiguous() if scalings is not None else out
     _shrink_kernel[(len(seg.unique), triton.cdiv(seg.width, block_m))](
         x, stack, scale_arg, out, *_groups(seg),
@@ -218,7 +218,7 @@ def sgmv_expand(
         out = fill(rows, fout, device=h.device, dtype=dtype)
     if seg.width == 0:
         return out
-    block_m, block_o = _row_block(seg), 64
+    block_m, block_o = _rows_per_program(seg), 64
     grid = (len(seg.unique), triton.cdiv(seg.width, block_m), triton.cdiv(fout, block_o))
     _expand_kernel[grid](
         h, stack, scalings.contiguous(), out, *_groups(seg),
