@@ -45,7 +45,7 @@ def test_multi_adapter_bench(tmp_path) -> None:
             assert row["per_round_iqr"] == ""
         else:
             low, high = map(float, row["per_round_iqr"].split("-"))
-            assert low == high == pytest.approx(float(row["vs_base"]), abs=5e-4)  # 3 decimals
+            assert low == high == pytest.approx(float(row["vs_base"]), abs=6e-4)  # 3 decimals
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
