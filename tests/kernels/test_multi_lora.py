@@ -237,6 +237,25 @@ def test_accumulate_in_place_matches_out_plus_delta(
     assert bool(fused_adds) == (backend == "reference" and in_order)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_accumulate_into_strided_views(backend, force_backend) -> None:
+    """``out`` a column slice of a wider buffer and ``x`` a transposed view: the kernels
+    follow the strides and leave the rest of the buffer alone."""
+    force_backend(backend)
+    a, b, s, _ = _stacks(4, 20, 12, 4, torch.float32)
+    ids = torch.tensor([3, 0, -1, 3, 1, 2, 0], device=DEVICE)
+    x = torch.randn(20, 7, device=DEVICE).T  # (7, 20), column-major
+    buffer = torch.randn(7, 30, device=DEVICE)
+    before = buffer.clone()
+    out = buffer[:, 5:17]  # (7, 12), row stride 30
+    expected = out + multi_lora_reference(x, ids, a.detach(), b.detach(), s)
+    with torch.no_grad():
+        multi_lora_accumulate_(out, x, ids, a, b, s)
+    torch.testing.assert_close(buffer[:, 5:17], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(buffer[:, :5], before[:, :5], atol=0, rtol=0)
+    torch.testing.assert_close(buffer[:, 17:], before[:, 17:], atol=0, rtol=0)
+
+
 def test_accumulate_refuses_autograd_and_wrong_shapes() -> None:
     a, b, s, _ = _stacks(2, 8, 5, 2, torch.float32)
     x, ids = torch.randn(3, 8), torch.tensor([0, 1, 1])
