@@ -39,6 +39,7 @@ class Segments:
     dense: bool  # every group has `width` rows: packing is a plain reshape
     whole_stack: bool  # unique == arange(N): stacks need no gather
     identity: bool  # rows are already grouped in order: packing is a view
+    single: int | None = None  # the one adapter serving every row, if that is the case
 
 
 def make_segments(ids: Tensor, n_adapters: int) -> Segments:
@@ -77,7 +78,8 @@ def make_segments(ids: Tensor, n_adapters: int) -> Segments:
     # the sorted order is the identity exactly when the rows came in order.
     whole = len(unique) == n_adapters
     identity = dense and in_order
-    return Segments(order, unique, counts, slots, width, n_rows, dense, whole, identity)
+    single = int(unique[0]) if identity and len(unique) == 1 else None
+    return Segments(order, unique, counts, slots, width, n_rows, dense, whole, identity, single)
 
 
 def pack(rows: Tensor, seg: Segments) -> Tensor:
@@ -107,7 +109,13 @@ def unpack(groups: Tensor, seg: Segments, n_rows: int) -> Tensor:
 
 
 def _select(stack: Tensor, seg: Segments) -> Tensor:
-    return stack if seg.whole_stack else stack.index_select(0, seg.unique)
+    """The stack rows of the adapters present: the stack itself when all are, a view (no
+    copy, the stack's own memory layout) when one serves every row, else a gathered copy."""
+    if seg.whole_stack:
+        return stack
+    if seg.single is not None:
+        return stack.narrow(0, seg.single, 1)
+    return stack.index_select(0, seg.unique)
 
 
 def _scatter(grads: Tensor, stack: Tensor, seg: Segments) -> Tensor:
@@ -281,9 +289,10 @@ def multi_lora_accumulate_(
     """Serving: ``out += multi_lora_delta(x, ids, ...)`` in place, without autograd.
 
     No (M, out) update is allocated, written and added where it can be avoided: the Triton
-    expand kernel adds into ``out`` itself, and on the reference backend, when the rows are
+    expand kernel adds into ``out`` itself. On the reference backend, one adapter serving
+    the whole batch is two plain matmuls, the second adding into ``out`` (``addmm_``); rows
     already grouped by adapter in order (for example one adapter per sample with ids 0, 1,
-    2, ...), the second batched matmul accumulates straight into ``out`` (``baddbmm_``).
+    2, ...) take batched matmuls, the second accumulating into ``out`` (``baddbmm_``).
     Otherwise it adds :func:`multi_lora_delta`. ``out`` is (M, out); returns it.
     """
     if torch.is_grad_enabled() and (
@@ -310,6 +319,9 @@ def multi_lora_accumulate_(
         from .multi_lora_triton import sgmv
 
         return sgmv(x, seg, stack_a, stack_b, scalings, out=out)
+    if seg.single is not None:  # one adapter for the whole batch: two plain matmuls
+        k = seg.single
+        return out.addmm_(x @ stack_a[k].T, stack_b[k].T, alpha=float(scalings[k]))
     if seg.identity and out.is_contiguous():
         _, h, _, b, _ = _shrink(x, stack_a, stack_b, scalings, seg)
         out.view(len(seg.unique), seg.width, out.shape[1]).baddbmm_(h, b.transpose(1, 2))
