@@ -1,7 +1,7 @@
 """A batch where every sample uses its own LoRA adapter: ours (AdapterBank) vs PEFT.
 
     python -m bench.multi_adapter [--adapters 128] [--batch 128] [--seq 1 16] [--repeats 5]
-                                  [--plot docs/multi_adapter.png]
+                                  [--ids each|one] [--plot docs/multi_adapter.png]
 
 Forward time of the reference Llama with 128 LoRA adapters (r=16, all linear layers), each
 row a different adapter, relative to the base model alone. PEFT serves such a batch with
@@ -10,7 +10,8 @@ row a different adapter, relative to the base model alone. PEFT serves such a ba
 Two more rows explain ours (see :func:`make_read_floor` and :class:`UpdateAlone`):
 the base forward plus one read of every adapter stack, a lower bound for an fp32
 implementation that reads the stacks in a pass of its own when the rows use different
-adapters; and our low-rank updates alone.
+adapters; and our low-rank updates alone. ``--ids one`` puts adapter 0 on every row (a
+batch from one tenant); that run has no read-floor row, since one adapter is read.
 """
 
 from __future__ import annotations
@@ -158,6 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--ids",
+        choices=["each", "one"],
+        default="each",
+        help="each: row i uses adapter i (mod adapters), the issue's setting; one: every row "
+        "uses adapter 0, a batch from one tenant",
+    )
     parser.add_argument("--skip-peft", action="store_true", help="time only ours and the base")
     parser.add_argument("--csv", default="bench/results/multi_adapter.csv")
     parser.add_argument("--plot", help="also draw time vs base against sequence length (PNG)")
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     ours = build_ours(args.adapters)
     peft_model = None if args.skip_peft else build_peft(args.adapters)
     ids = torch.arange(args.batch) % args.adapters
+    if args.ids == "one":
+        ids = torch.zeros_like(ids)
     names = [f"a{int(k)}" for k in ids]
     stacks = stack_tensors(ours)
     rows = []
@@ -177,9 +187,10 @@ def main(argv: list[str] | None = None) -> None:
         paths = {
             BASE: lambda t=tokens: base(input_ids=t),
             OURS: lambda t=tokens: ours(input_ids=t, adapter_ids=ids),
-            FLOOR: make_read_floor(base, tokens, stacks),
-            UPDATE: UpdateAlone(ours, ids, args.batch * seq),
         }
+        if args.ids == "each":
+            paths[FLOOR] = make_read_floor(base, tokens, stacks)
+        paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)
         if peft_model is not None:
             paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
         with torch.inference_mode():
@@ -198,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     report(
         f"Mixed-adapter forward ({args.adapters} LoRA adapters r={RANK}, batch {args.batch}, "
-        "one adapter per row, fp32)",
+        f"{'one adapter per row' if args.ids == 'each' else 'adapter 0 on every row'}, fp32)",
         rows,
         args.csv,
     )

@@ -49,6 +49,17 @@ def test_multi_adapter_bench(tmp_path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+def test_multi_adapter_bench_with_one_adapter_for_the_batch(tmp_path) -> None:
+    out = tmp_path / "one.csv"
+    multi_adapter.main(
+        ["--adapters", "3", "--batch", "2", "--seq", "1", "--repeats", "1", "--warmup", "0",
+         "--ids", "one", "--skip-peft", "--csv", str(out)]
+    )  # fmt: skip
+    paths = [r["path"] for r in _rows(out)]
+    assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.UPDATE]
+
+
 def test_read_floor_reads_every_stack_once() -> None:
     """The floor row must cover all adapter factors of the bank, each exactly once."""
     bank = multi_adapter.build_ours(3)
