@@ -213,10 +213,14 @@ def lora_linear(
             f"weight {weight.dtype}, lora_a {lora_a.dtype}, lora_b {lora_b.dtype}; cast the "
             "adapter to the base layer's dtype, or run under torch.autocast."
         )
-    # torch.func transforms (vmap of per-sample gradients) need the setup_context form.
-    transformed = torch._C._are_functorch_transforms_active()
-    function = FusedLoraLinear if transformed else EagerFusedLoraLinear
-    out, _ = function.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend_for(x))
+    # torch.func transforms (vmap of per-sample gradients, as EWC's Fisher uses) need the
+    # setup_context form, and the reference backend: a Triton kernel cannot read the
+    # batched tensors vmap passes through the op.
+    if torch._C._are_functorch_transforms_active():
+        function, backend = FusedLoraLinear, "reference"
+    else:
+        function, backend = EagerFusedLoraLinear, backend_for(x)
+    out, _ = function.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend)
     return out
 
 

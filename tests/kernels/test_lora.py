@@ -94,8 +94,12 @@ def test_dora_linear_matches_definition(backend, force_backend) -> None:
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4, msg=name)
 
 
-def test_per_sample_gradients_with_torch_func() -> None:
-    """vmap over per-sample gradients (EWC's Fisher) works through the fused op."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_per_sample_gradients_with_torch_func(backend, force_backend) -> None:
+    """vmap over per-sample gradients (EWC's Fisher) works through the fused op, also where
+    Triton is the backend: under the transform the op falls back to the reference, since a
+    Triton kernel cannot read vmap's batched tensors."""
+    force_backend(backend)
     x, w, b, a, bb, _ = _inputs(5, 12, 7, 3, torch.float32, False)
     a, bb = a.detach(), bb.detach()
     samples = x.detach()[0]  # 5 samples of 12 features
