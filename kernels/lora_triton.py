@@ -156,11 +156,15 @@ def gemm_lowrank(
     scale: float,
     bias: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    *,
+    blocks: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """``x @ wt + scale * (low_left @ low_right) [* mask] + bias`` for 2-D operands.
 
     Shapes: x (M, K), wt (K, N), low_left (M, R), low_right (R, N), mask (M, N), bias (N,).
     Any strides (a transposed view costs nothing). Accumulates in fp32, returns x's dtype.
+    ``blocks`` (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M) fixes the tiles instead of the default
+    (autotuned on CUDA, small under the interpreter): for reproducing one configuration.
     """
     m, k = x.shape
     n = wt.shape[1]
@@ -169,7 +173,9 @@ def gemm_lowrank(
     block_r = max(16, min(64, triton.next_power_of_2(rank)))
     mask_arg = mask if mask is not None else out
     bias_arg = bias if bias is not None else out
-    if x.is_cuda:
+    if blocks is not None:
+        kernel = _gemm_lowrank_kernel
+    elif x.is_cuda:
         kernel, blocks = _gemm_lowrank_tuned, {}
     else:
         kernel, blocks = _gemm_lowrank_kernel, INTERPRETER_BLOCKS
