@@ -11,7 +11,9 @@ Two more rows explain ours (see :func:`make_read_floor` and :class:`UpdateAlone`
 the base forward plus one read of every adapter stack, a lower bound for an fp32
 implementation that reads the stacks in a pass of its own when the rows use different
 adapters; and our low-rank updates alone. ``--ids one`` puts adapter 0 on every row (a
-batch from one tenant); that run has no read-floor row, since one adapter is read.
+batch from one tenant); that run has no read-floor row, since one adapter is read, and
+times PEFT both ways: with ``adapter_names`` and with the adapter made active
+(``set_adapter``), its usual single-adapter path.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ OURS = "ours (AdapterBank)"
 FLOOR = "read floor (base + one read of the stacks)"
 UPDATE = "our low-rank updates alone"
 PEFT = "PEFT (adapter_names)"
+PEFT_ONE = "PEFT (set_adapter)"
 # The issue's targets for ours vs base, by sequence length.
 TARGETS = {1: 1.5, 16: 1.2}
 
@@ -174,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     base = reference_llama().eval()
     ours = build_ours(args.adapters)
     peft_model = None if args.skip_peft else build_peft(args.adapters)
+    if peft_model is not None and args.ids == "one":
+        peft_model.set_adapter("a0")
     ids = torch.arange(args.batch) % args.adapters
     if args.ids == "one":
         ids = torch.zeros_like(ids)
@@ -193,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
         paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)
         if peft_model is not None:
             paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
+            if args.ids == "one":  # PEFT's usual way to serve one adapter
+                paths[PEFT_ONE] = lambda t=tokens: peft_model(input_ids=t)
         with torch.inference_mode():
             samples = interleaved_samples(paths, args.repeats, args.warmup)
         times = {path: statistics.median(values) for path, values in samples.items()}

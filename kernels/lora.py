@@ -220,6 +220,12 @@ def lora_linear(
         function, backend = FusedLoraLinear, "reference"
     else:
         function, backend = EagerFusedLoraLinear, backend_for(x)
+        if not torch.is_grad_enabled() or not (
+            x.requires_grad or lora_a.requires_grad or lora_b.requires_grad
+        ):  # serving: the same forward without the autograd Function's per-call cost
+            return FusedLoraLinear.forward(
+                x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend
+            )[0]
     out, _ = function.apply(x, weight, bias, lora_a, lora_b, scaling, dropout_mask, backend)
     return out
 

@@ -54,10 +54,11 @@ def test_multi_adapter_bench_with_one_adapter_for_the_batch(tmp_path) -> None:
     out = tmp_path / "one.csv"
     multi_adapter.main(
         ["--adapters", "3", "--batch", "2", "--seq", "1", "--repeats", "1", "--warmup", "0",
-         "--ids", "one", "--skip-peft", "--csv", str(out)]
+         "--ids", "one", "--csv", str(out)]
     )  # fmt: skip
     paths = [r["path"] for r in _rows(out)]
-    assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.UPDATE]
+    assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.UPDATE,
+                     multi_adapter.PEFT, multi_adapter.PEFT_ONE]  # fmt: skip
 
 
 def test_read_floor_reads_every_stack_once() -> None:
