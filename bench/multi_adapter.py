@@ -13,7 +13,8 @@ implementation that reads the stacks in a pass of its own when the rows use diff
 adapters; and our low-rank updates alone. ``--ids one`` puts adapter 0 on every row (a
 batch from one tenant); that run has no read-floor row, since one adapter is read, and
 times PEFT both ways: with ``adapter_names`` and with the adapter made active
-(``set_adapter``), its usual single-adapter path.
+(``set_adapter``), its usual single-adapter path; and ours with the one adapter injected
+on its own (no bank).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ FLOOR = "read floor (base + one read of the stacks)"
 UPDATE = "our low-rank updates alone"
 PEFT = "PEFT (adapter_names)"
 PEFT_ONE = "PEFT (set_adapter)"
+OURS_ONE = "ours (the adapter injected alone)"
 # The issue's targets for ours vs base, by sequence length.
 TARGETS = {1: 1.5, 16: 1.2}
 
@@ -61,6 +63,16 @@ def build_ours(n: int):
     )
     _randomize([p for p in bank.parameters() if p.requires_grad], seed=1)
     return bank.eval()
+
+
+def build_injected():
+    """The reference model with one LoRA adapter injected: how to serve a single adapter."""
+    from core.adapters import LoraConfig, inject
+
+    model = reference_llama()
+    inject(model, LoraConfig(r=RANK, alpha=32, target_modules=LORA_TARGETS))
+    _randomize([p for p in model.parameters() if p.requires_grad], seed=1)
+    return model.eval()
 
 
 def build_peft(n: int):
@@ -179,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     peft_model = None if args.skip_peft else build_peft(args.adapters)
     if peft_model is not None and args.ids == "one":
         peft_model.set_adapter("a0")
+    injected = build_injected() if args.ids == "one" else None
     ids = torch.arange(args.batch) % args.adapters
     if args.ids == "one":
         ids = torch.zeros_like(ids)
@@ -195,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         if args.ids == "each":
             paths[FLOOR] = make_read_floor(base, tokens, stacks)
+        else:
+            paths[OURS_ONE] = lambda t=tokens: injected(input_ids=t)
         paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)
         if peft_model is not None:
             paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)

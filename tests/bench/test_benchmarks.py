@@ -57,8 +57,8 @@ def test_multi_adapter_bench_with_one_adapter_for_the_batch(tmp_path) -> None:
          "--ids", "one", "--csv", str(out)]
     )  # fmt: skip
     paths = [r["path"] for r in _rows(out)]
-    assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.UPDATE,
-                     multi_adapter.PEFT, multi_adapter.PEFT_ONE]  # fmt: skip
+    assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.OURS_ONE,
+                     multi_adapter.UPDATE, multi_adapter.PEFT, multi_adapter.PEFT_ONE]  # fmt: skip
 
 
 def test_read_floor_reads_every_stack_once() -> None:
