@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kernels.lora import lora_linear
 from kernels.multi_lora import (
     Segments,
     make_segments,
@@ -25,7 +26,7 @@ from kernels.multi_lora import (
 )
 
 from .config import LoraConfig
-from .layer import AdapterUnit, layer_dims
+from .layer import AdapterUnit, layer_dims, weight_matrix
 from .routing import check_ids
 from .targeting import is_linear_like
 
@@ -121,6 +122,7 @@ class LoraStackUnit(AdapterUnit):
         # (N, out, r) in shape, (N, r, out) in memory: see the module docstring.
         self.lora_B = nn.Parameter(torch.zeros(len(configs), r_max, out_f, **like).transpose(1, 2))
         self.register_buffer("scalings", torch.tensor(scalings, **like))
+        self.scaling_values = scalings  # the same, as Python floats for the fused op
         with torch.no_grad():
             for k, (config, r) in enumerate(zip(configs, ranks, strict=True)):
                 if config.init == "gaussian":
@@ -130,6 +132,27 @@ class LoraStackUnit(AdapterUnit):
         p = configs[0].dropout
         self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
         self.router = router if router is not None else StackRouter(len(configs))
+
+    def fused_output(self, x: Tensor, base: nn.Module) -> Tensor | None:
+        """A batch that one adapter serves entirely runs as that adapter alone: the fused
+        LoRA op on views of its factors (gradients reach only its slice of the stacks).
+
+        Returns None, so the layer takes the stacked path, when the rows use several
+        adapters or none, when dropout is active, or when the base layer is trainable.
+        """
+        if isinstance(self.lora_dropout, nn.Dropout) and self.training:
+            return None
+        bias = getattr(base, "bias", None)
+        if base.weight.requires_grad or (bias is not None and bias.requires_grad):
+            return None
+        plan = self.router.plan_for(x.device)
+        check_ids(plan.sample_ids, x.shape[0])
+        k = plan.for_rows(x.numel() // x.shape[-1])[1].single
+        if k is None:
+            return None
+        r = self.ranks[k]
+        a, b = self.lora_A[k, :r], self.lora_B[k, :, :r]
+        return lora_linear(x, weight_matrix(base), bias, a, b, self.scaling_values[k])
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
         plan = self.router.plan_for(x.device)
