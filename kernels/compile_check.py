@@ -28,6 +28,8 @@ DTYPES = ("fp32", "bf16", "fp16")
 # Most shared memory one block may use, in bytes (A100 and H100 opt-in limits).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 ELEMENT_SIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
+# The row-grouping arguments of the multi-adapter kernels (kernels.multi_lora.Segments).
+GROUP_POINTERS = {"order_ptr": "i64", "starts_ptr": "i64", "counts_ptr": "i64", "groups_ptr": "i64"}
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,8 @@ def _lora_gemm(dt: str, extras: bool, blocks: dict, layout: str, **kwargs) -> Va
 def _segments(
     dt: str, name: str, kernel: str, pointers: dict, constexprs: dict, unit: set[str]
 ) -> Variant:
-    groups = {"order_ptr": "i64", "starts_ptr": "i64", "counts_ptr": "i64", "groups_ptr": "i64"}
     return Variant(
-        name, f"multi_lora_triton:{kernel}", {**pointers, **groups, "s_ptr": "fp32"},
+        name, f"multi_lora_triton:{kernel}", {**pointers, **GROUP_POINTERS, "s_ptr": "fp32"},
         {"UPCAST": False, "PRECISION": "ieee" if dt == "fp32" else "tf32", **constexprs},
         unit=frozenset(unit),
     )  # fmt: skip
@@ -121,8 +122,8 @@ def variants() -> Iterator[Variant]:
             yield Variant(
                 f"segment_outer[{dt},{label}]",
                 "multi_lora_triton:_segment_outer_kernel",
-                {"left_ptr": left, "right_ptr": right, "order_ptr": "i64", "starts_ptr": "i64",
-                 "counts_ptr": "i64", "groups_ptr": "i64", "s_ptr": "fp32", "out_ptr": dt},
+                {"left_ptr": left, "right_ptr": right, **GROUP_POINTERS, "s_ptr": "fp32",
+                 "out_ptr": dt},
                 {"HAS_SCALE": scaled, "BLOCK_M": 16, "BLOCK_P": 64, "BLOCK_Q": 16},
             )  # fmt: skip
     for row_scale in (False, True):

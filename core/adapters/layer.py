@@ -38,6 +38,13 @@ def set_weight_matrix(base: nn.Module, matrix: Tensor) -> None:
             weight.copy_(matrix.reshape(weight.shape).to(weight.dtype))
 
 
+def is_frozen(base: nn.Module) -> bool:
+    """Whether the base weight and bias (if any) get no gradient: what the fused LoRA op
+    (:func:`kernels.lora.lora_linear`) requires of the layer it runs."""
+    bias = getattr(base, "bias", None)
+    return not base.weight.requires_grad and (bias is None or not bias.requires_grad)
+
+
 def layer_dims(base: nn.Module) -> tuple[int, int]:
     """(out_features, in_features * kernel) of a linear-like or conv base layer."""
     out_f, in_f = weight_matrix(base).shape

@@ -18,6 +18,7 @@ from .config import LoraConfig
 from .layer import (
     AdapterUnit,
     channel_dim,
+    is_frozen,
     layer_dims,
     per_channel,
     set_weight_matrix,
@@ -133,11 +134,9 @@ class LoraUnit(AdapterUnit):
         Applies to frozen linear layers (``nn.Linear``, GPT-2 ``Conv1D``); DoRA only without
         active dropout (its dropout form needs the base product of the dropped input too).
         """
-        if not is_linear_like(base) or base.weight.requires_grad:
+        if not is_linear_like(base) or not is_frozen(base):
             return None
         bias = getattr(base, "bias", None)
-        if bias is not None and bias.requires_grad:
-            return None
         dropping = isinstance(self.lora_dropout, nn.Dropout) and self.training
         weight = weight_matrix(base)
         a, b = self.lora_A.weight, self.lora_B.weight

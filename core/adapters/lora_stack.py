@@ -26,7 +26,7 @@ from kernels.multi_lora import (
 )
 
 from .config import LoraConfig
-from .layer import AdapterUnit, layer_dims, weight_matrix
+from .layer import AdapterUnit, is_frozen, layer_dims, weight_matrix
 from .routing import check_ids
 from .targeting import is_linear_like
 
@@ -140,10 +140,7 @@ class LoraStackUnit(AdapterUnit):
         Returns None, so the layer takes the stacked path, when the rows use several
         adapters or none, when dropout is active, or when the base layer is trainable.
         """
-        if isinstance(self.lora_dropout, nn.Dropout) and self.training:
-            return None
-        bias = getattr(base, "bias", None)
-        if base.weight.requires_grad or (bias is not None and bias.requires_grad):
+        if (isinstance(self.lora_dropout, nn.Dropout) and self.training) or not is_frozen(base):
             return None
         plan = self.router.plan_for(x.device)
         check_ids(plan.sample_ids, x.shape[0])
@@ -152,6 +149,7 @@ class LoraStackUnit(AdapterUnit):
             return None
         r = self.ranks[k]
         a, b = self.lora_A[k, :r], self.lora_B[k, :, :r]
+        bias = getattr(base, "bias", None)
         return lora_linear(x, weight_matrix(base), bias, a, b, self.scaling_values[k])
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
