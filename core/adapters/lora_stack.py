@@ -39,22 +39,36 @@ class RoutePlan:
     """One batch's adapter ids, expanded to rows and grouped once for every layer.
 
     Every stacked layer of a model sees the same ids, and usually the same number of rows
-    per sample, so the grouping (:func:`kernels.multi_lora.make_segments`) is computed once
-    per batch and shared.
+    per sample, so the grouping (:func:`kernels.multi_lora.make_segments`) and the check
+    that the ids match the batch run once per batch and are shared: with dozens of adapted
+    layers, per-layer bookkeeping is what a small serving batch would otherwise spend its
+    time on.
     """
 
     def __init__(self, sample_ids: Tensor, n_adapters: int) -> None:
         self.sample_ids = sample_ids
         self.n_adapters = n_adapters
         self._by_rows: dict[int, tuple[Tensor, Segments]] = {}
+        self._by_shape: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
 
     def for_rows(self, n_rows: int) -> tuple[Tensor, Segments]:
         """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows."""
         if n_rows not in self._by_rows:
-            per_sample = n_rows // self.sample_ids.shape[0]
+            samples = self.sample_ids.shape[0]
+            per_sample = n_rows // samples if samples else 0
             rows = self.sample_ids.repeat_interleave(per_sample)
             self._by_rows[n_rows] = (rows, make_segments(rows, self.n_adapters))
         return self._by_rows[n_rows]
+
+    def for_input(self, x: Tensor) -> tuple[Tensor, Segments]:
+        """:meth:`for_rows` for a layer input ``x`` (batch first, features last), after
+        checking once per input shape that the batch has one id per sample."""
+        key = (x.shape[0], x.numel() // x.shape[-1] if x.shape[-1] else 0)
+        found = self._by_shape.get(key)
+        if found is None:
+            check_ids(self.sample_ids, key[0])
+            found = self._by_shape[key] = self.for_rows(key[1])
+        return found
 
 
 class StackRouter:
@@ -140,23 +154,22 @@ class LoraStackUnit(AdapterUnit):
         Returns None, so the layer takes the stacked path, when the rows use several
         adapters or none, when dropout is active, or when the base layer is trainable.
         """
-        if (isinstance(self.lora_dropout, nn.Dropout) and self.training) or not is_frozen(base):
-            return None
-        plan = self.router.plan_for(x.device)
-        check_ids(plan.sample_ids, x.shape[0])
-        k = plan.for_rows(x.numel() // x.shape[-1])[1].single
-        if k is None:
+        k = self.router.plan_for(x.device).for_input(x)[1].single
+        if k is None or self._dropout_active() or not is_frozen(base):
             return None
         r = self.ranks[k]
         a, b = self.lora_A[k, :r], self.lora_B[k, :, :r]
         bias = getattr(base, "bias", None)
         return lora_linear(x, weight_matrix(base), bias, a, b, self.scaling_values[k])
 
+    def _dropout_active(self) -> bool:
+        return self.training and isinstance(self.lora_dropout, nn.Dropout)
+
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        plan = self.router.plan_for(x.device)
-        check_ids(plan.sample_ids, x.shape[0])
-        flat = self.lora_dropout(x).reshape(-1, x.shape[-1])
-        rows, segments = plan.for_rows(flat.shape[0])
+        rows, segments = self.router.plan_for(x.device).for_input(x)
+        if self._dropout_active():
+            x = self.lora_dropout(x)
+        flat = x.reshape(-1, x.shape[-1])
         stacks = (self.lora_A, self.lora_B, self.scalings)
         if not torch.is_grad_enabled() and out.is_contiguous():
             # Serving: add into the fresh base output in place.

@@ -180,3 +180,16 @@ def test_a_batch_on_one_adapter_runs_that_adapter_alone(name, tmp_path, monkeypa
     calls.clear()
     bank(x, adapter_ids=bank.ids([name, "yo", name]))
     assert calls == []
+
+
+def test_route_plan_is_shared_per_input_shape_and_checked_for_each_new_one() -> None:
+    from core.adapters.lora_stack import RoutePlan
+
+    plan = RoutePlan(torch.tensor([1, 0]), n_adapters=2)
+    rows, segments = plan.for_input(torch.zeros(2, 3, 4))
+    assert rows.tolist() == [1, 1, 1, 0, 0, 0]
+    assert plan.for_input(torch.zeros(2, 3, 4))[1] is segments  # grouped once, then shared
+    with pytest.raises(ValueError, match="one id per sample"):
+        plan.for_input(torch.zeros(3, 2, 4))  # six rows again, but three samples
+    rows, segments = RoutePlan(torch.zeros(0, dtype=torch.long), 2).for_input(torch.zeros(0, 4))
+    assert rows.numel() == 0 and segments.width == 0
