@@ -7,10 +7,12 @@ Forward time of the reference Llama with 128 LoRA adapters (r=16, all linear lay
 row a different adapter, relative to the base model alone. PEFT serves such a batch with
 ``model(..., adapter_names=[...])``. All paths run in one process, measured in turns.
 
-Two more rows explain ours (see :func:`make_read_floor` and :class:`UpdateAlone`):
-the base forward plus one read of every adapter stack, a lower bound for an fp32
-implementation that reads the stacks in a pass of its own when the rows use different
-adapters; and our low-rank updates alone. ``--ids one`` puts adapter 0 on every row (a
+Three more rows explain ours (see :func:`make_read_floor`, :func:`make_layer_read_floor`
+and :class:`UpdateAlone`): the base forward plus one read of every adapter stack, a lower
+bound for an fp32 implementation that reads the stacks in a pass of its own when the rows
+use different adapters; the same reads made layer by layer, each adapted layer reading its
+own stacks right after its base GEMM, as a layer-wise implementation (ours, PEFT's) must;
+and our low-rank updates alone. ``--ids one`` puts adapter 0 on every row (a
 batch from one tenant); that run has no read-floor row, since one adapter is read, and
 times PEFT both ways: with ``adapter_names`` and with the adapter made active
 (``set_adapter``), its usual single-adapter path; and ours with the one adapter injected
@@ -39,6 +41,7 @@ RANK = 16
 BASE = "base (no adapters)"
 OURS = "ours (AdapterBank)"
 FLOOR = "read floor (base + one read of the stacks)"
+LAYER_FLOOR = "read floor, layer by layer (each layer reads its stacks)"
 UPDATE = "our low-rank updates alone"
 PEFT = "PEFT (adapter_names)"
 PEFT_ONE = "PEFT (set_adapter)"
@@ -108,6 +111,33 @@ def make_read_floor(base: torch.nn.Module, tokens: Tensor, stacks: list[Tensor])
     return run
 
 
+def make_layer_read_floor(bank, tokens: Tensor) -> Callable:
+    """The base forward with every adapted layer reading its own stacks (a sum) right after
+    its base GEMM: the read floor of an implementation that applies adapters layer by layer.
+
+    It differs from :func:`make_read_floor` only in when the same bytes are read: streamed
+    between the base GEMMs, the stacks evict the cache those GEMMs would reuse.
+    """
+    model = reference_llama().eval()
+    units = bank.stack_layers
+    for name, module in model.named_modules():
+        if name in units:
+            module.register_forward_hook(_reader_of(units[name]))
+
+    def run() -> None:
+        model(input_ids=tokens)
+
+    return run
+
+
+def _reader_of(unit) -> Callable:
+    def read_stacks(_module, _inputs, _output) -> None:
+        unit.lora_A.sum()
+        unit.lora_B.sum()
+
+    return read_stacks
+
+
 class UpdateAlone:
     """Our serving update of every stacked layer on its own: the same kernel call as in the
     forward (:func:`kernels.multi_lora.multi_lora_accumulate_`), on random inputs of the
@@ -144,7 +174,8 @@ def plot_scaling(rows: list[dict], path: str | Path) -> Path:
 
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.add_subplot()
-    for path_name, style in ((OURS, "o-"), (FLOOR, "s--"), (PEFT, "^-")):
+    paths = ((OURS, "o-"), (FLOOR, "s--"), (LAYER_FLOOR, "d:"), (PEFT, "^-"))
+    for path_name, style in paths:
         points = [(r["seq_len"], r["vs_base"]) for r in rows if r["path"] == path_name]
         if points:
             xs, ys = zip(*points, strict=True)
@@ -208,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         if args.ids == "each":
             paths[FLOOR] = make_read_floor(base, tokens, stacks)
+            paths[LAYER_FLOOR] = make_layer_read_floor(ours, tokens)
         else:
             paths[OURS_ONE] = lambda t=tokens: injected(input_ids=t)
         paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)

@@ -44,14 +44,12 @@ def backend_for(tensor: torch.Tensor) -> str:
     requested = requested_backend()
     if requested == "reference":
         return "reference"
-    usable = triton_available() and (tensor.is_cuda or triton_interpreting())
-    if requested == "triton":
-        if not usable:
-            raise RuntimeError(
-                f"{ENV_VAR}=triton but Triton cannot run here (tensor on {tensor.device}, "
-                "triton installed: "
-                f"{triton_available()}); use a CUDA tensor, set TRITON_INTERPRET=1, or unset "
-                f"{ENV_VAR}."
-            )
-        return "triton"
-    return "triton" if usable and tensor.is_cuda else "reference"
+    if requested == "auto":  # Triton on CUDA only: the interpreter is for tests, on request
+        return "triton" if tensor.is_cuda and triton_available() else "reference"
+    if not (triton_available() and (tensor.is_cuda or triton_interpreting())):
+        raise RuntimeError(
+            f"{ENV_VAR}=triton but Triton cannot run here (tensor on {tensor.device}, "
+            f"triton installed: {triton_available()}); use a CUDA tensor, set "
+            f"TRITON_INTERPRET=1, or unset {ENV_VAR}."
+        )
+    return "triton"

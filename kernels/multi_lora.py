@@ -130,7 +130,8 @@ def _shrink(x, stack_a, stack_b, scalings, seg):
     """First half of the reference update, per group: (packed x, h = s X A^T, A_u, B_u, s_u)."""
     xs = pack(x, seg)
     a, b = _select(stack_a, seg), _select(stack_b, seg)
-    s = _select(scalings, seg).to(x.dtype).view(-1, 1, 1)
+    s = _select(scalings, seg)
+    s = (s if s.dtype == x.dtype else s.to(x.dtype)).view(-1, 1, 1)
     h = torch.bmm(xs, a.transpose(1, 2)).mul_(s)
     return xs, h, a, b, s
 

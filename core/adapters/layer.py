@@ -146,31 +146,32 @@ class AdapterLayer(nn.Module):
         self.adapters[name] = unit
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
-        if self.disabled and self.merged:
-            self.unmerge()
-        if (
-            not args
-            and not kwargs
-            and not self.disabled
-            and self.routing is None
-            and len(self.adapters) == 1
-            and self.active
-            and not self.merged
-        ):
-            fused = self.adapters[self.active[0]].fused_output(x, self.base_layer)
+        # Runs for every adapted layer on every call, so attributes are read once.
+        adapters, base, active, merged = self.adapters, self.base_layer, self.active, self.merged
+        if self.disabled:
+            if merged:
+                self.unmerge()
+            out = base(x, *args, **kwargs)
+            for unit in adapters.values():
+                out = unit.restore_base(x, out, base)
+            return out
+        if self.routing is not None:
+            names, ids = self.routing
+            out = base(x, *args, **kwargs)
+            return routed_forward([adapters[n] for n in names], x, out, base, ids)
+        if len(active) == 1 and len(adapters) == 1 and not merged and not args and not kwargs:
+            unit = adapters[active[0]]
+            fused = unit.fused_output(x, base)
             if fused is not None:
                 return fused
-        out = self.base_layer(x, *args, **kwargs)
-        if self.routing is not None and not self.disabled:
-            names, ids = self.routing
-            return routed_forward([self.adapters[n] for n in names], x, out, self.base_layer, ids)
-        applied = [] if self.disabled else self.active
-        for name, unit in self.adapters.items():
-            if name not in applied and name not in self.merged:
-                out = unit.restore_base(x, out, self.base_layer)
-        for name in applied:
-            if name not in self.merged:
-                out = self.adapters[name](x, out, self.base_layer)
+            return unit(x, base(x), base)
+        out = base(x, *args, **kwargs)
+        for name, unit in adapters.items():
+            if name not in active and name not in merged:
+                out = unit.restore_base(x, out, base)
+        for name in active:
+            if name not in merged:
+                out = adapters[name](x, out, base)
         return out
 
     def merge(self, names: list[str] | None = None) -> None:

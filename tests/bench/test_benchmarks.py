@@ -36,9 +36,9 @@ def test_multi_adapter_bench(tmp_path) -> None:
     )  # fmt: skip
     rows = _rows(out)
     expected = [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.FLOOR,
-                multi_adapter.UPDATE, multi_adapter.PEFT]  # fmt: skip
+                multi_adapter.LAYER_FLOOR, multi_adapter.UPDATE, multi_adapter.PEFT]  # fmt: skip
     assert [r["path"] for r in rows] == expected * 2
-    assert [r["seq_len"] for r in rows] == ["1"] * 5 + ["2"] * 5
+    assert [r["seq_len"] for r in rows] == ["1"] * 6 + ["2"] * 6
     # Each path's spread against the base, round by round (one round: a single ratio).
     for row in rows:
         if row["path"] == multi_adapter.BASE:
@@ -183,3 +183,31 @@ def test_lora_step_floor_runs_the_base_products_of_a_lora_step() -> None:
     counts = _full_width_products(floor), _full_width_products(ours)
     assert counts[0] == counts[1]
     assert counts[0] >= expected
+
+
+def test_layer_read_floor_reads_each_layers_stacks_after_its_gemm() -> None:
+    """The layer-by-layer floor reads the same bytes as the one-pass floor, each layer's A and
+    B once, right after that layer's base GEMM, and in the model's layer order."""
+    bank = multi_adapter.build_ours(2)
+    names = {t.data_ptr(): name for name, u in bank.stack_layers.items()
+             for t in (u.lora_A, u.lora_B)}  # fmt: skip
+    events = []
+    original_sum, original_linear = torch.Tensor.sum, torch.nn.functional.linear
+
+    def linear(x, weight, bias=None):
+        events.append(("gemm", tuple(weight.shape)))
+        return original_linear(x, weight, bias)
+
+    floor = multi_adapter.make_layer_read_floor(bank, torch.zeros(1, 2, dtype=torch.long))
+    try:
+        torch.Tensor.sum = lambda self, *a, **k: events.append(("read", names.get(self.data_ptr())))
+        torch.nn.functional.linear = linear
+        with torch.no_grad():
+            floor()
+    finally:
+        torch.Tensor.sum, torch.nn.functional.linear = original_sum, original_linear
+    reads = [name for kind, name in events if kind == "read"]
+    assert reads == [n for n in bank.stack_layers for _ in range(2)]  # A then B, layer order
+    for i, (kind, _) in enumerate(events):
+        if kind == "read" and events[i - 1][0] != "read":
+            assert events[i - 1][0] == "gemm"
