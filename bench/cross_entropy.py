@@ -13,6 +13,7 @@ import argparse
 import json
 
 import torch
+from torch import Tensor
 
 from kernels.cross_entropy import linear_cross_entropy
 
@@ -26,7 +27,10 @@ from .common import (
 )
 
 
-def make_inputs(hidden: int, vocab: int, tokens: int, seed: int = 0):
+def make_inputs(
+    hidden: int, vocab: int, tokens: int, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Hidden states and vocabulary weights (both requiring grad) and labels, seeded."""
     gen = torch.Generator().manual_seed(seed)
     h = torch.randn(tokens, hidden, generator=gen).requires_grad_()
     w = (torch.randn(vocab, hidden, generator=gen) * hidden**-0.5).requires_grad_()
@@ -34,13 +38,15 @@ def make_inputs(hidden: int, vocab: int, tokens: int, seed: int = 0):
     return h, w, labels
 
 
-def loss_of(path: str, h, w, labels):
+def loss_of(path: str, h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
+    """The mean loss of ``h @ w.T`` against ``labels``: fused, or logits then cross-entropy."""
     if path == "fused":
         return linear_cross_entropy(h, w, labels)
     return torch.nn.functional.cross_entropy(h @ w.T, labels)
 
 
-def step(path: str, h, w, labels):
+def step(path: str, h: Tensor, w: Tensor, labels: Tensor) -> Tensor:
+    """Forward and backward of one path from cleared gradients; returns the loss."""
     h.grad = w.grad = None
     loss = loss_of(path, h, w, labels)
     loss.backward()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -65,8 +65,8 @@ def fused_lora_rows(hidden: int, rank: int, tokens: int, dev: str = "cuda") -> l
     b = (torch.randn(hidden, rank, device=dev, dtype=dt) * 0.01).requires_grad_()
     g = torch.randn(tokens, hidden, device=dev, dtype=dt)
 
-    def run(fn):
-        def step():
+    def run(fn: Callable[..., torch.Tensor]) -> Callable[[], None]:
+        def step() -> None:
             x.grad = a.grad = b.grad = None
             fn(x, w, None, a, b, 2.0).backward(g)
 
@@ -132,7 +132,7 @@ def multi_adapter_train_rows(
     ids = torch.arange(tokens, device=dev) % adapters
     g = torch.randn(tokens, hidden, device=dev, dtype=dt)
 
-    def step():
+    def step() -> None:
         x.grad = sa.grad = sb.grad = None
         multi_lora_delta(x, ids, sa, sb, s).backward(g)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 
 import torch
 
@@ -51,7 +52,9 @@ def build(path: str) -> torch.nn.Module:
     return model.train()
 
 
-def make_step(model: torch.nn.Module, path: str, batch: int = BATCH, seq: int = SEQ, seed: int = 0):
+def make_step(
+    model: torch.nn.Module, path: str, batch: int = BATCH, seq: int = SEQ, seed: int = 0
+) -> Callable[[], float]:
     """A closure running forward, backward and an AdamW step on a fixed batch."""
     from core.training.lm_loss import causal_lm_loss
 
@@ -73,7 +76,7 @@ def make_step(model: torch.nn.Module, path: str, batch: int = BATCH, seq: int = 
     return step
 
 
-def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0):
+def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0) -> Callable[[], float]:
     """The same step with no adapter at all: what any LoRA implementation must pay.
 
     The base model is frozen and the output of every linear layer LoRA would adapt is made

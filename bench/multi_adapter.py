@@ -25,6 +25,7 @@ import argparse
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -36,6 +37,10 @@ from .common import (
     report,
     round_ratio_quartiles,
 )
+
+if TYPE_CHECKING:
+    from core.adapters import AdapterBank
+    from core.adapters.lora_stack import LoraStackUnit
 
 RANK = 16
 BASE = "base (no adapters)"
@@ -57,7 +62,7 @@ def _randomize(params, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.01)
 
 
-def build_ours(n: int):
+def build_ours(n: int) -> AdapterBank:
     from core.adapters import AdapterBank, LoraConfig
 
     names = [f"a{k}" for k in range(n)]
@@ -68,7 +73,7 @@ def build_ours(n: int):
     return bank.eval()
 
 
-def build_injected():
+def build_injected() -> torch.nn.Module:
     """The reference model with one LoRA adapter injected: how to serve a single adapter."""
     from core.adapters import LoraConfig, inject
 
@@ -78,7 +83,7 @@ def build_injected():
     return model.eval()
 
 
-def build_peft(n: int):
+def build_peft(n: int) -> torch.nn.Module:
     import peft
 
     config = peft.LoraConfig(r=RANK, lora_alpha=32, target_modules=LORA_TARGETS)
@@ -89,7 +94,7 @@ def build_peft(n: int):
     return model.eval()
 
 
-def stack_tensors(bank) -> list[Tensor]:
+def stack_tensors(bank: AdapterBank) -> list[Tensor]:
     """Every factor stack of a stacked LoRA bank: A and B of each adapted layer."""
     return [t for unit in bank.stack_layers.values() for t in (unit.lora_A, unit.lora_B)]
 
@@ -111,7 +116,7 @@ def make_read_floor(base: torch.nn.Module, tokens: Tensor, stacks: list[Tensor])
     return run
 
 
-def make_layer_read_floor(bank, tokens: Tensor) -> Callable:
+def make_layer_read_floor(bank: AdapterBank, tokens: Tensor) -> Callable:
     """The base forward with every adapted layer reading its own stacks (a sum) right after
     its base GEMM: the read floor of an implementation that applies adapters layer by layer.
 
@@ -130,8 +135,8 @@ def make_layer_read_floor(bank, tokens: Tensor) -> Callable:
     return run
 
 
-def _reader_of(unit) -> Callable:
-    def read_stacks(_module, _inputs, _output) -> None:
+def _reader_of(unit: LoraStackUnit) -> Callable:
+    def read_stacks(_module: torch.nn.Module, _inputs: object, _output: object) -> None:
         unit.lora_A.sum()
         unit.lora_B.sum()
 
@@ -143,7 +148,7 @@ class UpdateAlone:
     forward (:func:`kernels.multi_lora.multi_lora_accumulate_`), on random inputs of the
     layers' shapes, without the base model around it. ``layers`` holds (x, out, unit)."""
 
-    def __init__(self, bank, adapter_ids: Tensor, rows: int) -> None:
+    def __init__(self, bank: AdapterBank, adapter_ids: Tensor, rows: int) -> None:
         from core.adapters.lora_stack import RoutePlan
 
         self.row_ids, self.segments = RoutePlan(adapter_ids, len(bank.names)).for_rows(rows)

@@ -22,6 +22,10 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from triton.compiler import CompiledKernel
 
 TARGETS = {"sm80": 80, "sm90": 90}
 DTYPES = ("fp32", "bf16", "fp16")
@@ -136,7 +140,7 @@ def variants() -> Iterator[Variant]:
         )
 
 
-def compile_variant(variant: Variant, arch: int):
+def compile_variant(variant: Variant, arch: int) -> CompiledKernel:
     """Lower one variant to a cubin for ``sm_<arch>``: Triton's compiled kernel (its
     ``metadata.shared`` is the shared memory it needs in bytes, ``asm`` its PTX and cubin).
 

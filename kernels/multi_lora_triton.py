@@ -21,11 +21,16 @@ cost nothing.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import triton
 import triton.language as tl
 
 from .triton_dtypes import dot_precision, upcast_tiles
+
+if TYPE_CHECKING:
+    from .multi_lora import Segments
 
 
 @triton.jit
@@ -164,18 +169,18 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _rows_per_program(seg) -> int:
+def _rows_per_program(seg: Segments) -> int:
     """Rows per program: up to 64 of one adapter's rows, at least tl.dot's 16."""
     return min(64, _block(seg.width))
 
 
-def _groups(seg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _groups(seg: Segments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sorted row order, first position of each group in it, group sizes, adapter ids)."""
     return seg.order, torch.cumsum(seg.counts, 0) - seg.counts, seg.counts, seg.unique
 
 
 def sgmv_shrink(
-    x: torch.Tensor, seg, stack: torch.Tensor, scalings: torch.Tensor | None
+    x: torch.Tensor, seg: Segments, stack: torch.Tensor, scalings: torch.Tensor | None
 ) -> torch.Tensor:
     """(M, r) fp32 rows ``(s_k) stack[k] @ x[m]`` for a (N, r, in) stack (any strides); rows
     without an adapter are zero."""
@@ -198,7 +203,7 @@ def sgmv_shrink(
 
 def sgmv_expand(
     h: torch.Tensor,
-    seg,
+    seg: Segments,
     stack: torch.Tensor,
     scalings: torch.Tensor,
     dtype: torch.dtype,
@@ -233,7 +238,7 @@ def sgmv_expand(
 
 def sgmv(
     x: torch.Tensor,
-    seg,
+    seg: Segments,
     stack_a: torch.Tensor,
     stack_b: torch.Tensor,
     scalings: torch.Tensor,
@@ -247,7 +252,7 @@ def sgmv(
 def segment_outer(
     left: torch.Tensor,
     right: torch.Tensor,
-    seg,
+    seg: Segments,
     n_adapters: int,
     scalings: torch.Tensor | None,
     dtype: torch.dtype,
@@ -280,7 +285,7 @@ def multi_lora_backward(
     stack_a: torch.Tensor,
     stack_b: torch.Tensor,
     scalings: torch.Tensor,
-    seg,
+    seg: Segments,
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dA stack, dB stack) of the multi-adapter update; ``needs`` says which to form."""

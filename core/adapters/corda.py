@@ -33,7 +33,7 @@ def collect_input_covariances(
     sums: dict[str, Tensor] = {}
     handles = []
 
-    def hook_for(name: str):
+    def hook_for(name: str) -> Callable[..., None]:
         def hook(_module: nn.Module, args: tuple, _kwargs: dict | None = None) -> None:
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
             sums[name] = sums.get(name, 0) + x.T @ x
