@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 
 from .records import Record
 from .sandbox import run_program
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 #: Codex's stop sequences for HumanEval: a new top-level statement ends the function.
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -80,7 +83,7 @@ def truncate_at_stops(text: str, stops: Sequence[str]) -> str:
 @torch.no_grad()
 def sample_completions(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[str],
     n: int = 1,
     temperature: float = 0.0,
@@ -152,7 +155,7 @@ def _until_eos(row: torch.Tensor, eos: int) -> list[int]:
 
 def evaluate_humaneval(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     limit: int | None = 20,
     n: int = 10,
     ks: Sequence[int] = (1, 10),
@@ -201,7 +204,7 @@ def evaluate_humaneval(
 
 def fim_exact_match(
     model: nn.Module,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     records: Sequence[Record],
     max_new_tokens: int = 96,
     seed: int = 0,

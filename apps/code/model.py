@@ -26,7 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
 from core.atomic import atomic_directory, atomic_write_text
 from core.cache import app_cache_dir, config_hash
@@ -267,7 +272,9 @@ def ensure_base(cfg: BaseConfig | None = None) -> Path:
     return target
 
 
-def load_base(cfg: BaseConfig | None = None, pretrained: str | Path | None = None):
+def load_base(
+    cfg: BaseConfig | None = None, pretrained: str | Path | None = None
+) -> tuple[nn.Module, PreTrainedTokenizerFast, Path]:
     """``(model, tokenizer, folder)`` from ``pretrained`` or from the (cached) embedded base."""
     folder = Path(pretrained) if pretrained else ensure_base(cfg)
     return load_causal_lm(folder), load_tokenizer(folder), folder

@@ -13,11 +13,15 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .records import Record
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE_INDEX = -100
 
@@ -34,7 +38,9 @@ class Encoded:
         return len(self.input_ids)
 
 
-def encode_record(record: Record, tokenizer, max_len: int) -> Encoded | None:
+def encode_record(
+    record: Record, tokenizer: PreTrainedTokenizerBase, max_len: int
+) -> Encoded | None:
     """Tokenize ``record``; loss on the target pieces and the end-of-text after each.
 
     Too-long examples lose prompt tokens from the left first (the part nearest to the target
@@ -65,7 +71,9 @@ def encode_record(record: Record, tokenizer, max_len: int) -> Encoded | None:
     return Encoded(ids, labels, record.task)
 
 
-def encode_plain(text: str, tokenizer, max_len: int, task: str = "general") -> list[Encoded]:
+def encode_plain(
+    text: str, tokenizer: PreTrainedTokenizerBase, max_len: int, task: str = "general"
+) -> list[Encoded]:
     """Plain text cut into windows of ``max_len`` tokens, loss on every token (perplexity)."""
     eos = tokenizer.eos_token_id
     ids = tokenizer.encode(text, add_special_tokens=False)

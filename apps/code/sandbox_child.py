@@ -94,7 +94,7 @@ def _isolate_network():
     return any(libc.unshare(flags) == 0 for flags in (CLONE_NEWNET, CLONE_NEWUSER | CLONE_NEWNET))
 
 
-def main():
+def main() -> None:
     opts = json.loads(sys.argv[1])
     report_fd = opts["report_fd"]
     root = opts["root"]

@@ -53,7 +53,7 @@ class _Canvas:
         self.x, self.y = np.meshgrid(coords, coords)
         self.img = np.zeros((size, size), dtype=np.float32)
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0):
+    def ellipse(self, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
         c, s = np.cos(angle), np.sin(angle)
         dx, dy = self.x - cx, self.y - cy
         u, v = (c * dx + s * dy) / rx, (-s * dx + c * dy) / ry
