@@ -35,7 +35,8 @@ class AdapterBank(nn.Module):
 
     ``configs`` is one config used for every name, or a mapping name -> config (for example
     different LoRA ranks per language). ``bank(inputs, adapter_ids=ids)`` runs the model with
-    routing; ``bank.route(ids)`` is the same as a context manager around custom calls.
+    routing; ``bank.route(ids)`` is the same as a context manager around custom calls, and
+    ``bank.generate(inputs, adapter_ids=ids, ...)`` generates with each sample on its adapter.
     """
 
     def __init__(
@@ -110,7 +111,14 @@ class AdapterBank(nn.Module):
         return torch.tensor([self.index(n) for n in names], dtype=torch.long)
 
     @contextmanager
-    def route(self, adapter_ids: Tensor) -> Iterator[None]:
+    def route(self, adapter_ids: Tensor, expand: bool = False) -> Iterator[None]:
+        """Inside the block, sample b of every batch the model sees uses adapter
+        ``adapter_ids[b]`` (-1: the base model alone).
+
+        With ``expand``, a batch may also hold k consecutive rows per sample (as
+        ``generate`` lays out beams and returned sequences); each row then uses its sample's
+        adapter. Without it, a batch whose size differs from ``len(adapter_ids)`` is an error.
+        """
         adapter_ids = torch.as_tensor(adapter_ids, dtype=torch.long)
         if adapter_ids.numel() and (
             int(adapter_ids.max()) >= len(self.names) or int(adapter_ids.min()) < -1
@@ -121,7 +129,7 @@ class AdapterBank(nn.Module):
                 f"max {int(adapter_ids.max())}."
             )
         if self.stacked:  # one shared router: nothing to set per layer
-            self.router.start(adapter_ids)
+            self.router.start(adapter_ids, expand)
             try:
                 yield
             finally:
@@ -129,7 +137,8 @@ class AdapterBank(nn.Module):
             return
         for layer in self.layers:
             if all(n in layer.adapters for n in self.names):
-                layer.routing = (self.names, adapter_ids.to(layer.base_layer.weight.device))
+                ids = adapter_ids.to(layer.base_layer.weight.device)
+                layer.routing = (self.names, ids, expand)
         try:
             yield
         finally:
@@ -139,6 +148,21 @@ class AdapterBank(nn.Module):
     def forward(self, *args: Any, adapter_ids: Tensor, **kwargs: Any) -> Any:
         with self.route(adapter_ids):
             return self.model(*args, **kwargs)
+
+    def generate(self, *args: Any, adapter_ids: Tensor, **kwargs: Any) -> Any:
+        """``model.generate(*args, **kwargs)`` with sample b on adapter ``adapter_ids[b]``.
+
+        Beam search and ``num_return_sequences`` widen the batch to several rows per
+        sample; those rows keep their sample's adapter (see :meth:`route`).
+        """
+        generate = getattr(self.model, "generate", None)
+        if generate is None:
+            raise TypeError(
+                f"{type(self.model).__name__} has no generate(); call the bank directly "
+                "(bank(inputs, adapter_ids=ids)) or use a generative (Hugging Face) model."
+            )
+        with self.route(adapter_ids, expand=True):
+            return generate(*args, **kwargs)
 
     def adapter_tensors(self, name: str) -> dict[str, Tensor]:
         """Adapter ``name`` of a stacked LoRA bank under PEFT keys (views, not copies)."""

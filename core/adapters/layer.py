@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .routing import routed_forward
+from .routing import ids_for_batch, routed_forward
 from .targeting import is_hf_conv1d
 
 
@@ -137,8 +137,9 @@ class AdapterLayer(nn.Module):
         self.active: list[str] = []
         self.merged: list[str] = []
         self.disabled = False
-        # Set by AdapterBank while it routes a batch: (adapter names, one id per sample).
-        self.routing: tuple[list[str], Tensor] | None = None
+        # Set by AdapterBank while it routes a batch: (adapter names, one id per sample,
+        # whether a batch may hold several consecutive rows per sample; see ids_for_batch).
+        self.routing: tuple[list[str], Tensor, bool] | None = None
 
     def add(self, name: str, unit: AdapterUnit) -> None:
         if name in self.adapters:
@@ -156,8 +157,9 @@ class AdapterLayer(nn.Module):
                 out = unit.restore_base(x, out, base)
             return out
         if self.routing is not None:
-            names, ids = self.routing
+            names, ids, expand = self.routing
             out = base(x, *args, **kwargs)
+            ids = ids_for_batch(ids, x.shape[0], expand)
             return routed_forward([adapters[n] for n in names], x, out, base, ids)
         if len(active) == 1 and len(adapters) == 1 and not merged and not args and not kwargs:
             unit = adapters[active[0]]

@@ -27,7 +27,7 @@ from kernels.multi_lora import (
 
 from .config import LoraConfig
 from .layer import AdapterUnit, is_frozen, layer_dims, weight_matrix
-from .routing import check_ids
+from .routing import ids_for_batch
 from .targeting import is_linear_like
 
 
@@ -45,29 +45,33 @@ class RoutePlan:
     time on.
     """
 
-    def __init__(self, sample_ids: Tensor, n_adapters: int) -> None:
+    def __init__(self, sample_ids: Tensor, n_adapters: int, expand: bool = False) -> None:
         self.sample_ids = sample_ids
         self.n_adapters = n_adapters
-        self._by_rows: dict[int, tuple[Tensor, Segments]] = {}
+        self.expand = expand  # batches may hold several consecutive rows per sample
+        self._by_rows: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
         self._by_shape: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
 
-    def for_rows(self, n_rows: int) -> tuple[Tensor, Segments]:
-        """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows."""
-        if n_rows not in self._by_rows:
-            samples = self.sample_ids.shape[0]
-            per_sample = n_rows // samples if samples else 0
-            rows = self.sample_ids.repeat_interleave(per_sample)
-            self._by_rows[n_rows] = (rows, make_segments(rows, self.n_adapters))
-        return self._by_rows[n_rows]
+    def for_rows(self, n_rows: int, batch_ids: Tensor | None = None) -> tuple[Tensor, Segments]:
+        """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows whose
+        samples use ``batch_ids`` (the plan's ids when not given)."""
+        ids = self.sample_ids if batch_ids is None else batch_ids
+        key = (ids.shape[0], n_rows)
+        if key not in self._by_rows:
+            per_sample = n_rows // ids.shape[0] if ids.shape[0] else 0
+            rows = ids.repeat_interleave(per_sample)
+            self._by_rows[key] = (rows, make_segments(rows, self.n_adapters))
+        return self._by_rows[key]
 
     def for_input(self, x: Tensor) -> tuple[Tensor, Segments]:
         """:meth:`for_rows` for a layer input ``x`` (batch first, features last), after
-        checking once per input shape that the batch has one id per sample."""
+        checking once per input shape that the batch has one id per sample (or, when the
+        plan expands, a whole number of rows per sample)."""
         key = (x.shape[0], x.numel() // x.shape[-1] if x.shape[-1] else 0)
         found = self._by_shape.get(key)
         if found is None:
-            check_ids(self.sample_ids, key[0])
-            found = self._by_shape[key] = self.for_rows(key[1])
+            batch_ids = ids_for_batch(self.sample_ids, key[0], self.expand)
+            found = self._by_shape[key] = self.for_rows(key[1], batch_ids)
         return found
 
 
@@ -81,10 +85,12 @@ class StackRouter:
     def __init__(self, n_adapters: int) -> None:
         self.n_adapters = n_adapters
         self.sample_ids: Tensor | None = None
+        self.expand = False
         self._plans: dict[torch.device, RoutePlan] = {}
 
-    def start(self, sample_ids: Tensor) -> None:
+    def start(self, sample_ids: Tensor, expand: bool = False) -> None:
         self.sample_ids = sample_ids
+        self.expand = expand
         self._plans = {}
 
     def stop(self) -> None:
@@ -100,7 +106,7 @@ class StackRouter:
             )
         plan = self._plans.get(device)
         if plan is None:
-            plan = RoutePlan(self.sample_ids.to(device), self.n_adapters)
+            plan = RoutePlan(self.sample_ids.to(device), self.n_adapters, self.expand)
             self._plans[device] = plan
         return plan
 

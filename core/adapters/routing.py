@@ -16,8 +16,24 @@ def check_ids(ids: Tensor, batch: int) -> None:
     if ids.dim() != 1 or ids.shape[0] != batch:
         raise ValueError(
             f"adapter_ids must hold one id per sample: got shape {tuple(ids.shape)} for a batch "
-            f"of {batch}."
+            f"of {batch}. If the model widens the batch itself (beam search, several returned "
+            "sequences), use bank.generate(...), or repeat each id: "
+            "ids.repeat_interleave(rows_per_sample)."
         )
+
+
+def ids_for_batch(ids: Tensor, batch: int, expand: bool) -> Tensor:
+    """One adapter id per row of a batch of ``batch`` rows.
+
+    With ``expand``, a batch that holds k consecutive rows per sample (how ``generate``
+    widens a batch for beams or several returned sequences: ``repeat_interleave``) gets each
+    sample's id k times. Otherwise ``ids`` must match the batch (:func:`check_ids`).
+    """
+    samples = ids.shape[0] if ids.dim() == 1 else -1
+    if expand and samples > 0 and batch != samples and batch % samples == 0:
+        return ids.repeat_interleave(batch // samples)
+    check_ids(ids, batch)
+    return ids
 
 
 def routed_forward(

@@ -193,3 +193,47 @@ def test_route_plan_is_shared_per_input_shape_and_checked_for_each_new_one() -> 
         plan.for_input(torch.zeros(3, 2, 4))  # six rows again, but three samples
     rows, segments = RoutePlan(torch.zeros(0, dtype=torch.long), 2).for_input(torch.zeros(0, 4))
     assert rows.numel() == 0 and segments.width == 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]), SsfConfig()],
+    ids=["lora-stacked", "ssf"],
+)
+@pytest.mark.parametrize(
+    "widen", [{"num_beams": 3}, {"num_beams": 2, "num_return_sequences": 2}], ids=str
+)
+def test_generate_keeps_each_sample_on_its_adapter_when_the_batch_widens(config, widen) -> None:
+    """Beam search lays out k rows per sample; each must use its sample's adapter. The
+    batched result equals each sample generated alone."""
+    bank = _perturbed_bank(config).eval()
+    x = torch.randint(1, 64, (3, 4), generator=torch.Generator().manual_seed(3))
+    ids = torch.tensor([2, -1, 0])
+    kwargs = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0, **widen}
+    with torch.no_grad():
+        together = bank.generate(x, adapter_ids=ids, **kwargs)
+        per_sample = together.shape[0] // 3
+        for b in range(3):
+            alone = bank.generate(x[b : b + 1], adapter_ids=ids[b : b + 1], **kwargs)
+            torch.testing.assert_close(together[b * per_sample : (b + 1) * per_sample], alone)
+        # The sample on -1 gets exactly the beams of the model without adapters.
+        base_only = MODEL_CASES["llama"].build().eval().generate(x[1:2], **kwargs)
+    torch.testing.assert_close(together[per_sample : 2 * per_sample], base_only)
+
+
+def test_a_widened_batch_needs_generate_or_expand() -> None:
+    bank = _perturbed_bank(LoraConfig(r=2, target_modules=["q_proj"]))
+    x = torch.randint(0, 64, (2, 3))
+    ids = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"bank.generate\(...\), or repeat each id"):
+        bank(x.repeat_interleave(2, dim=0), adapter_ids=ids)
+    with torch.no_grad(), bank.route(ids, expand=True):
+        widened = bank.model(x.repeat_interleave(2, dim=0)).logits
+    expected = bank(x.repeat_interleave(2, dim=0), adapter_ids=ids.repeat_interleave(2)).logits
+    torch.testing.assert_close(widened, expected)
+    with pytest.raises(ValueError, match="one id per sample"), bank.route(ids, expand=True):
+        bank.model(torch.randint(0, 64, (3, 3)))  # 3 rows for 2 samples: not a widening
+    with pytest.raises(TypeError, match="has no generate"):
+        AdapterBank(MODEL_CASES["mlp"].build(), SsfConfig(), names=["a"]).generate(
+            torch.zeros(1, 4), adapter_ids=torch.tensor([0])
+        )
