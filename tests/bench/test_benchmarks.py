@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 
 import pytest
 import torch
@@ -211,3 +212,19 @@ def test_layer_read_floor_reads_each_layers_stacks_after_its_gemm() -> None:
     for i, (kind, _) in enumerate(events):
         if kind == "read" and events[i - 1][0] != "read":
             assert events[i - 1][0] == "gemm"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_gpu_session_script_refuses_without_cuda(tmp_path) -> None:
+    """The one-call GPU runbook parses, and without CUDA says so and measures nothing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "bench" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    env = {"PATH": os.environ["PATH"], "OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+    assert done.returncode == 3
+    assert "no CUDA device" in done.stderr
+    assert list(tmp_path.iterdir()) == []
