@@ -1,7 +1,8 @@
 """A batch where every sample uses its own LoRA adapter: ours (AdapterBank) vs PEFT.
 
     python -m bench.multi_adapter [--adapters 128] [--batch 128] [--seq 1 16] [--repeats 5]
-                                  [--ids each|one] [--plot docs/multi_adapter.png]
+                                  [--ids each|one] [--generate TOKENS]
+                                  [--plot docs/multi_adapter.png]
 
 Forward time of the reference Llama with 128 LoRA adapters (r=16, all linear layers), each
 row a different adapter, relative to the base model alone. PEFT serves such a batch with
@@ -17,6 +18,12 @@ batch from one tenant); that run has no read-floor row, since one adapter is rea
 times PEFT both ways: with ``adapter_names`` and with the adapter made active
 (``set_adapter``), its usual single-adapter path; and ours with the one adapter injected
 on its own (no bank).
+
+``--generate TOKENS`` times decoding instead of one forward: greedy ``generate`` of exactly
+TOKENS new tokens (KV cache on) from prompts of each ``--seq`` length, ours through
+``bank.generate(..., adapter_ids=...)``, PEFT through ``generate(..., adapter_names=...)``.
+That is where a server spends its time: one token per row per step, at small batches.
+The read floors and the updates-alone row belong to one forward and are left out.
 """
 
 from __future__ import annotations
@@ -171,6 +178,36 @@ class UpdateAlone:
             )
 
 
+def generation_paths(
+    prompts: Tensor,
+    new_tokens: int,
+    base: torch.nn.Module,
+    ours: AdapterBank,
+    ids: Tensor,
+    peft_model: torch.nn.Module | None,
+    injected: torch.nn.Module | None,
+) -> dict[str, Callable]:
+    """Greedy decoding of exactly ``new_tokens`` tokens on every path (see the module doc)."""
+    options = {
+        "max_new_tokens": new_tokens,
+        "min_new_tokens": new_tokens,
+        "do_sample": False,
+        "pad_token_id": 0,
+    }
+    names = [f"a{int(k)}" for k in ids]
+    paths = {
+        BASE: lambda: base.generate(prompts, **options),
+        OURS: lambda: ours.generate(prompts, adapter_ids=ids, **options),
+    }
+    if injected is not None:
+        paths[OURS_ONE] = lambda: injected.generate(prompts, **options)
+    if peft_model is not None:
+        paths[PEFT] = lambda: peft_model.generate(input_ids=prompts, adapter_names=names, **options)
+        if injected is not None:  # one adapter for the batch: PEFT's set_adapter path too
+            paths[PEFT_ONE] = lambda: peft_model.generate(input_ids=prompts, **options)
+    return paths
+
+
 def plot_scaling(rows: list[dict], path: str | Path) -> Path:
     """Forward time relative to the base model against sequence length, one line a path."""
     from matplotlib.figure import Figure
@@ -217,10 +254,18 @@ def main(argv: list[str] | None = None) -> None:
         help="each: row i uses adapter i (mod adapters), the issue's setting; one: every row "
         "uses adapter 0, a batch from one tenant",
     )
+    parser.add_argument(
+        "--generate",
+        type=int,
+        metavar="TOKENS",
+        help="time greedy generation of TOKENS new tokens from --seq-token prompts instead",
+    )
     parser.add_argument("--skip-peft", action="store_true", help="time only ours and the base")
     parser.add_argument("--csv", default="bench/results/multi_adapter.csv")
     parser.add_argument("--plot", help="also draw time vs base against sequence length (PNG)")
     args = parser.parse_args(argv)
+    if args.generate is not None and (args.generate < 1 or args.plot):
+        parser.error("--generate takes a number of tokens >= 1, and draws no plot")
     torch.set_num_threads(2)
     base = reference_llama().eval()
     ours = build_ours(args.adapters)
@@ -238,20 +283,23 @@ def main(argv: list[str] | None = None) -> None:
         tokens = torch.randint(
             0, 8000, (args.batch, seq), generator=torch.Generator().manual_seed(0)
         )
-        paths = {
-            BASE: lambda t=tokens: base(input_ids=t),
-            OURS: lambda t=tokens: ours(input_ids=t, adapter_ids=ids),
-        }
-        if args.ids == "each":
-            paths[FLOOR] = make_read_floor(base, tokens, stacks)
-            paths[LAYER_FLOOR] = make_layer_read_floor(ours, tokens)
+        if args.generate:
+            paths = generation_paths(tokens, args.generate, base, ours, ids, peft_model, injected)
         else:
-            paths[OURS_ONE] = lambda t=tokens: injected(input_ids=t)
-        paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)
-        if peft_model is not None:
-            paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
-            if args.ids == "one":  # PEFT's usual way to serve one adapter
-                paths[PEFT_ONE] = lambda t=tokens: peft_model(input_ids=t)
+            paths = {
+                BASE: lambda t=tokens: base(input_ids=t),
+                OURS: lambda t=tokens: ours(input_ids=t, adapter_ids=ids),
+            }
+            if args.ids == "each":
+                paths[FLOOR] = make_read_floor(base, tokens, stacks)
+                paths[LAYER_FLOOR] = make_layer_read_floor(ours, tokens)
+            else:
+                paths[OURS_ONE] = lambda t=tokens: injected(input_ids=t)
+            paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)
+            if peft_model is not None:
+                paths[PEFT] = lambda t=tokens: peft_model(input_ids=t, adapter_names=names)
+                if args.ids == "one":  # PEFT's usual way to serve one adapter
+                    paths[PEFT_ONE] = lambda t=tokens: peft_model(input_ids=t)
         with torch.inference_mode():
             samples = interleaved_samples(paths, args.repeats, args.warmup)
         times = {path: statistics.median(values) for path, values in samples.items()}
@@ -261,13 +309,14 @@ def main(argv: list[str] | None = None) -> None:
                 {
                     "seq_len": seq,
                     "path": path,
-                    "forward_ms": seconds * 1e3,
+                    "generate_ms" if args.generate else "forward_ms": seconds * 1e3,
                     "vs_base": seconds / times[BASE],
                     "per_round_iqr": "" if path == BASE else f"{low:.3f}-{high:.3f}",
                 }
             )
+    what = f"generation of {args.generate} tokens" if args.generate else "forward"
     report(
-        f"Mixed-adapter forward ({args.adapters} LoRA adapters r={RANK}, batch {args.batch}, "
+        f"Mixed-adapter {what} ({args.adapters} LoRA adapters r={RANK}, batch {args.batch}, "
         f"{'one adapter per row' if args.ids == 'each' else 'adapter 0 on every row'}, fp32)",
         rows,
         args.csv,

@@ -62,6 +62,32 @@ def test_multi_adapter_bench_with_one_adapter_for_the_batch(tmp_path) -> None:
                      multi_adapter.UPDATE, multi_adapter.PEFT, multi_adapter.PEFT_ONE]  # fmt: skip
 
 
+@pytest.mark.slow
+def test_multi_adapter_bench_times_generation(tmp_path) -> None:
+    out = tmp_path / "gen.csv"
+    multi_adapter.main(
+        ["--adapters", "3", "--batch", "3", "--seq", "2", "--generate", "2", "--repeats", "1",
+         "--warmup", "0", "--csv", str(out)]
+    )  # fmt: skip
+    rows = _rows(out)
+    assert [r["path"] for r in rows] == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.PEFT]
+    assert all(float(r["generate_ms"]) > 0 for r in rows)
+    with pytest.raises(SystemExit):
+        multi_adapter.main(["--generate", "0"])
+
+
+def test_generation_paths_decode_exactly_the_asked_tokens() -> None:
+    """Every path produces the same number of new tokens, so their times compare."""
+    bank = multi_adapter.build_ours(2)
+    base = multi_adapter.reference_llama().eval()
+    prompts = torch.randint(1, 8000, (2, 3), generator=torch.Generator().manual_seed(0))
+    paths = multi_adapter.generation_paths(prompts, 4, base, bank, torch.tensor([0, 1]), None, None)
+    assert list(paths) == [multi_adapter.BASE, multi_adapter.OURS]
+    with torch.no_grad():
+        for run in paths.values():
+            assert run().shape == (2, 3 + 4)
+
+
 def test_read_floor_reads_every_stack_once() -> None:
     """The floor row must cover all adapter factors of the bank, each exactly once."""
     bank = multi_adapter.build_ours(3)
