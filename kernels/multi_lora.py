@@ -311,11 +311,30 @@ def multi_lora_accumulate_(
     if autocast_dtype(x) is not None or {x.dtype, stack_a.dtype, stack_b.dtype} != {out.dtype}:
         # Autocast or mixed dtypes: form the update in the op's own dtype, add with promotion.
         return out.add_(multi_lora_delta(x, ids, stack_a, stack_b, scalings, segments))
-    ids = ids.long()
-    seg = segments if segments is not None else make_segments(ids, stack_a.shape[0])
+    seg = segments if segments is not None else make_segments(ids.long(), stack_a.shape[0])
+    return accumulate_grouped_(out, x, stack_a, stack_b, scalings, seg, backend_for(x))
+
+
+def accumulate_grouped_(
+    out: Tensor,
+    x: Tensor,
+    stack_a: Tensor,
+    stack_b: Tensor,
+    scalings: Tensor,
+    segments: Segments,
+    backend: str,
+) -> Tensor:
+    """The in-place update of :func:`multi_lora_accumulate_` without its checks.
+
+    For a caller that serves many layers per batch and has already made sure, once per
+    batch, of what that function checks on every call: no autograd and no autocast; ``out``
+    (M, out) and ``x`` (M, in) share the stacks' dtype; ``segments`` comes from
+    :func:`make_segments` on this batch's ids; ``backend`` from
+    :func:`kernels.dispatch.backend_for`. ``AdapterBank`` calls it from every stacked layer.
+    """
+    seg = segments
     if seg.width == 0:
         return out
-    backend = backend_for(x)
     if backend == "triton":  # the expand kernel adds into out itself
         from .multi_lora_triton import sgmv
 

@@ -17,9 +17,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from kernels.dispatch import backend_for
 from kernels.lora import lora_linear
 from kernels.multi_lora import (
     Segments,
+    accumulate_grouped_,
     make_segments,
     multi_lora_accumulate_,
     multi_lora_delta,
@@ -51,6 +53,14 @@ class RoutePlan:
         self.expand = expand  # batches may hold several consecutive rows per sample
         self._by_rows: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
         self._by_shape: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
+        self._backend: str | None = None
+
+    @property
+    def backend(self) -> str:
+        """The multi-adapter op's backend for this batch (its ids' device), chosen once."""
+        if self._backend is None:
+            self._backend = backend_for(self.sample_ids)
+        return self._backend
 
     def for_rows(self, n_rows: int, batch_ids: Tensor | None = None) -> tuple[Tensor, Segments]:
         """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows whose
@@ -172,17 +182,24 @@ class LoraStackUnit(AdapterUnit):
         return self.training and isinstance(self.lora_dropout, nn.Dropout)
 
     def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        rows, segments = self.router.plan_for(x.device).for_input(x)
+        plan = self.router.plan_for(x.device)
+        rows, segments = plan.for_input(x)
         if self._dropout_active():
             x = self.lora_dropout(x)
         flat = x.reshape(-1, x.shape[-1])
         stacks = (self.lora_A, self.lora_B, self.scalings)
-        if not torch.is_grad_enabled() and out.is_contiguous():
-            # Serving: add into the fresh base output in place.
-            multi_lora_accumulate_(out.view(-1, out.shape[-1]), flat, rows, *stacks, segments)
-            return out
-        delta = multi_lora_delta(flat, rows, *stacks, segments)
-        return out + delta.view(out.shape)
+        if torch.is_grad_enabled() or not out.is_contiguous():
+            delta = multi_lora_delta(flat, rows, *stacks, segments)
+            return out + delta.view(out.shape)
+        # Serving: add into the fresh base output in place. The plan has grouped the rows and
+        # chosen the backend for the whole batch, so the common case skips the op's checks.
+        out2d = out.view(-1, out.shape[-1])
+        dtype = stacks[0].dtype
+        if x.dtype == dtype and out.dtype == dtype and not torch.is_autocast_enabled(x.device.type):
+            accumulate_grouped_(out2d, flat, *stacks, segments, plan.backend)
+        else:
+            multi_lora_accumulate_(out2d, flat, rows, *stacks, segments)
+        return out
 
     def adapter_tensors(self, k: int) -> dict[str, Tensor]:
         """Adapter k's own factors under PEFT's local names (views into the stacks)."""

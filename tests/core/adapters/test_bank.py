@@ -142,6 +142,35 @@ def test_stacked_serving_in_adapter_order_matches_the_training_path() -> None:
         torch.testing.assert_close(bank(x, adapter_ids=ids).logits, training_path)
 
 
+def test_serving_skips_the_op_checks_only_when_dtypes_and_autocast_allow(monkeypatch) -> None:
+    """Stacked layers serve through the unchecked in-place op when x, out and the stacks share
+    a dtype outside autocast; otherwise through the checked op, which casts. Both give what
+    the training path gives."""
+    import core.adapters.lora_stack as lora_stack
+
+    bank = _perturbed_bank(LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    seen = []
+    for name in ("accumulate_grouped_", "multi_lora_accumulate_"):
+        real = getattr(lora_stack, name)
+        monkeypatch.setattr(
+            lora_stack, name, lambda *a, _real=real, _name=name: seen.append(_name) or _real(*a)
+        )
+    x = torch.randint(0, 64, (3, 5), generator=torch.Generator().manual_seed(5))
+    ids = torch.tensor([2, 0, -1])
+    trained = bank(x, adapter_ids=ids).logits
+    assert seen == []  # training takes neither
+    with torch.inference_mode():
+        torch.testing.assert_close(bank(x, adapter_ids=ids).logits, trained)
+    assert set(seen) == {"accumulate_grouped_"}
+    seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = bank(x, adapter_ids=ids).logits
+        with torch.inference_mode():
+            served = bank(x, adapter_ids=ids).logits
+    assert set(seen) == {"multi_lora_accumulate_"}
+    torch.testing.assert_close(served, trained)
+
+
 @pytest.mark.parametrize("name", ["en", "sw"])
 def test_a_batch_on_one_adapter_runs_that_adapter_alone(name, tmp_path, monkeypatch) -> None:
     """Every sample on one adapter: each stacked layer takes the fused LoRA op on views of
