@@ -27,15 +27,19 @@ def test_cross_entropy_bench(tmp_path, capsys) -> None:
     assert "| fused |" in capsys.readouterr().out
 
 
+def _multi_adapter_rows(tmp_path, *args: str) -> list[dict]:
+    """Run bench.multi_adapter at a tiny size (one round, no warm-up); its CSV rows."""
+    out = tmp_path / "ma.csv"
+    multi_adapter.main([*args, "--repeats", "1", "--warmup", "0", "--csv", str(out)])
+    return _rows(out)
+
+
 @pytest.mark.slow
 def test_multi_adapter_bench(tmp_path) -> None:
-    out = tmp_path / "ma.csv"
     plot = tmp_path / "ma.png"
-    multi_adapter.main(
-        ["--adapters", "4", "--batch", "4", "--seq", "1", "2", "--repeats", "1", "--warmup", "0",
-         "--csv", str(out), "--plot", str(plot)]
-    )  # fmt: skip
-    rows = _rows(out)
+    rows = _multi_adapter_rows(
+        tmp_path, "--adapters", "4", "--batch", "4", "--seq", "1", "2", "--plot", str(plot)
+    )
     expected = [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.FLOOR,
                 multi_adapter.LAYER_FLOOR, multi_adapter.UPDATE, multi_adapter.PEFT]  # fmt: skip
     assert [r["path"] for r in rows] == expected * 2
@@ -52,24 +56,19 @@ def test_multi_adapter_bench(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_multi_adapter_bench_with_one_adapter_for_the_batch(tmp_path) -> None:
-    out = tmp_path / "one.csv"
-    multi_adapter.main(
-        ["--adapters", "3", "--batch", "2", "--seq", "1", "--repeats", "1", "--warmup", "0",
-         "--ids", "one", "--csv", str(out)]
-    )  # fmt: skip
-    paths = [r["path"] for r in _rows(out)]
+    rows = _multi_adapter_rows(
+        tmp_path, "--adapters", "3", "--batch", "2", "--seq", "1", "--ids", "one"
+    )
+    paths = [r["path"] for r in rows]
     assert paths == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.OURS_ONE,
                      multi_adapter.UPDATE, multi_adapter.PEFT, multi_adapter.PEFT_ONE]  # fmt: skip
 
 
 @pytest.mark.slow
 def test_multi_adapter_bench_times_generation(tmp_path) -> None:
-    out = tmp_path / "gen.csv"
-    multi_adapter.main(
-        ["--adapters", "3", "--batch", "3", "--seq", "2", "--generate", "2", "--repeats", "1",
-         "--warmup", "0", "--csv", str(out)]
-    )  # fmt: skip
-    rows = _rows(out)
+    rows = _multi_adapter_rows(
+        tmp_path, "--adapters", "3", "--batch", "3", "--seq", "2", "--generate", "2"
+    )
     assert [r["path"] for r in rows] == [multi_adapter.BASE, multi_adapter.OURS, multi_adapter.PEFT]
     assert all(float(r["generate_ms"]) > 0 for r in rows)
     with pytest.raises(SystemExit):
