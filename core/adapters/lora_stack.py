@@ -51,7 +51,6 @@ class RoutePlan:
         self.sample_ids = sample_ids
         self.n_adapters = n_adapters
         self.expand = expand  # batches may hold several consecutive rows per sample
-        self._by_rows: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
         self._by_shape: dict[tuple[int, int], tuple[Tensor, Segments]] = {}
         self._backend: str | None = None
 
@@ -66,17 +65,13 @@ class RoutePlan:
         """(adapter id of each row, grouping) for a batch flattened to ``n_rows`` rows whose
         samples use ``batch_ids`` (the plan's ids when not given)."""
         ids = self.sample_ids if batch_ids is None else batch_ids
-        key = (ids.shape[0], n_rows)
-        if key not in self._by_rows:
-            per_sample = n_rows // ids.shape[0] if ids.shape[0] else 0
-            rows = ids.repeat_interleave(per_sample)
-            self._by_rows[key] = (rows, make_segments(rows, self.n_adapters))
-        return self._by_rows[key]
+        rows = ids.repeat_interleave(n_rows // ids.shape[0] if ids.shape[0] else 0)
+        return rows, make_segments(rows, self.n_adapters)
 
     def for_input(self, x: Tensor) -> tuple[Tensor, Segments]:
-        """:meth:`for_rows` for a layer input ``x`` (batch first, features last), after
-        checking once per input shape that the batch has one id per sample (or, when the
-        plan expands, a whole number of rows per sample)."""
+        """:meth:`for_rows` for a layer input ``x`` (batch first, features last), computed
+        once per (batch, rows) and shared by every layer, after checking that the batch has
+        one id per sample (or, when the plan expands, a whole number of rows per sample)."""
         key = (x.shape[0], x.numel() // x.shape[-1] if x.shape[-1] else 0)
         found = self._by_shape.get(key)
         if found is None:
