@@ -261,7 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         help="time greedy generation of TOKENS new tokens from --seq-token prompts instead",
     )
     parser.add_argument("--skip-peft", action="store_true", help="time only ours and the base")
-    parser.add_argument("--csv", default="bench/results/multi_adapter.csv")
+    parser.add_argument(
+        "--csv",
+        help="where to write the table (default bench/results/multi_adapter.csv, or "
+        "multi_adapter_generate.csv with --generate)",
+    )
     parser.add_argument("--plot", help="also draw time vs base against sequence length (PNG)")
     args = parser.parse_args(argv)
     if args.generate is not None and (args.generate < 1 or args.plot):
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Mixed-adapter {what} ({args.adapters} LoRA adapters r={RANK}, batch {args.batch}, "
         f"{'one adapter per row' if args.ids == 'each' else 'adapter 0 on every row'}, fp32)",
         rows,
-        args.csv,
+        args.csv or f"bench/results/multi_adapter{'_generate' if args.generate else ''}.csv",
     )
     if args.plot:
         print(f"plot: {plot_scaling(rows, args.plot)}")

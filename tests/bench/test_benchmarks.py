@@ -75,6 +75,19 @@ def test_multi_adapter_bench_times_generation(tmp_path) -> None:
         multi_adapter.main(["--generate", "0"])
 
 
+@pytest.mark.slow
+def test_multi_adapter_generation_keeps_its_own_default_csv(tmp_path, monkeypatch) -> None:
+    """A --generate run does not overwrite the forward sweep's table."""
+    monkeypatch.chdir(tmp_path)
+    multi_adapter.main(
+        ["--adapters", "2", "--batch", "2", "--seq", "2", "--generate", "1", "--repeats", "1",
+         "--warmup", "0", "--skip-peft"]
+    )  # fmt: skip
+    assert [p.name for p in (tmp_path / "bench" / "results").iterdir()] == [
+        "multi_adapter_generate.csv"
+    ]
+
+
 def test_generation_paths_decode_exactly_the_asked_tokens() -> None:
     """Every path produces the same number of new tokens, so their times compare."""
     bank = multi_adapter.build_ours(2)
