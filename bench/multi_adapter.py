@@ -8,7 +8,7 @@ Forward time of the reference Llama with 128 LoRA adapters (r=16, all linear lay
 row a different adapter, relative to the base model alone. PEFT serves such a batch with
 ``model(..., adapter_names=[...])``. All paths run in one process, measured in turns.
 
-Three more rows explain ours (see :func:`make_read_floor`, :func:`make_layer_read_floor`
+Three more rows explain ours (see :func:`make_read_floor`, :func:`model_reading_stacks`
 and :class:`UpdateAlone`): the base forward plus one read of every adapter stack, a lower
 bound for an fp32 implementation that reads the stacks in a pass of its own when the rows
 use different adapters; the same reads made layer by layer, each adapted layer reading its
@@ -123,9 +123,10 @@ def make_read_floor(base: torch.nn.Module, tokens: Tensor, stacks: list[Tensor])
     return run
 
 
-def make_layer_read_floor(bank: AdapterBank, tokens: Tensor) -> Callable:
-    """The base forward with every adapted layer reading its own stacks (a sum) right after
-    its base GEMM: the read floor of an implementation that applies adapters layer by layer.
+def model_reading_stacks(bank: AdapterBank) -> torch.nn.Module:
+    """A plain base model whose adapted layers each read their own stacks of ``bank`` (a sum)
+    right after their base GEMM. Its forward is the read floor of an implementation that
+    applies adapters layer by layer.
 
     It differs from :func:`make_read_floor` only in when the same bytes are read: streamed
     between the base GEMMs, the stacks evict the cache those GEMMs would reuse.
@@ -135,11 +136,7 @@ def make_layer_read_floor(bank: AdapterBank, tokens: Tensor) -> Callable:
     for name, module in model.named_modules():
         if name in units:
             module.register_forward_hook(_reader_of(units[name]))
-
-    def run() -> None:
-        model(input_ids=tokens)
-
-    return run
+    return model
 
 
 def _reader_of(unit: LoraStackUnit) -> Callable:
@@ -152,13 +149,16 @@ def _reader_of(unit: LoraStackUnit) -> Callable:
 
 class UpdateAlone:
     """Our serving update of every stacked layer on its own: the same kernel call as in the
-    forward (:func:`kernels.multi_lora.multi_lora_accumulate_`), on random inputs of the
-    layers' shapes, without the base model around it. ``layers`` holds (x, out, unit)."""
+    forward (:func:`kernels.multi_lora.accumulate_grouped_`, with the grouping and backend
+    chosen once), on random inputs of the layers' shapes, without the base model around it.
+    ``layers`` holds (x, out, unit)."""
 
     def __init__(self, bank: AdapterBank, adapter_ids: Tensor, rows: int) -> None:
         from core.adapters.lora_stack import RoutePlan
 
-        self.row_ids, self.segments = RoutePlan(adapter_ids, len(bank.names)).for_rows(rows)
+        plan = RoutePlan(adapter_ids, len(bank.names))
+        self.row_ids, self.segments = plan.for_rows(rows)
+        self.backend = plan.backend
         gen = torch.Generator().manual_seed(2)
         self.layers = [
             (
@@ -170,11 +170,11 @@ class UpdateAlone:
         ]
 
     def __call__(self) -> None:
-        from kernels.multi_lora import multi_lora_accumulate_
+        from kernels.multi_lora import accumulate_grouped_
 
         for x, out, unit in self.layers:
-            multi_lora_accumulate_(
-                out, x, self.row_ids, unit.lora_A, unit.lora_B, unit.scalings, self.segments
+            accumulate_grouped_(
+                out, x, unit.lora_A, unit.lora_B, unit.scalings, self.segments, self.backend
             )
 
 
@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(2)
     base = reference_llama().eval()
     ours = build_ours(args.adapters)
+    floors = args.ids == "each" and not args.generate
+    reading_stacks = model_reading_stacks(ours) if floors else None
     peft_model = None if args.skip_peft else build_peft(args.adapters)
     if peft_model is not None and args.ids == "one":
         peft_model.set_adapter("a0")
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             if args.ids == "each":
                 paths[FLOOR] = make_read_floor(base, tokens, stacks)
-                paths[LAYER_FLOOR] = make_layer_read_floor(ours, tokens)
+                paths[LAYER_FLOOR] = lambda t=tokens: reading_stacks(input_ids=t)
             else:
                 paths[OURS_ONE] = lambda t=tokens: injected(input_ids=t)
             paths[UPDATE] = UpdateAlone(ours, ids, args.batch * seq)

@@ -237,12 +237,13 @@ def test_layer_read_floor_reads_each_layers_stacks_after_its_gemm() -> None:
         events.append(("gemm", tuple(weight.shape)))
         return original_linear(x, weight, bias)
 
-    floor = multi_adapter.make_layer_read_floor(bank, torch.zeros(1, 2, dtype=torch.long))
+    model = multi_adapter.model_reading_stacks(bank)
+    tokens = torch.zeros(1, 2, dtype=torch.long)
     try:
         torch.Tensor.sum = lambda self, *a, **k: events.append(("read", names.get(self.data_ptr())))
         torch.nn.functional.linear = linear
         with torch.no_grad():
-            floor()
+            model(input_ids=tokens)
     finally:
         torch.Tensor.sum, torch.nn.functional.linear = original_sum, original_linear
     reads = [name for kind, name in events if kind == "read"]
