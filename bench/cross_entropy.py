@@ -15,7 +15,7 @@ import json
 import torch
 from torch import Tensor
 
-from kernels.cross_entropy import linear_cross_entropy
+from fused_kernels.cross_entropy import linear_cross_entropy
 
 from .common import (
     current_rss_mb,

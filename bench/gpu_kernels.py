@@ -56,7 +56,7 @@ def kernel_backend(name: str) -> Iterator[None]:
 
 
 def fused_lora_rows(hidden: int, rank: int, tokens: int, dev: str = "cuda") -> list[dict]:
-    from kernels.lora import lora_linear, lora_linear_reference
+    from fused_kernels.lora import lora_linear, lora_linear_reference
 
     dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt, requires_grad=True)
@@ -93,7 +93,7 @@ def multi_adapter_rows(
     """Serving as AdapterBank does it: the base GEMM, then the update added into its output
     in place; rows are grouped by adapter once per batch (every layer shares it), so the
     grouping is made outside the timed call."""
-    from kernels.multi_lora import make_segments, multi_lora_accumulate_
+    from fused_kernels.multi_lora import make_segments, multi_lora_accumulate_
 
     dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt)
@@ -122,7 +122,7 @@ def multi_adapter_train_rows(
     hidden: int, rank: int, adapters: int, tokens: int, dev: str = "cuda"
 ) -> list[dict]:
     """Multi-adapter forward+backward: the Triton SGMV kernels against the bmm reference."""
-    from kernels.multi_lora import multi_lora_delta
+    from fused_kernels.multi_lora import multi_lora_delta
 
     dt = torch.bfloat16
     x = torch.randn(tokens, hidden, device=dev, dtype=dt, requires_grad=True)

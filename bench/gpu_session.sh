@@ -28,7 +28,7 @@ if ! "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
     exit 3
 fi
 step machine nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-step tests "$python" -m pytest -q -p no:cacheprovider tests/kernels
-step compile_check "$python" -m kernels.compile_check
+step tests "$python" -m pytest -q -p no:cacheprovider tests/fused_kernels
+step compile_check "$python" -m fused_kernels.compile_check
 step sweep "$python" -m bench.gpu_kernels --csv "$out/gpu_kernels.csv"
 exit "$status"

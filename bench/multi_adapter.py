@@ -149,7 +149,7 @@ def _reader_of(unit: LoraStackUnit) -> Callable:
 
 class UpdateAlone:
     """Our serving update of every stacked layer on its own: the same kernel call as in the
-    forward (:func:`kernels.multi_lora.accumulate_grouped_`, with the grouping and backend
+    forward (:func:`fused_kernels.multi_lora.accumulate_grouped_`, with the grouping and backend
     chosen once), on random inputs of the layers' shapes, without the base model around it.
     ``layers`` holds (x, out, unit)."""
 
@@ -170,7 +170,7 @@ class UpdateAlone:
         ]
 
     def __call__(self) -> None:
-        from kernels.multi_lora import accumulate_grouped_
+        from fused_kernels.multi_lora import accumulate_grouped_
 
         for x, out, unit in self.layers:
             accumulate_grouped_(

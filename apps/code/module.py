@@ -3,7 +3,7 @@
 The model is a local ``transformers`` causal LM (``pretrained``) or the embedded base
 (pre-trained once on the standard library and cached, :func:`apps.code.model.ensure_base`).
 Each step computes per-token losses of the packed batch (through the fused linear
-cross-entropy of ``kernels`` by default), then MFTCoder's task-balanced mean
+cross-entropy of ``fused_kernels`` by default), then MFTCoder's task-balanced mean
 (:func:`apps.code.losses.task_balanced_loss`), optionally with CoBa weights updated after
 every validation run. Validation and test log each task's exact token-mean loss for the
 fine-tuned model and, with adapters, for the base (adapters switched off); testing then

@@ -5,7 +5,7 @@ that serves it; ``-1`` means "base model only". All of the bank's adapters train
 each gets gradient only from its own samples.
 
 Plain LoRA adapters are stored as stacks (:class:`~core.adapters.lora_stack.LoraStackUnit`)
-and served by the multi-adapter kernel (:mod:`kernels.multi_lora`): one base GEMM for the
+and served by the multi-adapter kernel (:mod:`fused_kernels.multi_lora`): one base GEMM for the
 batch plus a grouped low-rank update. Other methods (SSF, bottleneck, DoRA, ...) keep one
 unit per name and go through :func:`core.adapters.routing.routed_forward`.
 """

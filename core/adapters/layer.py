@@ -40,7 +40,7 @@ def set_weight_matrix(base: nn.Module, matrix: Tensor) -> None:
 
 def is_frozen(base: nn.Module) -> bool:
     """Whether the base weight and bias (if any) get no gradient: what the fused LoRA op
-    (:func:`kernels.lora.lora_linear`) requires of the layer it runs."""
+    (:func:`fused_kernels.lora.lora_linear`) requires of the layer it runs."""
     bias = getattr(base, "bias", None)
     return not base.weight.requires_grad and (bias is None or not bias.requires_grad)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.lora import dora_linear, lora_linear
+from fused_kernels.lora import dora_linear, lora_linear
 
 from .config import LoraConfig
 from .layer import (
@@ -129,7 +129,7 @@ class LoraUnit(AdapterUnit):
         return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
 
     def fused_output(self, x: Tensor, base: nn.Module) -> Tensor | None:
-        """Base + LoRA through :func:`kernels.lora.lora_linear` (DoRA: ``dora_linear``).
+        """Base + LoRA through :func:`fused_kernels.lora.lora_linear` (DoRA: ``dora_linear``).
 
         Applies to frozen linear layers (``nn.Linear``, GPT-2 ``Conv1D``); DoRA only without
         active dropout (its dropout form needs the base product of the dropped input too).

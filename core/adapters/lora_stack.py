@@ -2,8 +2,8 @@
 
 All N adapters of a layer live in two parameters, A (N, r_max, in) and B (N, out, r_max);
 adapter k uses A[k, :r_k] and B[k, :, :r_k] and the zero padding beyond r_k never gets a
-gradient. Each sample's rows go through :func:`kernels.multi_lora.multi_lora_delta` (when
-serving, :func:`~kernels.multi_lora.multi_lora_accumulate_`, which adds in place).
+gradient. Each sample's rows go through :func:`fused_kernels.multi_lora.multi_lora_delta` (when
+serving, :func:`~fused_kernels.multi_lora.multi_lora_accumulate_`, which adds in place).
 
 B keeps PEFT's (out, r) orientation per adapter, but its memory is laid out as
 (N, r_max, out): the batched matmul reads B transposed, and with one row per adapter the
@@ -17,9 +17,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from kernels.dispatch import backend_for
-from kernels.lora import lora_linear
-from kernels.multi_lora import (
+from fused_kernels.dispatch import backend_for
+from fused_kernels.lora import lora_linear
+from fused_kernels.multi_lora import (
     Segments,
     accumulate_grouped_,
     make_segments,
@@ -41,7 +41,7 @@ class RoutePlan:
     """One batch's adapter ids, expanded to rows and grouped once for every layer.
 
     Every stacked layer of a model sees the same ids, and usually the same number of rows
-    per sample, so the grouping (:func:`kernels.multi_lora.make_segments`) and the check
+    per sample, so the grouping (:func:`fused_kernels.multi_lora.make_segments`) and the check
     that the ids match the batch run once per batch and are shared: with dozens of adapted
     layers, per-layer bookkeeping is what a small serving batch would otherwise spend its
     time on.

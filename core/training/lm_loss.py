@@ -1,7 +1,7 @@
 """The causal language-modelling loss, optionally through the fused linear cross-entropy.
 
 With ``fused=True`` the (tokens x vocab) logits are never materialised: the decoder's last
-hidden states go straight into :func:`kernels.cross_entropy.linear_cross_entropy` with the
+hidden states go straight into :func:`fused_kernels.cross_entropy.linear_cross_entropy` with the
 output head's weight. With ``fused=False`` it is the usual logits + cross-entropy, equal to
 what a Hugging Face causal LM returns as ``.loss``.
 """
@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from core.adapters import AdapterLayer
-from kernels.cross_entropy import linear_cross_entropy
+from fused_kernels.cross_entropy import linear_cross_entropy
 
 
 def _decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -121,7 +121,7 @@ def test_read_floor_reads_every_stack_once() -> None:
 
 def test_update_alone_matches_the_bank_delta() -> None:
     """The updates-alone row runs the serving kernel: out must equal the reference update."""
-    from kernels.multi_lora import multi_lora_reference
+    from fused_kernels.multi_lora import multi_lora_reference
 
     bank = multi_adapter.build_ours(3)
     ids = torch.tensor([2, 0, 1])
@@ -172,7 +172,7 @@ def test_gpu_sweep_code_runs_under_the_interpreter(monkeypatch) -> None:
     import os
 
     from bench import gpu_kernels
-    from kernels.dispatch import triton_interpreting
+    from fused_kernels.dispatch import triton_interpreting
 
     if not triton_interpreting():
         pytest.skip("needs TRITON_INTERPRET=1 (tests/conftest.py sets it)")

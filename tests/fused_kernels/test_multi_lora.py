@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.multi_lora import (
+from fused_kernels.multi_lora import (
     make_segments,
     multi_lora_accumulate_,
     multi_lora_delta,
@@ -170,7 +170,7 @@ def test_serving_path_without_autograd_matches() -> None:
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if not isinstance(b, str)])
 def test_triton_backend_runs_its_own_backward(backend, force_backend, monkeypatch) -> None:
     """Under the Triton backend forward and backward come from the kernels, never from bmm."""
-    import kernels.multi_lora_triton as triton_ops
+    import fused_kernels.multi_lora_triton as triton_ops
 
     force_backend(backend)
     a, b, s, _ = _stacks(5, 24, 18, 4, torch.float32)
@@ -187,7 +187,7 @@ def test_triton_backend_runs_its_own_backward(backend, force_backend, monkeypatc
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if not isinstance(b, str)])
 def test_segment_outer_matches_brute_force(backend) -> None:
     """dW_k = (s_k) sum over adapter k's rows of left^T right; absent adapters stay zero."""
-    from kernels.multi_lora_triton import segment_outer
+    from fused_kernels.multi_lora_triton import segment_outer
 
     gen = torch.Generator().manual_seed(3)
     ids = torch.tensor([3, -1, 0, 3, 3, 0, -1, 5, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3])

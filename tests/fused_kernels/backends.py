@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.dispatch import triton_available, triton_interpreting
+from fused_kernels.dispatch import triton_available, triton_interpreting
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRITON_OK = triton_available() and (torch.cuda.is_available() or triton_interpreting())

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json
 from dataclasses import replace
-from kernels import compile_check
+from fused_kernels import compile_check
 
 results = compile_check.run_all()
 # Negative control: tl.dot needs tiles of at least 16; 8 must be refused by the compiler.
@@ -63,8 +63,8 @@ def test_every_kernel_variant_compiles_for_sm80_and_sm90(report) -> None:
 
 
 def test_every_kept_autotune_candidate_is_compiled() -> None:
-    from kernels.compile_check import variants
-    from kernels.lora_triton import GPU_CONFIGS, fitting_configs
+    from fused_kernels.compile_check import variants
+    from fused_kernels.lora_triton import GPU_CONFIGS, fitting_configs
 
     tuned = [v.name for v in variants() if v.name.startswith("fused_lora_gemm_tuned")]
     assert len(tuned) == 2 * len(fitting_configs(2)) + len(fitting_configs(4))
@@ -86,6 +86,9 @@ def test_the_check_rejects_a_kernel_the_compiler_refuses(report) -> None:
 def test_refuses_to_run_under_the_interpreter() -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "kernels.compile_check"], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "fused_kernels.compile_check"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 2 and "TRITON_INTERPRET=0" in proc.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.lora import dora_linear, dora_weight_norm, lora_linear, lora_linear_reference
+from fused_kernels.lora import dora_linear, dora_weight_norm, lora_linear, lora_linear_reference
 
 from .backends import BACKENDS, DEVICE, assert_close_for
 
@@ -161,7 +161,7 @@ def test_gpu_autotuner_tries_only_the_tiles_that_fit(dtype) -> None:
     """The autotuner's prune hook keeps the candidates whose pipelined tiles fit the shared
     memory budget at the operands' element size (computed here by hand)."""
     pytest.importorskip("triton")
-    from kernels.lora_triton import (
+    from fused_kernels.lora_triton import (
         GPU_CONFIGS,
         SHARED_BUDGET,
         _gemm_lowrank_tuned,
@@ -184,7 +184,7 @@ def test_every_gpu_tile_shape_computes_the_same_product(backend) -> None:
     """Each autotune candidate's tiles and the GPU's grouped program order, run on an odd
     shape smaller than most tiles (masked edges, fewer row tiles than a group) and on a rank
     that takes two passes of the low-rank loop."""
-    from kernels.lora_triton import GPU_CONFIGS, GROUP_M, gemm_lowrank
+    from fused_kernels.lora_triton import GPU_CONFIGS, GROUP_M, gemm_lowrank
 
     gen = torch.Generator().manual_seed(5)
     m, k, n, rank = 300, 70, 130, 70
@@ -204,7 +204,7 @@ def test_every_gpu_tile_shape_computes_the_same_product(backend) -> None:
 def test_serving_skips_the_autograd_function(backend, mode, force_backend, monkeypatch) -> None:
     """Without gradients to compute, the op runs its forward directly (no Function.apply,
     whose per-call cost is a fifth of a small layer's time) and gives the same output."""
-    from kernels import lora as kernel_module
+    from fused_kernels import lora as kernel_module
 
     force_backend(backend)
     x, w, b, a, bb, mask = _inputs(7, 33, 40, 8, torch.float32, True)

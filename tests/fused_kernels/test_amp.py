@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.amp import autocast_dtype, cast_floating
-from kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
-from kernels.lora import dora_linear, lora_linear, lora_linear_reference
-from kernels.multi_lora import multi_lora_accumulate_, multi_lora_delta, multi_lora_reference
+from fused_kernels.amp import autocast_dtype, cast_floating
+from fused_kernels.cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
+from fused_kernels.lora import dora_linear, lora_linear, lora_linear_reference
+from fused_kernels.multi_lora import multi_lora_accumulate_, multi_lora_delta, multi_lora_reference
 
 from .backends import BACKENDS, DEVICE, assert_close_for
 

@@ -1,6 +1,6 @@
 """Triton kernels of the multi-adapter LoRA, all grouped by adapter (SGMV, Punica/S-LoRA).
 
-Rows are taken in the order of :func:`kernels.multi_lora.make_segments` (sorted by adapter
+Rows are taken in the order of :func:`fused_kernels.multi_lora.make_segments` (sorted by adapter
 id, rows without an adapter left out). One program owns a block of one adapter's rows, so
 it loads that adapter's factors once per block of up to ``BLOCK_M`` rows and multiplies
 them with ``tl.dot`` on tensor cores, instead of once per row; rows are gathered and
@@ -259,7 +259,7 @@ def segment_outer(
 ) -> torch.Tensor:
     """(N, P, Q): for each adapter k present, (s_k) sum of left[m]^T right[m] over its rows.
 
-    ``seg`` is the row grouping of :func:`kernels.multi_lora.make_segments`; adapters with
+    ``seg`` is the row grouping of :func:`fused_kernels.multi_lora.make_segments`; adapters with
     no rows get zeros.
     """
     fp, fq = left.shape[1], right.shape[1]

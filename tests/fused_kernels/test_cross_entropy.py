@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.cross_entropy import (
+from fused_kernels.cross_entropy import (
     default_chunk_size,
     linear_cross_entropy,
     linear_cross_entropy_reference,

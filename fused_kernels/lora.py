@@ -192,9 +192,9 @@ def lora_linear(
 
     Shapes: x (..., in), weight (out, in), bias (out,), lora_a (r, in), lora_b (out, r),
     dropout_mask like x (already divided by 1 - p) or None. Dispatches to Triton on CUDA
-    and to the PyTorch reference elsewhere (see :mod:`kernels.dispatch`). Under autocast the
+    and to the PyTorch reference elsewhere (see :mod:`fused_kernels.dispatch`). Under autocast the
     products run in the autocast dtype, gradients come back in each input's own dtype
-    (see :mod:`kernels.amp`).
+    (see :mod:`fused_kernels.amp`).
     """
     if weight.requires_grad or (bias is not None and bias.requires_grad):
         raise ValueError(

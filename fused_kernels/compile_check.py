@@ -1,6 +1,6 @@
 """Lower every Triton kernel to a GPU binary without a GPU: a compile check for CI.
 
-    TRITON_INTERPRET=0 python -m kernels.compile_check [--json]
+    TRITON_INTERPRET=0 python -m fused_kernels.compile_check [--json]
 
 Triton's CPU interpreter, which runs the kernels' correctness tests on machines without a
 GPU, executes them as NumPy and forgives what the real compiler refuses (dot shapes,
@@ -32,7 +32,7 @@ DTYPES = ("fp32", "bf16", "fp16")
 # Most shared memory one block may use, in bytes (A100 and H100 opt-in limits).
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 ELEMENT_SIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
-# The row-grouping arguments of the multi-adapter kernels (kernels.multi_lora.Segments).
+# The row-grouping arguments of the multi-adapter kernels (fused_kernels.multi_lora.Segments).
 GROUP_POINTERS = {"order_ptr": "i64", "starts_ptr": "i64", "counts_ptr": "i64", "groups_ptr": "i64"}
 
 
@@ -41,7 +41,7 @@ class Variant:
     """One kernel specialisation: pointer element types, fp32 scalars and constexprs."""
 
     name: str
-    kernel: str  # "module:function" inside kernels
+    kernel: str  # "module:function" inside fused_kernels
     pointers: dict[str, str]
     constexprs: dict[str, object]
     floats: frozenset[str] = field(default_factory=frozenset)
@@ -87,7 +87,7 @@ def _segments(
 
 
 def variants() -> Iterator[Variant]:
-    """Every specialisation the launchers in :mod:`kernels` can request."""
+    """Every specialisation the launchers in :mod:`fused_kernels` can request."""
     from .lora_triton import GROUP_M, INTERPRETER_BLOCKS, fitting_configs
 
     for dt in DTYPES:
@@ -152,7 +152,7 @@ def compile_variant(variant: Variant, arch: int) -> CompiledKernel:
     from triton.compiler import ASTSource
 
     module, function = variant.kernel.split(":")
-    kernel = getattr(importlib.import_module(f"kernels.{module}"), function)
+    kernel = getattr(importlib.import_module(f"fused_kernels.{module}"), function)
     signature, constexprs, aligned = {}, dict(variant.constexprs), []
     for index, name in enumerate(kernel.arg_names):
         if name in variant.constexprs or name in variant.unit:
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     from triton import knobs
 
     if knobs.runtime.interpret:
-        print("kernels.compile_check: TRITON_INTERPRET is on; run with TRITON_INTERPRET=0.",
+        print("fused_kernels.compile_check: TRITON_INTERPRET is on; run with TRITON_INTERPRET=0.",
               file=sys.stderr)  # fmt: skip
         return 2
     results = run_all()

@@ -97,7 +97,7 @@ def _gemm_lowrank_kernel(
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): the usual Triton GEMM candidates for
 # Ampere and Hopper, large tiles for large problems, small ones for few rows. Only those
 # whose pipelined tiles fit SHARED_BUDGET at the operands' element size are tried (see
-# :func:`fitting_configs`); `python -m kernels.compile_check` compiles each one that is
+# :func:`fitting_configs`); `python -m fused_kernels.compile_check` compiles each one that is
 # kept, for sm_80 and sm_90, and checks the shared memory it really needs.
 GPU_CONFIGS = [
     (128, 256, 64, 8, 3),

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kernels import dispatch
+from fused_kernels import dispatch
 
 CPU = torch.zeros(1)
 CUDA_LIKE = SimpleNamespace(is_cuda=True, device="cuda:0")  # all backend_for reads

@@ -9,7 +9,7 @@ GEMM for the whole batch (the caller adds ``x W^T + b``).
 The reference groups rows by adapter (SGMV): rows are sorted by id and packed into
 (adapters present, rows per adapter, in), and two batched matmuls apply every adapter to
 its own rows. When every adapter of the stack is present, the stacks are used as they are,
-without gathering a copy per row. The Triton backend (:mod:`kernels.multi_lora_triton`)
+without gathering a copy per row. The Triton backend (:mod:`fused_kernels.multi_lora_triton`)
 groups the same way without packing: each program takes a block of one adapter's rows
 through the sorted order, loads that adapter's factors once and multiplies on tensor cores,
 in the forward pass, for dx and for the weight gradients.
@@ -330,7 +330,7 @@ def accumulate_grouped_(
     batch, of what that function checks on every call: no autograd and no autocast; ``out``
     (M, out) and ``x`` (M, in) share the stacks' dtype; ``segments`` comes from
     :func:`make_segments` on this batch's ids; ``backend`` from
-    :func:`kernels.dispatch.backend_for`. ``AdapterBank`` calls it from every stacked layer.
+    :func:`fused_kernels.dispatch.backend_for`. ``AdapterBank`` calls it from every stacked layer.
     """
     seg = segments
     if seg.width == 0:
