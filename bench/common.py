@@ -51,15 +51,24 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int) -> float:
 
 
 def interleaved_samples(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, prime: bool = False
 ) -> dict[str, list[float]]:
-    """Wall times of several functions measured in turns, so load drifts hit all alike."""
+    """Wall times of several functions measured in turns, so load drifts hit all alike.
+
+    With ``prime``, each timed call comes right after an untimed call of the same function,
+    so every path is timed with its own data in cache, as a server running one model finds
+    it. Without it, a path's cache state depends on which path ran before it: one that
+    follows a path reading the same tensors (two entry points into one model, a floor
+    reading the stacks the previous path read) finds them warm, and the others do not.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if prime:
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
                 if args.ids == "one":  # PEFT's usual way to serve one adapter
                     paths[PEFT_ONE] = lambda t=tokens: peft_model(input_ids=t)
         with torch.inference_mode():
-            samples = interleaved_samples(paths, args.repeats, args.warmup)
+            samples = interleaved_samples(paths, args.repeats, args.warmup, prime=True)
         times = {path: statistics.median(values) for path, values in samples.items()}
         for path, seconds in times.items():
             low, high = round_ratio_quartiles(samples[path], samples[BASE])

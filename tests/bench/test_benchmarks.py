@@ -166,6 +166,26 @@ def test_round_ratio_quartiles_pairs_rounds() -> None:
     assert round_ratio_quartiles([1.0], [2.0]) == (0.5, 0.5)
 
 
+@pytest.mark.parametrize("prime", [False, True])
+def test_interleaved_samples_times_each_path_in_turn(prime, monkeypatch) -> None:
+    """Paths take turns; with ``prime`` each timed call directly follows an untimed call of
+    the same path, so no path is timed on another path's cache."""
+    from bench import common
+
+    calls = []  # each call of a path takes one tick of a fake clock
+    monkeypatch.setattr(common.time, "perf_counter", lambda: float(len(calls)))
+
+    def path(name):
+        return lambda: calls.append(name)
+
+    samples = common.interleaved_samples(
+        {"a": path("a"), "b": path("b")}, repeats=3, warmup=1, prime=prime
+    )
+    round_calls = ["a", "a", "b", "b"] if prime else ["a", "b"]
+    assert calls == ["a", "b", *round_calls * 3]
+    assert samples == {"a": [1.0] * 3, "b": [1.0] * 3}  # each timed span holds one call
+
+
 def test_gpu_sweep_code_runs_under_the_interpreter(monkeypatch) -> None:
     """The sweep has never had a GPU here: run its row builders on CPU with tiny shapes so
     a broken sweep shows up before a GPU session spends time on it."""
