@@ -12,7 +12,14 @@ import peft
 import pytest
 import torch
 
-from core.adapters import AdapterBank, LoraConfig, inject, load_adapter, trainable_parameters
+from core.adapters import (
+    AdapterBank,
+    LoraConfig,
+    adapter_tensors,
+    inject,
+    load_adapter,
+    trainable_parameters,
+)
 from core.training.lm_loss import causal_lm_loss
 from tests.core.adapters.models import MODEL_CASES
 
@@ -72,10 +79,7 @@ def _ours_and_peft() -> tuple[torch.nn.Module, torch.nn.Module, dict[str, tuple]
         for n, p in theirs.named_parameters()
         if p.requires_grad
     }
-    pairs = {
-        n.replace(".adapters.default", ""): (p, their_params[n.replace(".adapters.default", "")])
-        for n, p in trainable_parameters(ours).items()
-    }
+    pairs = {n: (p, their_params[n]) for n, p in adapter_tensors(ours, "default").items()}
     assert len(pairs) == len(their_params) == 2 * 7 * 2  # A and B, 7 layers, 2 blocks
     gen = torch.Generator().manual_seed(5)
     with torch.no_grad():
@@ -166,9 +170,7 @@ def test_one_mixed_batch_trains_each_adapter_as_if_alone(tmp_path) -> None:
             lambda tokens, labels, m=alone: causal_lm_loss(m, tokens, labels, reduction="sum"),
             mine,
         )
-        alone_tensors = {
-            n.replace(".adapters.default", ""): p for n, p in trainable_parameters(alone).items()
-        }
+        alone_tensors = adapter_tensors(alone, "default")
         for key, trained in bank.adapter_tensors(name).items():
             expected = alone_tensors[key.removeprefix("base_model.model.")]
             torch.testing.assert_close(trained, expected, atol=1e-4, rtol=1e-3, msg=key)
