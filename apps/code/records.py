@@ -10,7 +10,7 @@ Two shapes are accepted::
 
 The loss is taken only on the target tokens: the ``completion`` (plus the end-of-text
 token), or every ``assistant`` turn (plus end-of-text). Prompt tokens, system and user turns
-are context only. Files (``.jsonl``) and directories of them are read in sorted order.
+are context only. Files (``.jsonl``, UTF-8) and directories of them are read in sorted order.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import atomic_write_text
+from core.textio import NotUtf8Error, loads_json, utf8_lines
 
 ROLES = ("system", "user", "assistant")
 #: How a chat turn is laid out as text: role tag line, then the content.
@@ -111,18 +112,19 @@ def jsonl_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def read_jsonl(paths: Sequence[str | Path]) -> Iterator[Record]:
-    """Records from JSONL files/directories; blank lines are skipped."""
+    """Records from JSONL files/directories; blank lines are skipped.
+
+    Every problem is a one-line ``ValueError`` naming ``file:line``: a line that is not
+    UTF-8, malformed JSON, JSON nested too deep to parse, or a record of the wrong shape.
+    """
     for path in jsonl_files(paths):
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{where}: not valid JSON ({err.msg}).") from err
-                yield parse_record(obj, where)
+        for lineno, line in utf8_lines(path):
+            if isinstance(line, NotUtf8Error):
+                raise line
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            yield parse_record(loads_json(line, where), where)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Record]) -> Path:

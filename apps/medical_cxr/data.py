@@ -15,8 +15,9 @@ BenchX) keeps the nested fraction of the training patients.
 A batch is a dict: ``image`` float32 ``(B, 1, S, S)`` in [0, 1], ``labels`` float32
 ``(B, 14)`` (binary, uncertain mapped by ``uncertain_as``), ``text`` list of reports,
 ``study_id`` list, and ``mask`` uint8 ``(B, S, S)`` for the embedded data. Problems with the
-data (corrupt image, report without the needed section) follow ``on_error`` and are found
-in ``setup`` in the main process, never inside a DataLoader worker.
+data (corrupt image, report without the needed section, text or CSV line not in UTF-8, a
+label cell not 1/0/-1/blank) follow ``on_error`` and are found in ``setup`` in the main
+process, never inside a DataLoader worker; each ``setup`` logs a summary of its own skips.
 """
 
 from __future__ import annotations
@@ -165,8 +166,9 @@ class CxrDataModule(pl.LightningDataModule):
         split_dir: Folder with ``train/val/test.txt`` and ``train_<p>pct.txt``; default: the
             shipped files for ``embedded``, the official split for MIMIC, a patient hash else.
         uncertain_as: How an uncertain label (-1) counts in the binary targets (0 or 1).
-        on_error: ``"raise"`` or ``"skip"`` (log and leave out) for a corrupt image or a
-            report without the needed sections.
+        on_error: ``"raise"`` (a one-line error naming the file, line and fix) or ``"skip"``
+            (count, log and leave out) for a corrupt image, a report without the needed
+            sections or not in UTF-8, a CSV line not in UTF-8 or an invalid label cell.
         check_images: Decode every image once in ``setup`` (finds corrupt files early).
         max_studies: Keep at most this many studies per split (quick runs, tests).
         num_workers: DataLoader worker processes.
@@ -272,8 +274,8 @@ class CxrDataModule(pl.LightningDataModule):
         studies = self.load_studies()
         if not studies:
             raise ValueError(
-                f"data.dataset={self.dataset}: no usable study was found (see the skipped "
-                "studies logged above); check the paths and data.sections."
+                f"data.dataset={self.dataset}: no usable study was found (see the problems "
+                "skipped, logged above); check the paths and data.sections."
             )
         by_id = {s.study_id: s for s in studies}
         for name, ids in self.split_ids(studies).items():

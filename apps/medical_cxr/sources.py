@@ -2,9 +2,13 @@
 
 Every loader returns a list of :class:`Study` (one report / one set of labels per study, the
 patient it belongs to, and either image files or nothing, for phantoms) and applies one
-error policy, ``on_error``: ``"raise"`` stops with a message that names the file and the
-fix, ``"skip"`` leaves the study out and logs one warning line per study. Configuration
-errors (a CSV without a needed column, a missing folder) always raise.
+error policy, ``on_error``, to bad records: a corrupt image, a report without the needed
+section or not in UTF-8, a CSV line not in UTF-8, a label cell that is not 1, 0, -1 or
+blank. ``"raise"`` stops with a one-line ``ValueError`` that names the file, line and column
+and the fix; ``"skip"`` leaves the study (or CSV row) out and counts it, and each load logs
+one summary of its own skips (an :class:`ErrorPolicy` per load, so a load stopped by an
+exception leaves nothing for the next one to report). Configuration errors (a CSV without a
+needed column or with a header that is not UTF-8, a missing folder) always raise.
 
 Layouts:
 
@@ -28,9 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+from core.textio import NotUtf8Error, read_utf8
 
 from .images import ImageLoadError, check_image
+from .label_csv import LINE, label_problems, labels_from_row, read_csv_checked
 from .labeler import CHEXPERT_LABELS, label_report
 from .reports import ParsedReport, check_sections, iter_iu_reports, parse_mimic_report
 
@@ -52,38 +57,51 @@ class Study:
 
 
 def check_on_error(on_error: str) -> None:
+    """Reject an ``on_error`` value that is not one of :data:`ON_ERROR`."""
     if on_error not in ON_ERROR:
         raise ValueError(f"data.on_error={on_error!r} must be one of {ON_ERROR}.")
 
 
-_SKIPPED: list[str] = []
+#: How to go on past a bad record, added to a raised message that does not say it already.
+SKIP_HINT = "or set data.on_error=skip to leave such studies or rows out (they are counted)"
 
 
-def handle(on_error: str, message: str, err: Exception | None = None) -> None:
-    """Apply the error policy: raise ``ValueError(message)`` or record a skip.
+class ErrorPolicy:
+    """One load's ``on_error`` policy and the problems it skipped.
 
-    Skips are logged one per line at DEBUG level and summarised by :func:`log_skips`.
+    Each load makes its own, so its summary counts its own skips only.
     """
-    if on_error == "raise":
-        raise ValueError(message) from err
-    log.debug("skipped: %s", message)
-    _SKIPPED.append(message)
 
+    def __init__(self, on_error: str) -> None:
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.skipped: list[str] = []
 
-def log_skips(source: str) -> list[str]:
-    """Log one WARNING summarising the skips since the last call; return their messages."""
-    skipped = list(_SKIPPED)
-    _SKIPPED.clear()
-    if skipped:
-        shown = "\n  ".join(skipped[:3])
-        log.warning(
-            "%s: skipped %d studies (data.on_error=skip), e.g.\n  %s%s",
-            source,
-            len(skipped),
-            shown,
-            "\n  ..." if len(skipped) > 3 else "",
-        )
-    return skipped
+    def handle(self, message: str, err: Exception | None = None) -> None:
+        """Raise ``ValueError(message)`` (plus :data:`SKIP_HINT`) or record a skip.
+
+        Skips are logged one per line at DEBUG level and summarised by :meth:`summarise`.
+        """
+        if self.on_error == "raise":
+            hint = "" if "data.on_error" in message else f"; {SKIP_HINT}"
+            raise ValueError(f"{message.rstrip('.')}{hint}.") from err
+        log.debug("skipped: %s", message)
+        self.skipped.append(message)
+
+    def summarise(self, source: str) -> list[str]:
+        """Log one WARNING summarising this load's skips (none: nothing); return them."""
+        if self.skipped:
+            n = len(self.skipped)
+            log.warning(
+                "%s: %d problem%s skipped (data.on_error=skip; the studies or rows they concern "
+                "are left out), e.g.\n  %s%s",
+                source,
+                n,
+                "" if n == 1 else "s",
+                "\n  ".join(self.skipped[:3]),
+                "\n  ..." if n > 3 else "",
+            )
+        return list(self.skipped)
 
 
 def embedded_reports_path() -> Path:
@@ -104,10 +122,12 @@ def embedded_reports_path() -> Path:
     return path
 
 
-def _report_study(report: ParsedReport, sections: Sequence[str], on_error: str) -> Study | None:
+def _report_study(
+    report: ParsedReport, sections: Sequence[str], policy: ErrorPolicy
+) -> Study | None:
     problem = check_sections(report, sections)
     if problem:
-        handle(on_error, problem)
+        policy.handle(problem)
         return None
     text = report.text(sections)
     return Study(report.study_id, report.study_id, text, label_report(text))
@@ -120,14 +140,14 @@ def load_embedded(
 
     IU X-ray has one study per patient, so the patient id is the report id.
     """
-    check_on_error(on_error)
+    policy = ErrorPolicy(on_error)
     path = Path(reports) if reports else embedded_reports_path()
     studies = []
     for report in iter_iu_reports(path):
-        study = _report_study(report, sections, on_error)
+        study = _report_study(report, sections, policy)
         if study is not None:
             studies.append(study)
-    log_skips(f"embedded IU X-ray reports {path.name}")
+    policy.summarise(f"embedded IU X-ray reports {path.name}")
     return studies
 
 
@@ -140,7 +160,7 @@ def load_iu_xray(
     suffix: str = ".png",
 ) -> list[Study]:
     """IU X-ray / OpenI on disk: report XMLs (folder or .tgz) + PNGs named by image id."""
-    check_on_error(on_error)
+    policy = ErrorPolicy(on_error)
     image_dir = Path(images)
     if not image_dir.is_dir():
         raise FileNotFoundError(
@@ -148,20 +168,20 @@ def load_iu_xray(
         )
     studies = []
     for report in iter_iu_reports(reports):
-        study = _report_study(report, sections, on_error)
+        study = _report_study(report, sections, policy)
         if study is None:
             continue
         if not report.image_ids:
-            handle(on_error, f"report {report.study_id!r} ({report.source}) lists no images")
+            policy.handle(f"report {report.study_id!r} ({report.source}) lists no images")
             continue
         study.image_paths = [str(image_dir / f"{i}{suffix}") for i in report.image_ids]
-        if _images_ok(study, on_error, check_images):
+        if _images_ok(study, policy, check_images):
             studies.append(study)
-    log_skips(f"IU X-ray {reports}")
+    policy.summarise(f"IU X-ray {reports}")
     return studies
 
 
-def _images_ok(study: Study, on_error: str, check: bool) -> bool:
+def _images_ok(study: Study, policy: ErrorPolicy, check: bool) -> bool:
     """Keep the study's readable images; False (after the policy) when none is left."""
     if not check:
         return True
@@ -171,38 +191,9 @@ def _images_ok(study: Study, on_error: str, check: bool) -> bool:
             check_image(path)
             good.append(path)
         except ImageLoadError as err:
-            handle(on_error, f"study {study.study_id!r}: {err}", err)
+            policy.handle(f"study {study.study_id!r}: {err}", err)
     study.image_paths = good
     return bool(good)
-
-
-def read_csv_checked(path: str | Path, required: Sequence[str], what: str) -> pd.DataFrame:
-    """Read a CSV (plain or .gz) and check it has ``required`` columns, naming any gap."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} CSV {str(path)!r} does not exist.")
-    try:
-        frame = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} CSV {str(path)!r} cannot be parsed ({err}).") from err
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise ValueError(
-            f"{what} CSV {str(path)!r} lacks column(s) {missing} (it has {list(frame.columns)}); "
-            f"use the official file or add the column(s)."
-        )
-    return frame
-
-
-def labels_from_row(row: pd.Series) -> dict[str, int | None]:
-    """CheXpert-style label cells (1.0, 0.0, -1.0, blank) as ``label_report``-style values."""
-    out: dict[str, int | None] = {}
-    for name in CHEXPERT_LABELS:
-        value = row[name]
-        out[name] = None if pd.isna(value) else int(value)
-        if out[name] not in (None, 1, 0, -1):
-            raise ValueError(f"label {name!r} has value {value!r}; expected 1, 0, -1 or blank.")
-    return out
 
 
 def _find(root: Path, names: Sequence[str], what: str) -> Path:
@@ -227,20 +218,28 @@ def load_mimic_cxr(
         reports_root: Folder holding ``files/p*/p*/s*.txt`` (default: ``root``).
         views: Keep only these ``ViewPosition`` values (needs the metadata CSV).
     """
-    check_on_error(on_error)
+    policy = ErrorPolicy(on_error)
     base = Path(root)
     split = read_csv_checked(
         _find(base, ["mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv"], "split CSV"),
         ["dicom_id", "study_id", "subject_id", "split"],
         "MIMIC-CXR split",
+        policy.handle,
+    )
+    label_csv = _find(
+        base, ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"], "label CSV"
     )
     labels = read_csv_checked(
-        _find(
-            base, ["mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-chexpert.csv"], "label CSV"
-        ),
+        label_csv,
         ["subject_id", "study_id", *CHEXPERT_LABELS],
         "MIMIC-CXR CheXpert label",
-    ).set_index("study_id")
+        policy.handle,
+    )
+    bad_labels = {
+        labels.at[i, "study_id"]: message
+        for i, message in label_problems(labels, "MIMIC-CXR CheXpert label", label_csv).items()
+    }
+    labels = labels.set_index("study_id")
     if views:
         meta = read_csv_checked(
             _find(
@@ -248,6 +247,7 @@ def load_mimic_cxr(
             ),
             ["dicom_id", "ViewPosition"],
             "MIMIC-CXR metadata",
+            policy.handle,
         )
         keep = set(meta.loc[meta["ViewPosition"].isin(list(views)), "dicom_id"])
         split = split[split["dicom_id"].isin(keep)]
@@ -259,15 +259,23 @@ def load_mimic_cxr(
         folder = Path("files") / f"p{str(subject)[:2]}" / f"p{subject}"
         report_file = text_root / folder / f"s{study_id}.txt"
         if not report_file.is_file():
-            handle(on_error, f"study s{study_id}: report {str(report_file)!r} does not exist")
+            policy.handle(f"study s{study_id}: report {str(report_file)!r} does not exist")
             continue
-        report = parse_mimic_report(report_file.read_text(), f"s{study_id}", str(report_file))
+        try:
+            text = read_utf8(report_file)
+        except NotUtf8Error as err:
+            policy.handle(f"study s{study_id}: report {err}", err)
+            continue
+        report = parse_mimic_report(text, f"s{study_id}", str(report_file))
         problem = check_sections(report, sections)
         if problem:
-            handle(on_error, problem)
+            policy.handle(problem)
             continue
         if study_id not in labels.index:
-            handle(on_error, f"study s{study_id} has no row in the CheXpert label CSV")
+            policy.handle(f"study s{study_id} has no row in the CheXpert label CSV")
+            continue
+        if study_id in bad_labels:
+            policy.handle(f"study s{study_id}: {bad_labels[study_id]}")
             continue
         study = Study(
             study_id=f"s{study_id}",
@@ -279,9 +287,9 @@ def load_mimic_cxr(
             ],
             split=split_name.get(str(rows["split"].iloc[0]), str(rows["split"].iloc[0])),
         )
-        if _images_ok(study, on_error, check_images):
+        if _images_ok(study, policy, check_images):
             studies.append(study)
-    log_skips(f"MIMIC-CXR {root}")
+    policy.summarise(f"MIMIC-CXR {root}")
     return studies
 
 
@@ -298,18 +306,25 @@ def load_chexpert(
     CSV's grandparent, where ``CheXpert-v1.0-small/train.csv`` lives). The patient is the
     ``patientNNNNN`` part of the path; the study is ``patientNNNNN/studyM``.
     """
-    check_on_error(on_error)
-    frame = read_csv_checked(csv, ["Path", *CHEXPERT_LABELS], "CheXpert label")
+    policy = ErrorPolicy(on_error)
+    frame = read_csv_checked(csv, ["Path", *CHEXPERT_LABELS], "CheXpert label", policy.handle)
+    bad_labels = label_problems(frame, "CheXpert label", csv)
     if frontal_only and "Frontal/Lateral" in frame.columns:
         frame = frame[frame["Frontal/Lateral"] == "Frontal"]
     root = Path(image_root) if image_root else Path(csv).resolve().parent.parent
     studies: dict[str, Study] = {}
-    for _, row in frame.iterrows():
+    for index, row in frame.iterrows():
+        if index in bad_labels:
+            policy.handle(bad_labels[index])
+            continue
         parts = Path(str(row["Path"])).parts
         patient = next((p for p in parts if p.startswith("patient")), None)
         study_part = next((p for p in parts if p.startswith("study")), None)
         if patient is None or study_part is None:
-            handle(on_error, f"CheXpert Path {row['Path']!r} has no patientN/studyM parts")
+            policy.handle(
+                f"CheXpert label CSV {csv}: line {row[LINE]}: Path {row['Path']!r} has no "
+                "patientN/studyM parts"
+            )
             continue
         key = f"{patient}/{study_part}"
         if key not in studies:
@@ -317,7 +332,7 @@ def load_chexpert(
         studies[key].image_paths.append(str(root / str(row["Path"])))
     out = []
     for study in studies.values():
-        if _images_ok(study, on_error, check_images):
+        if _images_ok(study, policy, check_images):
             out.append(study)
-    log_skips(f"CheXpert {csv}")
+    policy.summarise(f"CheXpert {csv}")
     return out

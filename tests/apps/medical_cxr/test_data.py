@@ -89,3 +89,13 @@ def test_real_layout_problems_surface_in_setup_not_in_a_worker(iu_layout):
     assert (
         item["image"].shape == (1, 32, 32) and 0 <= item["image"].min() <= item["image"].max() <= 1
     )
+
+
+def test_non_utf8_split_file_names_file_and_line(fast_embedded, tmp_path):
+    for name in ("train", "val"):
+        (tmp_path / f"{name}.txt").write_text("CXR1\nCXR2\n")
+    (tmp_path / "test.txt").write_bytes(b"CXR3\nCXR4\xa0\n")
+    dm = CxrDataModule(split_dir=str(tmp_path), cache_dir=None)
+    with pytest.raises(ValueError, match=r"test\.txt: line 2, column 5: byte 0xa0") as err:
+        dm.split_ids(fast_embedded)
+    assert "re-save the file as UTF-8" in str(err.value)

@@ -25,7 +25,7 @@ def test_iu_xray_skip_policy_logs_and_keeps_good_studies(iu_layout, caplog):
     assert [s.study_id for s in studies] == ["CXR1"]
     assert len(studies[0].image_paths) == 2
     assert studies[0].labels["Pleural Effusion"] == 0 and studies[0].labels["No Finding"] == 1
-    assert "skipped 3 studies" in caplog.text and "no findings section" in caplog.text
+    assert "3 problems skipped" in caplog.text and "no findings section" in caplog.text
 
 
 def test_iu_xray_raise_policy_names_the_problem(iu_layout):
@@ -123,3 +123,103 @@ def test_chexpert_csv_real_header(tmp_path):
 def test_read_csv_checked_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"does not exist"):
         read_csv_checked(tmp_path / "x.csv", ["a"], "test")
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+def test_non_utf8_mimic_report_names_file_and_line_and_honours_skip(tmp_path, caplog):
+    _mimic(tmp_path)
+    report = tmp_path / "files" / "p10" / "p10000032" / "s50000001.txt"
+    report.write_bytes(b"FINDINGS: Enlarged heart.\n IMPRESSION: Cardiom\xe9galie.")
+    with pytest.raises(ValueError, match=r"s50000001\.txt: line 2, column 21") as err:
+        load_mimic_cxr(str(tmp_path), sections=["impression"], on_error="raise")
+    assert "re-save the file as UTF-8" in _one_line(err) and "data.on_error=skip" in str(err.value)
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
+        studies = load_mimic_cxr(str(tmp_path), sections=["impression"], on_error="skip")
+    assert [s.study_id for s in studies] == ["s50000002"]
+    assert "1 problem skipped" in caplog.text and "s50000001.txt: line 2" in caplog.text
+
+
+def _chexpert_csv(tmp_path: Path, edema: list[str], sex: list[str] | None = None) -> Path:
+    """A CheXpert-style CSV of one frontal image per study, ``edema`` cells as written."""
+    csv = tmp_path / "CheXpert-v1.0-small" / "train.csv"
+    header = ["Path", "Sex", "Frontal/Lateral", *CHEXPERT_LABELS]
+    lines = [",".join(header)]
+    for i, cell in enumerate(edema):
+        path = f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view1_frontal.jpg"
+        _png(tmp_path / path)
+        labels = [cell if name == "Edema" else "" for name in CHEXPERT_LABELS]
+        lines.append(",".join([path, (sex or ["Female"] * len(edema))[i], "Frontal", *labels]))
+    csv.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    return csv
+
+
+def test_non_utf8_csv_row_names_file_and_line_and_honours_skip(tmp_path, caplog):
+    csv = _chexpert_csv(tmp_path, ["1.0", "0.0", "-1.0"], sex=["Female", "Féminin", "Male"])
+    with pytest.raises(ValueError, match=r"train\.csv: line 3, column \d+: byte 0xe9") as err:
+        load_chexpert(str(csv), on_error="raise")
+    assert "re-save the file as UTF-8" in _one_line(err)
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
+        studies = load_chexpert(str(csv), on_error="skip")
+    assert [(s.patient_id, s.labels["Edema"]) for s in studies] == [
+        ("patient00000", 1),
+        ("patient00002", -1),
+    ]
+    assert "1 problem skipped" in caplog.text and "train.csv: line 3" in caplog.text
+
+
+def test_chexpert_label_cell_names_file_row_column_and_valid_values(tmp_path, caplog):
+    csv = _chexpert_csv(tmp_path, ["1.0", "yes", "-1.0", " 0 "])
+    with pytest.raises(ValueError, match=r"train\.csv.* line 3.*'Edema'.*'yes'") as err:
+        load_chexpert(str(csv), on_error="raise")
+    message = _one_line(err)
+    assert "1, 0, -1 or blank" in message and "data.on_error=skip" in message
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
+        studies = load_chexpert(str(csv), on_error="skip")
+    # The column holds text now, yet its valid cells still read as numbers.
+    assert [(s.patient_id, s.labels["Edema"]) for s in studies] == [
+        ("patient00000", 1),
+        ("patient00002", -1),
+        ("patient00003", 0),
+    ]
+    assert studies[0].labels["Cardiomegaly"] is None
+    assert "1 problem skipped" in caplog.text
+
+
+def test_mimic_label_cell_is_named_and_skippable(tmp_path):
+    _mimic(tmp_path)
+    labels = tmp_path / "mimic-cxr-2.0.0-chexpert.csv.gz"
+    frame = pd.read_csv(labels)
+    frame["Edema"] = frame["Edema"].astype(object)
+    frame.loc[1, "Edema"] = "maybe"
+    frame.to_csv(labels, index=False)
+    with pytest.raises(ValueError, match=r"chexpert\.csv\.gz.* line 3.*'Edema'.*'maybe'") as err:
+        load_mimic_cxr(str(tmp_path), sections=["impression"], on_error="raise")
+    _one_line(err)
+    studies = load_mimic_cxr(str(tmp_path), sections=["impression"], on_error="skip")
+    assert [s.study_id for s in studies] == ["s50000001"]
+
+
+def test_skip_summary_belongs_to_its_own_load(tmp_path, caplog):
+    from .layouts import make_iu_layout
+
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    reports, images = make_iu_layout(tmp_path / "first")
+    # A report that is not UTF-8 stops the first load after two of its studies were skipped.
+    bad = (reports / "1.xml").read_text().replace("CXR1", "CXR9").replace("normal", "n\xe9rmal")
+    (reports / "9.xml").write_bytes(bad.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"9\.xml: not a well-formed .*line \d+"):
+        load_iu_xray(str(reports), str(images), on_error="skip")
+    clean, clean_images = make_iu_layout(tmp_path / "second")
+    (clean / "2.xml").unlink()
+    (clean / "3.xml").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
+        studies = load_iu_xray(str(clean), str(clean_images), on_error="skip")
+    assert [s.study_id for s in studies] == ["CXR1"]
+    assert "skipped" not in caplog.text

@@ -99,3 +99,32 @@ def test_embedded_benchmark_is_cached_and_deterministic(tiny_data, cache_dir):
     assert torch.equal(again.sets["train"].tensors[0], x)
     flip_y = tiny_data.ood["flip180"][0].tensors[1]
     assert not set(flip_y.tolist()) & {6, 9}
+
+
+def test_undecodable_image_fails_in_setup_naming_the_file(tmp_path):
+    for split in ("train", "val", "test"):
+        for c, v in (("cat", 0), ("dog", 255)):
+            _png(tmp_path / split / c / "a.png", v)
+    (tmp_path / "val" / "dog" / "broken.png").write_bytes(b"not a png at all")
+    dm = VisionDataModule(
+        source="folder",
+        train=str(tmp_path / "train"),
+        val=str(tmp_path / "val"),
+        test=str(tmp_path / "test"),
+        class_names=["cat", "dog"],
+        image_size=8,
+    )
+    with pytest.raises(ValueError, match=r"1 of 3 images of val .*broken\.png' cannot be decoded"):
+        dm.setup("fit")
+    assert not dm.sets  # nothing half set up: a second setup() checks again
+    with pytest.raises(ValueError, match=r"broken\.png"):
+        dm.setup("fit")
+
+
+def test_non_utf8_csv_names_file_and_line(tmp_path):
+    _png(tmp_path / "img" / "a.png", 0)
+    (tmp_path / "l.csv").write_bytes("path,caption\nimg/a.png,a dog\nimg/a.png,ein Hund für\n"
+                                     .encode("latin-1"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"l\.csv: line 3, column 21: byte 0xfc") as err:
+        CsvImageDataset(tmp_path / "l.csv", ["cat", "dog"])
+    assert "re-save the file as UTF-8" in str(err.value) and "\n" not in str(err.value)
