@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tarfile
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,11 +79,25 @@ def parse_iu_xml(text: str | bytes, source: str = "<xml>") -> ParsedReport:
     )
 
 
-def iter_iu_reports(path: str | Path) -> Iterator[ParsedReport]:
+def iter_iu_reports(
+    path: str | Path, on_bad_file: Callable[[ReportFormatError], None] | None = None
+) -> Iterator[ParsedReport]:
     """Every report of an IU X-ray report archive (``.tgz``) or folder of ``*.xml``, by file name.
 
-    Files are read in a fixed order (sorted by name), so the output is reproducible.
+    Files are read in a fixed order (sorted by name), so the output is reproducible. A file
+    that does not parse raises its :class:`ReportFormatError`, or, with ``on_bad_file``, is
+    handed to it and skipped, so a caller's ``on_error: skip`` can go on past it.
     """
+
+    def parsed(data: bytes, source: str) -> ParsedReport | None:
+        try:
+            return parse_iu_xml(data, source=source)
+        except ReportFormatError as err:
+            if on_bad_file is None:
+                raise
+            on_bad_file(err)
+            return None
+
     path = Path(path)
     if path.is_dir():
         files = sorted(path.rglob("*.xml"))
@@ -93,7 +107,8 @@ def iter_iu_reports(path: str | Path) -> Iterator[ParsedReport]:
                 "unpacked ecgen-radiology folder or at NLMCXR_reports.tgz."
             )
         for f in files:
-            yield parse_iu_xml(f.read_bytes(), source=str(f))
+            if (report := parsed(f.read_bytes(), str(f))) is not None:
+                yield report
         return
     if not path.is_file():
         raise FileNotFoundError(
@@ -112,7 +127,8 @@ def iter_iu_reports(path: str | Path) -> Iterator[ParsedReport]:
         for member in members:
             handle = archive.extractfile(member)
             assert handle is not None
-            yield parse_iu_xml(handle.read(), source=f"{path.name}:{member.name}")
+            if (report := parsed(handle.read(), f"{path.name}:{member.name}")) is not None:
+                yield report
 
 
 _MIMIC_HEADER = re.compile(r"^\s*([A-Z][A-Z /&]+):", re.M)

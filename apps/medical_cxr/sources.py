@@ -88,6 +88,10 @@ class ErrorPolicy:
         log.debug("skipped: %s", message)
         self.skipped.append(message)
 
+    def handle_error(self, err: Exception) -> None:
+        """:meth:`handle` for an exception whose message already names the input."""
+        self.handle(str(err), err)
+
     def summarise(self, source: str) -> list[str]:
         """Log one WARNING summarising this load's skips (none: nothing); return them."""
         if self.skipped:
@@ -143,7 +147,7 @@ def load_embedded(
     policy = ErrorPolicy(on_error)
     path = Path(reports) if reports else embedded_reports_path()
     studies = []
-    for report in iter_iu_reports(path):
+    for report in iter_iu_reports(path, on_bad_file=policy.handle_error):
         study = _report_study(report, sections, policy)
         if study is not None:
             studies.append(study)
@@ -167,7 +171,7 @@ def load_iu_xray(
             f"IU X-ray image folder {str(image_dir)!r} does not exist; set data.images."
         )
     studies = []
-    for report in iter_iu_reports(reports):
+    for report in iter_iu_reports(reports, on_bad_file=policy.handle_error):
         study = _report_study(report, sections, policy)
         if study is None:
             continue

@@ -210,11 +210,12 @@ def test_skip_summary_belongs_to_its_own_load(tmp_path, caplog):
     (tmp_path / "first").mkdir()
     (tmp_path / "second").mkdir()
     reports, images = make_iu_layout(tmp_path / "first")
-    # A report that is not UTF-8 stops the first load after two of its studies were skipped.
+    # The first load skips a report that is not UTF-8 besides the layout's three problems.
     bad = (reports / "1.xml").read_text().replace("CXR1", "CXR9").replace("normal", "n\xe9rmal")
     (reports / "9.xml").write_bytes(bad.encode("latin-1"))
-    with pytest.raises(ValueError, match=r"9\.xml: not a well-formed .*line \d+"):
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
         load_iu_xray(str(reports), str(images), on_error="skip")
+    assert "4 problems skipped" in caplog.text
     clean, clean_images = make_iu_layout(tmp_path / "second")
     (clean / "2.xml").unlink()
     (clean / "3.xml").unlink()
@@ -223,3 +224,15 @@ def test_skip_summary_belongs_to_its_own_load(tmp_path, caplog):
         studies = load_iu_xray(str(clean), str(clean_images), on_error="skip")
     assert [s.study_id for s in studies] == ["CXR1"]
     assert "skipped" not in caplog.text
+
+
+def test_iu_xray_report_that_is_not_xml_or_utf8_is_skipped_or_named(iu_layout, caplog):
+    reports, images = iu_layout
+    (reports / "9.xml").write_bytes(b"<eCitation><uId id='CXR9'/>caf\xe9</eCitation>")
+    (reports / "2.xml").rename(reports / "99.xml")  # after 9.xml: its error comes second
+    with pytest.raises(ValueError, match=r"9\.xml: not a well-formed.*line 1.*on_error=skip"):
+        load_iu_xray(str(reports), str(images), on_error="raise", check_images=False)
+    with caplog.at_level(logging.WARNING, logger="apps.medical_cxr.sources"):
+        studies = load_iu_xray(str(reports), str(images), on_error="skip")
+    assert [s.study_id for s in studies] == ["CXR1"]
+    assert "4 problems skipped" in caplog.text
