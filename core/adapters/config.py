@@ -9,10 +9,71 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 ADAPTER_REGISTRY: dict[str, type[AdapterConfig]] = {}
+
+# Fields of PEFT's ``PeftConfig`` (peft 0.21): every adapter_config.json PEFT writes has them.
+# Readers of every method accept them; none changes how the weights are applied.
+PEFT_BASE_FIELDS = frozenset(
+    {
+        "task_type",
+        "peft_type",
+        "auto_mapping",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+    }
+)
+# Fields of PEFT's ``LoraConfig`` (peft 0.21). ``LoraConfig.from_json_dict`` reads r,
+# lora_alpha, lora_dropout, target_modules, modules_to_save, init_lora_weights, use_rslora,
+# use_dora, rank_pattern, alpha_pattern and corda_config, refuses unsupported values of bias,
+# lora_bias and layers_to_transform, and knowingly ignores the rest. The tests check this list
+# against the installed PEFT, so a PEFT release with new fields shows up there.
+PEFT_LORA_FIELDS = PEFT_BASE_FIELDS | {
+    "r",
+    "target_modules",
+    "exclude_modules",
+    "lora_alpha",
+    "lora_dropout",
+    "fan_in_fan_out",
+    "bias",
+    "use_rslora",
+    "modules_to_save",
+    "init_lora_weights",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "megatron_config",
+    "megatron_core",
+    "trainable_token_indices",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "use_dora",
+    "velora_config",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "qalora_group_size",
+    "monteclora_config",
+    "layer_replication",
+    "runtime_config",
+    "lora_bias",
+    "target_parameters",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
+    "ensure_weight_tying",
+}
+
+
+class UnknownFieldWarning(UserWarning):
+    """An adapter config field the reader does not know; it is ignored."""
 
 
 def register_adapter(cls: type[AdapterConfig]) -> type[AdapterConfig]:
@@ -52,9 +113,28 @@ class AdapterConfig:
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> AdapterConfig:
-        """Build the config from an ``adapter_config.json`` dict, ignoring unknown keys."""
+        """Build the config from an ``adapter_config.json`` dict.
+
+        Keys it does not read are dropped here; :func:`config_from_dict` checks them first
+        (a warning for unknown fields, an error for misspelled ones).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def fields_read(cls, data: dict[str, Any]) -> frozenset[str]:
+        """The keys of ``data`` that :meth:`from_json_dict` reads or knowingly ignores.
+
+        For this library's field names: the dataclass fields, ``method`` and PEFT's common
+        fields (``peft_type``, ``task_type``, ...), which carry no numerics.
+        """
+        return frozenset({f.name for f in dataclasses.fields(cls)} | {"method"}) | PEFT_BASE_FIELDS
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """Every field name a config of this method may use, in any naming (the names a
+        misspelled key is compared with)."""
+        return cls.fields_read({})
 
 
 def get_config_class(method: str) -> type[AdapterConfig]:
@@ -73,8 +153,19 @@ def get_config_class(method: str) -> type[AdapterConfig]:
     )
 
 
-def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Build a config from a dict holding a ``method`` (or PEFT ``peft_type``) key."""
+def config_from_dict(data: dict[str, Any], where: str = "the adapter config") -> AdapterConfig:
+    """Build a config from a dict holding a ``method`` (or PEFT ``peft_type``) key.
+
+    ``where`` names the source in messages (e.g. the ``adapter_config.json`` path). A key the
+    method does not know is ignored with an :class:`UnknownFieldWarning`; a key that looks like
+    a misspelling of a known field (``lora_alpah``) is a ``ValueError`` naming both, because
+    ignoring it would silently use the default instead of the value meant.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{where} must be a mapping of field names to values (a JSON object), got "
+            f"{type(data).__name__}; re-save the adapter."
+        )
     method = data.get("method") or data.get("peft_type")
     if not method:
         raise ValueError(
@@ -82,9 +173,71 @@ def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
             f"(known: {', '.join(sorted(ADAPTER_REGISTRY))})."
         )
     cls = get_config_class(str(method))
+    check_fields(cls, data, where)
     config = cls.from_json_dict(data)
     config.validate()
     return config
+
+
+def check_fields(cls: type[AdapterConfig], data: dict[str, Any], where: str) -> None:
+    """Raise on misspelled keys of ``data`` and warn about unknown ones (see
+    :func:`config_from_dict`)."""
+    read = cls.fields_read(data)
+    names = cls.field_names()
+    misspelled, other_naming, unknown = [], [], []
+    for key in sorted(str(k) for k in data if str(k) not in read):
+        if key in names:
+            other_naming.append(key)
+        elif (near := misspelling_of(key, names)) is not None:
+            misspelled.append(f"{key!r} in {where} looks like a misspelling of {near!r}")
+        else:
+            unknown.append(key)
+    if misspelled:
+        raise ValueError(f"{'; '.join(misspelled)}; fix the field name.")
+    if other_naming:
+        warnings.warn(
+            f"{where}: field(s) {other_naming} are ignored: the other fields use "
+            f"{'PEFT' if 'lora_alpha' in data else 'this library'}'s names (e.g. "
+            f"{'lora_alpha' if 'lora_alpha' in data else 'alpha'}); write every field in one "
+            "naming.",
+            UnknownFieldWarning,
+            stacklevel=3,
+        )
+    if unknown:
+        warnings.warn(
+            f"{where}: unknown field(s) {unknown} for method {cls.method!r} are ignored; remove "
+            "them, or check their names against the method's config.",
+            UnknownFieldWarning,
+            stacklevel=3,
+        )
+
+
+def misspelling_of(key: str, names: frozenset[str] | set[str]) -> str | None:
+    """The known name ``key`` is a misspelling of, or ``None``.
+
+    A misspelling differs from the name by case, ``-`` for ``_``, or one edit (a letter added,
+    dropped, changed, or two neighbours swapped). Real field names of PEFT differ from each
+    other by two edits or more (``use_dora`` / ``use_bdlora``), so a field a newer PEFT adds is
+    reported as unknown, not as a misspelling.
+    """
+    norm = key.lower().replace("-", "_")
+    for candidate in difflib.get_close_matches(norm, sorted(names), n=3, cutoff=0.6):
+        if _edit_distance(norm, candidate) <= 1:
+            return candidate
+    return None
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions, swaps."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
 
 
 def _positive(value: float, name: str, method: str) -> None:
@@ -173,6 +326,18 @@ class LoraConfig(AdapterConfig):
             "lora_bias": False,
             "corda_config": {"corda_method": self.corda_mode} if self.init == "corda" else None,
         }
+
+    @classmethod
+    def fields_read(cls, data: dict[str, Any]) -> frozenset[str]:
+        """PEFT's LoRA fields for a PEFT-style dict (it has ``lora_alpha``), else ours."""
+        if "lora_alpha" in data:
+            return PEFT_LORA_FIELDS | {"method"}
+        return super().fields_read(data)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """This library's LoRA field names and PEFT's."""
+        return super().fields_read({}) | PEFT_LORA_FIELDS
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> LoraConfig:

@@ -5,16 +5,30 @@ A saved adapter is a directory with ``adapter_config.json`` and
 (``lora_A.weight``, ``lora_B.weight``, ``lora_magnitude_vector``), exactly as PEFT writes
 them, so LoRA/DoRA/rsLoRA adapters move between this library, PEFT and PEFT-aware servers.
 Methods PEFT does not ship use the same layout with their own ``peft_type``.
+
+A save and a load may run at the same time (a trainer re-saving ``adapter/`` while a server
+reloads it): a save builds the new directory next to the old one and swaps the two in one
+step (``core.atomic.atomic_directory``), so a crash leaves one whole version; a load opens
+the directory once and both files through that handle, so the config and the weights it
+returns come from the same save (if a swap came between the two opens, or the directory is
+briefly absent mid-swap, it reads again).
+
+A load also refuses NaN/inf weights and misspelled config fields, which would otherwise give
+silently wrong results.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from core.atomic import atomic_directory
@@ -26,6 +40,7 @@ from .targeting import is_hf_conv1d, resolve_modules_to_save
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."
+_READ_ATTEMPTS = 10  # reads retried while saves swap the directory; sleeps total ~0.5 s
 
 
 def _config_of(model: nn.Module, name: str) -> AdapterConfig:
@@ -87,48 +102,185 @@ def save_adapter(model: nn.Module, path: str | Path, name: str = "default") -> P
 
 
 def write_adapter_dir(path: str | Path, tensors: dict[str, Tensor], json_dict: dict) -> Path:
-    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``path`` atomically."""
+    """Write ``adapter_model.safetensors`` + ``adapter_config.json`` into ``path`` atomically.
+
+    The new directory is built next to ``path`` and then takes its place in one step
+    (``core.atomic.atomic_directory``: ``renameat2(RENAME_EXCHANGE)`` on Linux, so the
+    adapter never goes missing; elsewhere two renames, a gap :func:`read_adapter_files`
+    waits out). Whole directories are swapped, never files inside one, which is what lets a
+    reader holding the directory open see one save.
+    """
     with atomic_directory(path, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(json_dict, indent=2, sort_keys=True))
     return Path(path)
 
 
-def read_adapter(path: str | Path) -> tuple[AdapterConfig, dict[str, Tensor]]:
-    """Read and check an adapter directory; errors name the file and the fix."""
+def read_adapter_files(path: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The raw ``adapter_config.json`` dict and the tensors of one save of adapter ``path``.
+
+    Both files are opened through one handle on the directory, so they belong to the same
+    save even while another process re-saves the adapter; when a save swapped the directory
+    between the two opens (a file is gone from the handle's directory), or the directory is
+    briefly absent, the read starts again. A file that fails to parse is read again once, in
+    case it was being written in place (PEFT's ``save_pretrained`` does that); a second
+    identical read is reported as corrupt. Errors name the file and the fix.
+    """
     path = Path(path)
-    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    previous: tuple[bytes, bytes] | None = None
+    for attempt in range(_READ_ATTEMPTS):
+        if attempt:
+            time.sleep(0.001 * 2 ** min(attempt - 1, 8))
+        pair = _read_pair(path)
+        if pair is None:
+            continue
+        try:
+            return _parse(path, *pair)
+        except ValueError:
+            if pair == previous:
+                raise
+            previous = pair
     if not path.is_dir():
         raise FileNotFoundError(f"adapter directory {str(path)!r} does not exist.")
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise FileNotFoundError(
-                f"{str(f)!r} is missing: an adapter directory needs {CONFIG_NAME} and "
-                f"{WEIGHTS_NAME} (as written by save_adapter or PEFT's save_pretrained)."
-            )
+    raise RuntimeError(
+        f"adapter {str(path)!r} kept changing while it was read ({_READ_ATTEMPTS} attempts): "
+        "another process is saving it over and over; load it once the saves pause."
+    )
+
+
+def _read_pair(path: Path) -> tuple[bytes, bytes] | None:
+    """(config bytes, weights bytes) from one directory, or ``None`` if a save moved it."""
     try:
-        config = config_from_dict(json.loads(config_file.read_text()))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{str(config_file)!r} is not valid JSON ({err}); re-save the adapter."
-        ) from err
+        dir_fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except FileNotFoundError:
+        if _save_in_progress(path):
+            return None
+        raise FileNotFoundError(f"adapter directory {str(path)!r} does not exist.") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(
+            f"adapter directory {str(path)!r} is a file; give the directory holding "
+            f"{CONFIG_NAME} and {WEIGHTS_NAME}."
+        ) from None
+    fds: list[int] = []
     try:
-        tensors = load_file(str(weights_file))
-    except (SafetensorError, OSError, ValueError) as err:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            try:
+                fds.append(os.open(name, os.O_RDONLY, dir_fd=dir_fd))
+            except FileNotFoundError:
+                if not _same_directory(path, dir_fd):
+                    return None  # a save swapped the directory after we opened it
+                raise FileNotFoundError(
+                    f"{str(path / name)!r} is missing: an adapter directory needs {CONFIG_NAME} "
+                    f"and {WEIGHTS_NAME} (as written by save_adapter or PEFT's "
+                    "save_pretrained)."
+                ) from None
+        blobs = []
+        for fd in fds:
+            with os.fdopen(os.dup(fd), "rb") as f:
+                blobs.append(f.read())
+        return blobs[0], blobs[1]
+    finally:
+        for fd in (*fds, dir_fd):
+            os.close(fd)
+
+
+def _same_directory(path: Path, dir_fd: int) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(dir_fd)
+    return (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _save_in_progress(path: Path) -> bool:
+    """Whether a save's temporary entry (``.<name>.*``) sits next to ``path``."""
+    try:
+        with os.scandir(path.parent) as entries:
+            return any(e.name.startswith(f".{path.name}.") for e in entries)
+    except OSError:
+        return False
+
+
+def _parse(path: Path, config_bytes: bytes, weights_bytes: bytes) -> tuple[dict, dict]:
+    try:
+        data = json.loads(config_bytes)
+    except ValueError as err:
         raise ValueError(
-            f"{str(weights_file)!r} is corrupt or truncated ({err}); re-save or re-download "
-            "the adapter."
+            f"{str(path / CONFIG_NAME)!r} is not valid JSON ({err}); re-save the adapter."
         ) from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{str(path / CONFIG_NAME)!r} holds a JSON {type(data).__name__}, not an object; "
+            "re-save the adapter."
+        )
+    try:
+        tensors = load_safetensors(weights_bytes)
+    except (SafetensorError, ValueError) as err:
+        raise ValueError(
+            f"{str(path / WEIGHTS_NAME)!r} is corrupt or truncated ({err}); re-save or "
+            "re-download the adapter."
+        ) from err
+    return data, tensors
+
+
+def check_finite(tensors: dict[str, Tensor], where: str | Path) -> None:
+    """Raise ``ValueError`` naming the first tensor with NaN or inf values (and how many).
+
+    A diverged run saves such weights without complaint, and the adapter then produces NaN
+    or garbage outputs; refusing them at load time names the cause.
+    """
+    counts = ((key, _non_finite(t)) for key, t in tensors.items())
+    bad = [(key, n) for key, n in counts if n]
+    if bad:
+        key, count = bad[0]
+        others = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise ValueError(
+            f"adapter tensor {key!r} in {str(where)!r} has {count} NaN/inf value(s){others}; "
+            "the run that saved it probably diverged: re-train or re-save the adapter, or pass "
+            "allow_non_finite=True to load it anyway."
+        )
+
+
+def _non_finite(t: Tensor) -> int:
+    if not (t.is_floating_point() or t.is_complex()):
+        return 0
+    if t.element_size() == 1:  # float8: torch has no isfinite for some of them
+        t = t.float()
+    return int(t.numel() - torch.isfinite(t).sum())
+
+
+def read_adapter(
+    path: str | Path, *, allow_non_finite: bool = False
+) -> tuple[AdapterConfig, dict[str, Tensor]]:
+    """Read and check an adapter directory; errors name the file and the fix.
+
+    The config and the weights come from one save (see :func:`read_adapter_files`); unknown
+    config fields warn, misspelled ones raise (see ``config_from_dict``); NaN/inf weights
+    raise unless ``allow_non_finite``.
+    """
+    path = Path(path)
+    data, tensors = read_adapter_files(path)
+    config = config_from_dict(data, where=str(path / CONFIG_NAME))
+    if not allow_non_finite:
+        check_finite(tensors, path / WEIGHTS_NAME)
     return config, tensors
 
 
-def load_adapter(model: nn.Module, path: str | Path, name: str = "default") -> nn.Module:
+def load_adapter(
+    model: nn.Module,
+    path: str | Path,
+    name: str = "default",
+    *,
+    allow_non_finite: bool = False,
+) -> nn.Module:
     """Inject adapter ``name`` from a PEFT-layout directory and fill in its weights.
 
-    Missing, unexpected and wrongly shaped tensors raise an error naming them; on error the
-    half-built adapter is removed again.
+    Missing, unexpected and wrongly shaped tensors raise an error naming them, and so do
+    NaN/inf weights unless ``allow_non_finite``; on error the half-built adapter is removed
+    again.
     """
-    config, tensors = read_adapter(path)
+    config, tensors = read_adapter(path, allow_non_finite=allow_non_finite)
     tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in tensors.items()}
     inject(model, config, name=name)
     try:

@@ -20,7 +20,11 @@ the models must be PEFT LoRA adapters and the output is one merged adapter direc
 
 The output directory appears complete or not at all (built under a temporary name, then
 renamed); ``merge_manifest.json`` records the method, the inputs with their SHA-256, the
-resolved parameters, the seed and the output files with their SHA-256.
+resolved parameters, the seed and the output files with their SHA-256. An output that is,
+contains or lies inside an input (or the config file) is refused, even with ``overwrite``,
+so a merge never destroys its inputs. Exit status: 0 done, 2 the config or an input is wrong
+(one ``error:`` line), 1 the output could not be written (e.g. a full disk; one line, and
+nothing is left behind).
 """
 
 from __future__ import annotations
@@ -43,7 +47,17 @@ from core.atomic import atomic_directory
 
 from .adapters import COMBINATIONS, merge_lora_adapters, write_lora_adapter_files
 from .engine import check_compatible, output_dtypes, parse_dtype, run_merge
-from .io import SafetensorsWriter, is_adapter_dir, open_source, sha256_file, stored_dtype
+from .io import (
+    OutputWriteError,
+    SafetensorsWriter,
+    check_output_apart,
+    explain_full_disk,
+    is_adapter_dir,
+    open_source,
+    plan_bytes,
+    sha256_file,
+    stored_dtype,
+)
 from .registry import METHODS, get_method
 from .sources import Source
 
@@ -217,9 +231,24 @@ def _copy_model_files(source_dir: Path, out_dir: Path) -> list[str]:
     return copied
 
 
+def input_paths(config: MergeConfig) -> list[str]:
+    """Every path a merge reads: the base, the models and their Fisher files."""
+    paths = [config.base] if config.base else []
+    for entry in config.models:
+        paths.append(entry.path)
+        if entry.fisher:
+            paths.append(entry.fisher)
+    return paths
+
+
 def run(config: MergeConfig, log: Callable[[str], None] | None = None) -> Path:
-    """Run a merge described by ``config``; returns the output directory."""
+    """Run a merge described by ``config``; returns the output directory.
+
+    Refuses (``ValueError``) an output that is, contains or lies inside an input; a full disk
+    raises a one-line ``OutputWriteError`` and leaves nothing behind.
+    """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_output_apart(config.output, input_paths(config))
     if config.combination is not None:
         return _run_adapter_merge(config, log)
     start = time.time()
@@ -266,7 +295,10 @@ def run(config: MergeConfig, log: Callable[[str], None] | None = None) -> Path:
             f"[core.merging] {spec.name}: {len(models)} model(s), {len(plan)} tensors -> "
             f"{config.output}"
         )
-        with atomic_directory(config.output, overwrite=config.overwrite) as tmp:
+        with (
+            explain_full_disk(config.output, plan_bytes(out_plan)),
+            atomic_directory(config.output, overwrite=config.overwrite) as tmp,
+        ):
             writer = SafetensorsWriter(tmp / MODEL_FILE, out_plan, {"format": "pt"})
             done = [0]
             step = max(1, len(plan) // 10)
@@ -367,7 +399,10 @@ def _run_adapter_merge(config: MergeConfig, log: Callable[[str], None]) -> Path:
         seed=config.seed,
         **config.parameters,
     )
-    with atomic_directory(config.output, overwrite=config.overwrite) as tmp:
+    with (
+        explain_full_disk(config.output),
+        atomic_directory(config.output, overwrite=config.overwrite) as tmp,
+    ):
         write_lora_adapter_files(merged, tmp)
         manifest = {
             "format": "core.merging/1",
@@ -427,8 +462,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             config.seed = args.seed
         if args.overwrite:
             config.overwrite = True
+        check_output_apart(config.output, [args.config])
         run(config)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OutputWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0

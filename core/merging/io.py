@@ -15,17 +15,22 @@ Inputs (:func:`open_source` picks the reader from the path):
   as "base + the adapter's delta", computed row block by row block; needs the base.
 
 The output is one safetensors file written by :class:`SafetensorsWriter`, whose header is
-laid out up front, so every merged chunk goes straight to its place in the file.
+laid out up front, so every merged chunk goes straight to its place in the file. Two guards
+keep a merge from harming what is on disk: :func:`check_output_apart` refuses an output that
+is, contains or lies inside an input (replacing it would destroy the input), and
+:func:`explain_full_disk` turns a full disk into one line naming the output and the fix.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -529,3 +534,84 @@ def _shards(index: Path) -> list[Path]:
     except (json.JSONDecodeError, KeyError) as err:
         raise ValueError(f"{str(index)!r} is not a valid shard index ({err}).") from err
     return [index.parent / f for f in dict.fromkeys(weight_map.values())]
+
+
+# ----------------------------------------------------------------------------- output guards
+def check_output_apart(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
+    """Raise ``ValueError`` if ``output`` is, contains or lies inside one of ``inputs``.
+
+    Writing the output replaces ``output`` as a whole (with ``overwrite``), so an output equal
+    to an input file, or to a folder holding inputs, would destroy them, and an output inside
+    an input directory would change that input. Paths are compared after resolving symlinks
+    and by file identity, so a link or another spelling of an input is caught as well. The
+    check holds even with ``overwrite``: it guards inputs, not earlier outputs.
+    """
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        inp = Path(given).resolve()
+        if _same_path(out, inp):
+            relation = "is"
+        elif any(_same_path(parent, out) for parent in inp.parents):
+            relation = "contains"
+        elif any(_same_path(parent, inp) for parent in out.parents):
+            relation = "lies inside"
+        else:
+            continue
+        shown = [
+            f"{str(p)!r}" + (f" (= {str(r)!r})" if Path(p).absolute() != r else "")
+            for p, r in ((output, out), (given, inp))
+        ]
+        raise ValueError(
+            f"output {shown[0]} {relation} input {shown[1]}; a merge never writes over its "
+            "inputs, even with overwrite: choose an output path outside every input."
+        )
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+class OutputWriteError(OSError):
+    """The merged output could not be written (e.g. the disk is full); nothing was left."""
+
+
+@contextmanager
+def explain_full_disk(output: str | Path, nbytes: int | None = None) -> Iterator[None]:
+    """Turn a full disk or quota (``ENOSPC``/``EDQUOT``) into a one-line
+    :class:`OutputWriteError` naming ``output``, the space needed and the fix.
+
+    Wrap it around the ``atomic_directory`` that writes the output, so the half-written
+    temporary directory is already gone when the error is raised.
+    """
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT) or isinstance(err, OutputWriteError):
+            raise
+        need = f" (the merged files need about {_size(nbytes)})" if nbytes else ""
+        explained = OutputWriteError(
+            f"no space left on the disk holding output {str(output)!r} while writing the "
+            f"merge{need}; free space there or choose an output on another disk, then rerun. "
+            "Nothing was written."
+        )
+        explained.errno = err.errno
+        raise explained from err
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def plan_bytes(plan: Sequence[tuple[str, tuple[int, ...], torch.dtype]]) -> int:
+    """Bytes the tensors of a write plan take in the output file."""
+    return sum(_numel(shape) * _element_size(dtype) for _, shape, dtype in plan)

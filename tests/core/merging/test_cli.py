@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +17,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+import core.merging.cli as cli
 from core.adapters import LoraConfig, inject, load_adapter, save_adapter
 from core.merging import fisher_merge, greedy_soup, merge_adapter_into_base, ties, uniform_soup
 from core.merging.cli import MANIFEST_NAME, config_from_dict, load_config, main, run
-from core.merging.io import sha256_file
+from core.merging.io import OutputWriteError, SafetensorsWriter, sha256_file
 
 from .helpers import make_inputs
 
@@ -339,3 +344,208 @@ def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "o" / MANIFEST_NAME).read_text())["seed"] == 5
+
+
+# ------------------------------------------------------------- the inputs are never touched
+def _snapshot(root: Path) -> dict[str, bytes | str]:
+    """Every file's bytes and every symlink's target under ``root``."""
+    found: dict[str, bytes | str] = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            key = str(p.relative_to(root))
+            if p.is_symlink():
+                found[key] = f"-> {os.readlink(p)}"
+            elif p.is_file():
+                found[key] = p.read_bytes()
+    return found
+
+
+def _overlap_layout(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """runs/models/{base,ft0,ft2}.safetensors and runs/models/ft_dir/ (an HF-style dir)."""
+    models = tmp_path / "runs" / "models"
+    models.mkdir(parents=True)
+    base_path, paths = _write_models(models)
+    (models / "ft_dir").mkdir()
+    paths[1].rename(models / "ft_dir" / "model.safetensors")
+    inputs = [str(paths[0]), str(models / "ft_dir"), str(paths[2])]
+    config = {"method": "task_arithmetic", "base": str(base_path), "models": inputs}
+    return models, config
+
+
+OVERLAPS = {
+    # case: (output relative to tmp_path, symlink to create there or None, relation)
+    "output is the inputs' folder": ("runs/models", None, "contains"),
+    "output is an input file": ("runs/models/ft0.safetensors", None, "is"),
+    "output inside an input directory": ("runs/models/ft_dir/merged", None, "lies inside"),
+    "output contains the inputs": ("runs", None, "contains"),
+    "output is a symlink to an input dir": ("link", "runs/models/ft_dir", "is"),
+    "output is a symlink to an input file": ("link", "runs/models/base.safetensors", "is"),
+    "output inside a symlinked input": ("link/merged", "runs/models/ft_dir", "lies inside"),
+    "output is the config file": ("merge.yaml", None, "is"),
+}
+
+
+@pytest.mark.parametrize("case", OVERLAPS)
+def test_an_output_overlapping_an_input_is_refused_even_with_overwrite(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, config = _overlap_layout(tmp_path)
+    output, link_target, relation = OVERLAPS[case]
+    if link_target is not None:
+        (tmp_path / "link").symlink_to(tmp_path / link_target)
+    config_path = tmp_path / "merge.yaml"
+    config_path.write_text(yaml.safe_dump({**config, "output": str(tmp_path / output)}))
+    before = _snapshot(tmp_path)
+    assert main([str(config_path), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # refused before anything is logged or read
+    assert (
+        err[0].startswith(f"error: output '{tmp_path / output}' ")
+        and f" {relation} input " in err[0]
+    )
+    assert "even with overwrite" in err[0]
+    assert _snapshot(tmp_path) == before  # byte-identical, nothing added or removed
+
+
+def test_run_refuses_an_overlap_before_reading_anything(tmp_path: Path) -> None:
+    models, config = _overlap_layout(tmp_path)
+    before = _snapshot(tmp_path)
+    with pytest.raises(
+        ValueError,
+        match=r"^output '.*models/ft_dir' is input '.*models/ft_dir'; .* even with overwrite",
+    ):
+        run(config_from_dict({**config, "output": str(models / "ft_dir"), "overwrite": True}))
+    assert _snapshot(tmp_path) == before
+
+
+def test_adapter_merge_cannot_overwrite_an_input_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    for i in range(2):
+        model = torch.nn.Sequential(*net)
+        inject(model, LoraConfig(r=2, target_modules=["0"]), name=f"a{i}")
+        save_adapter(model, tmp_path / f"a{i}", name=f"a{i}")
+    config_path = tmp_path / "merge.yaml"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "combination": "cat",
+                "models": [str(tmp_path / "a0"), str(tmp_path / "a1")],
+                "output": str(tmp_path / "a1"),
+                "overwrite": True,
+            }
+        )
+    )
+    before = _snapshot(tmp_path)
+    assert main([str(config_path)]) == 2
+    assert "is input" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_an_output_next_to_the_inputs_is_fine(tmp_path: Path) -> None:
+    models, config = _overlap_layout(tmp_path)
+    out = _run(tmp_path, {**config, "output": str(models / "ft_dir_merged")})
+    assert (out / "model.safetensors").is_file()
+
+
+# -------------------------------------------------------------------------------- full disk
+def _full_disk_after(calls: int) -> Callable[..., Any]:
+    """A SafetensorsWriter.sink that writes ``calls`` chunks, then fails with ENOSPC."""
+    real = SafetensorsWriter.sink
+    done = [0]
+
+    def sink(self: SafetensorsWriter, key: str, shape: Any, dtype: Any) -> Any:
+        write = real(self, key, shape, dtype)
+
+        def failing(sl: slice, values: torch.Tensor) -> None:
+            if done[0] >= calls:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done[0] += 1
+            write(sl, values)
+
+        return failing
+
+    return sink
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base_path, paths = _write_models(tmp_path)
+    config_path = tmp_path / "c.yaml"
+    output = tmp_path / "out" / "merged"
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "method": "task_arithmetic",
+                "base": str(base_path),
+                "models": [str(p) for p in paths],
+                "output": str(output),
+            }
+        )
+    )
+    assert main([str(config_path)]) == 0  # a first, complete output
+    capsys.readouterr()
+    previous = _snapshot(output)
+    monkeypatch.setattr(SafetensorsWriter, "sink", _full_disk_after(2))
+    for argv in ([str(config_path), "--overwrite"], [str(config_path), "--output", "o2"]):
+        monkeypatch.chdir(tmp_path)
+        assert main(argv) == 1
+        err = [
+            line for line in capsys.readouterr().err.splitlines() if "[core.merging]" not in line
+        ]
+        assert len(err) == 1, err
+        shown = str(output) if "--overwrite" in argv else "o2"
+        assert err[0].startswith(f"error: no space left on the disk holding output '{shown}'")
+        assert re.search(r"need about \d+ bytes\); free space there or choose an output", err[0])
+        assert err[0].endswith("Nothing was written.")
+    assert _snapshot(output) == previous  # the earlier output is untouched
+    assert not (tmp_path / "o2").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["merged"]  # no temp dirs
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_during_an_adapter_merge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    for i in range(2):
+        model = torch.nn.Sequential(*net)
+        inject(model, LoraConfig(r=2, target_modules=["0"]), name=f"a{i}")
+        save_adapter(model, tmp_path / f"a{i}", name=f"a{i}")
+
+    def half_then_full(adapter: Any, folder: Path) -> None:
+        (folder / "adapter_config.json").write_text("{}")
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(cli, "write_lora_adapter_files", half_then_full)
+    config = {"combination": "cat", "models": [str(tmp_path / "a0"), str(tmp_path / "a1")]}
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(yaml.safe_dump({**config, "output": str(tmp_path / "m")}))
+    assert main([str(config_path)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if "[core.merging]" not in line]
+    assert len(err) == 1 and f"output '{tmp_path / 'm'}'" in err[0] and "free space" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a0", "a1", "c.yaml"]
+
+
+def test_other_write_errors_are_not_disguised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base_path, paths = _write_models(tmp_path)
+    real = SafetensorsWriter.sink
+
+    def broken(self: SafetensorsWriter, key: str, shape: Any, dtype: Any) -> Any:
+        real(self, key, shape, dtype)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(SafetensorsWriter, "sink", broken)
+    config = {"method": "uniform_soup", "models": [str(p) for p in paths], "output": "o"}
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="I/O error") as info:
+        _run(tmp_path, config)
+    assert not isinstance(info.value, OutputWriteError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [base_path.name, *(p.name for p in paths), "merge.yaml"]
+    )

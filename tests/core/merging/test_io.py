@@ -1,7 +1,11 @@
-"""Readers for models on disk and the streaming safetensors writer (core.merging.io)."""
+"""Readers for models on disk, the streaming safetensors writer and the output guards
+(core.merging.io)."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -13,11 +17,15 @@ from core.adapters import LoraConfig, inject, save_adapter
 from core.merging import merge_adapter_into_base
 from core.merging.io import (
     AdapterSource,
+    OutputWriteError,
     SafetensorsFile,
     SafetensorsSource,
     SafetensorsWriter,
     TorchSource,
+    check_output_apart,
+    explain_full_disk,
     open_source,
+    plan_bytes,
 )
 
 TENSORS = {
@@ -208,3 +216,71 @@ def test_unknown_inputs_are_explained(tmp_path: Path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(ValueError, match="not a known model format"):
         open_source(tmp_path / "x.txt")
+
+
+@pytest.mark.parametrize(
+    ("output", "relation"),
+    [
+        ("in/a.safetensors", "is"),
+        ("in", "contains"),
+        (".", "contains"),
+        ("in/hf/sub/merged", "lies inside"),
+        ("in/hf", "is"),
+        ("in/../in/hf", "is"),
+        ("link_to_hf/merged", "lies inside"),
+        ("link_to_in", "contains"),
+    ],
+)
+def test_an_output_overlapping_an_input_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str, relation: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in" / "hf" / "sub").mkdir(parents=True)
+    (tmp_path / "in" / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "link_to_hf").symlink_to(tmp_path / "in" / "hf")
+    (tmp_path / "link_to_in").symlink_to(tmp_path / "in")
+    inputs = [None, "in/a.safetensors", str(tmp_path / "in" / "hf")]
+    with pytest.raises(ValueError, match=rf"^output '{re.escape(output)}' .*{relation} input"):
+        check_output_apart(output, inputs)
+
+
+@pytest.mark.parametrize(
+    "output", ["in/a.safetensors.merged", "in/hf2", "in/h", "merged", "in/a", "link_to_in/new"]
+)
+def test_outputs_apart_from_the_inputs_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, output: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in" / "hf").mkdir(parents=True)
+    (tmp_path / "in" / "a.safetensors").write_bytes(b"x")
+    (tmp_path / "link_to_in").symlink_to(tmp_path / "in")
+    check_output_apart(output, ["in/a.safetensors", "in/hf"])
+
+
+def test_a_full_disk_is_explained_and_other_errors_pass_through(tmp_path: Path) -> None:
+    nbytes = plan_bytes([("w", (1024, 1024), torch.float32), ("b", (3,), torch.bfloat16)])
+    assert nbytes == 4 * 2**20 + 6
+    with pytest.raises(OutputWriteError) as info, explain_full_disk(tmp_path / "o", nbytes):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert info.value.errno == errno.ENOSPC
+    assert str(info.value) == (
+        f"no space left on the disk holding output '{tmp_path / 'o'}' while writing the merge "
+        "(the merged files need about 4.0 MiB); free space there or choose an output on "
+        "another disk, then rerun. Nothing was written."
+    )
+    with pytest.raises(PermissionError), explain_full_disk(tmp_path / "o"):
+        raise PermissionError(errno.EACCES, "denied")
+
+
+def test_the_refusal_shows_where_a_symlink_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    with pytest.raises(ValueError) as info:
+        check_output_apart("link", ["in"])
+    assert str(info.value).startswith(f"output 'link' (= '{tmp_path / 'in'}') is input 'in';")
+    with pytest.raises(ValueError) as info:
+        check_output_apart(".", ["in"])
+    assert str(info.value).startswith("output '.' contains input 'in';")
