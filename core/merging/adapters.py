@@ -31,7 +31,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from core.adapters import LoraConfig, read_adapter
+from core.adapters import LoraConfig, config_from_dict
+from core.adapters.io import check_finite, read_adapter_files
 from core.atomic import atomic_directory
 
 from .engine import merge_state_dicts
@@ -153,9 +154,14 @@ def lora_adapter_from_tensors(
 
 
 def read_lora_adapter(path: str | Path) -> LoraAdapter:
-    """Read a PEFT-layout LoRA adapter directory (``adapter_config.json`` + weights)."""
-    config, tensors = read_adapter(path)
-    raw = json.loads((Path(path) / CONFIG_NAME).read_text())
+    """Read a PEFT-layout LoRA adapter directory (``adapter_config.json`` + weights).
+
+    Config and weights come from one read of one save (:func:`read_adapter_files`), so an
+    adapter re-saved meanwhile never pairs one version's ``fan_in_fan_out`` with another's.
+    """
+    raw, tensors = read_adapter_files(path)
+    config = config_from_dict(raw, where=str(Path(path) / CONFIG_NAME))
+    check_finite(tensors, Path(path) / WEIGHTS_NAME)
     return lora_adapter_from_tensors(
         config, tensors, bool(raw.get("fan_in_fan_out", False)), name=f"adapter {str(path)!r}"
     )
