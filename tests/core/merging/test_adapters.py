@@ -252,3 +252,15 @@ def test_wrong_base_and_wrong_method_are_explained(tmp_path: Path) -> None:
     save_adapter(model, tmp_path / "ssf")
     with pytest.raises(ValueError, match="only LoRA"):
         read_lora_adapter(tmp_path / "ssf")
+
+
+def test_reading_an_adapter_with_nan_weights_names_the_tensor(two_adapters) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = two_adapters[0] / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = sorted(tensors)[0]
+    tensors[key][0, 0] = float("nan")
+    save_file(tensors, str(weights))
+    with pytest.raises(ValueError, match=rf"{key}.*adapter_model\.safetensors"):
+        read_lora_adapter(two_adapters[0])
