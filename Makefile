@@ -11,6 +11,13 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	@# bubblewrap: the kernel sandbox of the code app's generated programs (docs/code.md).
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq --no-install-recommends bubblewrap >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends bubblewrap; } || \
+	  echo "WARNING: could not install bubblewrap (apt-get as root is needed); the code app" \
+	    "will refuse to run generated code until it is installed (docs/code.md, The sandbox)."; }
 	touch $(STAMP)
 
 install: $(STAMP)

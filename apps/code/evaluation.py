@@ -25,7 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .records import Record
-from .sandbox import run_program
+from .sandbox import check_sandbox, run_program
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -171,8 +171,11 @@ def evaluate_humaneval(
 
     Returns ``{"pass@k": ..., "runs_to_tests": share of samples that passed or failed an
     assert (no crash), "problems": P, "samples_per_problem": n, "statuses": {...},
-    "per_problem": [{"task_id", "correct"}...]}``; ks larger than n are left out.
+    "per_problem": [{"task_id", "correct"}...]}``; ks larger than n are left out. Raises
+    :class:`apps.code.sandbox.SandboxUnavailable` before sampling when the kernel sandbox
+    cannot start and running generated code without it was not allowed.
     """
+    check_sandbox()  # refuse now, not after minutes of sampling, if programs cannot run safely
     problems = load_humaneval(limit)
     completions = sample_completions(
         model, tokenizer, [p["prompt"] for p in problems], n=n, temperature=temperature,

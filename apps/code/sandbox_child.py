@@ -1,9 +1,11 @@
 """The first code that runs inside a sandboxed process (see :mod:`apps.code.sandbox`).
 
-Started as ``python -I -S -B sandbox_child.py <json options>`` in a fresh temporary working
-directory, it (1) sets the resource limits, (2) moves into a new, empty network namespace
-when the kernel allows it, (3) installs an audit hook that refuses what a test program has
-no business doing, and (4) runs ``program.py`` from the working directory as ``__main__``.
+Started as ``python -I -S -B sandbox_child.py <json options>`` in the program's working
+directory (``/sandbox`` inside the kernel sandbox), it (1) sets the resource limits, soft
+and hard alike so the program cannot raise them, (2) only when running unsandboxed (opted
+in), tries to move into a new, empty network namespace, (3) installs an audit hook that
+refuses what a test program has no business doing, and (4) runs ``program.py`` from the
+working directory as ``__main__``.
 
 It reports through its exit status and one line on the report file descriptor:
 
@@ -17,9 +19,10 @@ exit   meaning
 4      the audit hook refused an operation (``refused``)
 =====  =========================================================
 
-The audit hook is a tripwire, not a wall: CPython documents that audit hooks cannot stop
-determined code. The walls are the separate process, its resource limits, the network
-namespace and the parent's process-group kill (see ``docs/code.md``).
+The audit hook is a friendly early error, not a wall: it lives in the program's own process,
+so the program can reach and switch it off (CPython documents that audit hooks cannot stop
+determined code). The walls are the kernel's: bubblewrap's namespaces, the seccomp filter,
+and the resource limits set here before the program runs (see ``docs/code.md``).
 """
 
 import json
@@ -95,6 +98,7 @@ def _isolate_network():
 
 
 def main() -> None:
+    """Set the limits, install the hook, run ``program.py``; exit with a status from above."""
     opts = json.loads(sys.argv[1])
     report_fd = opts["report_fd"]
     root = opts["root"]
@@ -107,8 +111,8 @@ def main() -> None:
     _limit(resource.RLIMIT_FSIZE, opts["max_file_bytes"])
     _limit(resource.RLIMIT_NOFILE, 64)
     _limit(resource.RLIMIT_NPROC, opts["max_processes"])
-    network = "shared"
-    if opts["network_namespace"]:
+    network = "isolated" if opts["network"] == "kernel" else "shared"
+    if opts["network"] == "try":
         try:
             network = "isolated" if _isolate_network() else "shared"
         except OSError:
