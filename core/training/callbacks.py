@@ -2,9 +2,9 @@
 
 The run directory is ``trainer.log_dir`` (with the CLI's CSVLogger: ``<root>/version_<n>``),
 the same folder that holds the Lightning checkpoints and the CSV logs. Every file is written
-by global rank zero only, atomically (temporary file, then ``os.replace``), and recorded as
-one line of ``manifest.jsonl`` so that a reader (or a test) can see what was written, when
-and by which rank.
+by global rank zero only, atomically (``core.atomic``: a temporary file next to it, fsynced,
+then ``os.replace``), and recorded as one line of ``manifest.jsonl`` so that a reader (or a
+test) can see what was written, when and by which rank.
 """
 
 from __future__ import annotations
@@ -23,14 +23,20 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from core.adapters import save_adapter
-from core.atomic import atomic_write, atomic_write_text
+from core.atomic import atomic_write, atomic_write_text, fsync_path
 
 MANIFEST_NAME = "manifest.jsonl"
 
 
 # ---------------------------------------------------------------------------- file helpers
 def append_manifest(run_dir: str | Path, artifact: str, path: str | Path, **extra: Any) -> None:
-    """Append one JSON line describing a file just written into the run directory."""
+    """Append one JSON line describing a file just written into the run directory.
+
+    The line goes out in one ``write`` on an ``O_APPEND`` descriptor and is fsynced, so a
+    kill leaves whole lines but at worst the last one torn; the next append then starts on
+    a new line, and :func:`read_manifest` skips the torn one. (A manifest is a log: it is
+    appended to, not rewritten.)
+    """
     record = {
         "artifact": artifact,
         "path": str(Path(path).resolve()),
@@ -40,16 +46,40 @@ def append_manifest(run_dir: str | Path, artifact: str, path: str | Path, **extr
     }
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / MANIFEST_NAME, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    manifest = run_dir / MANIFEST_NAME
+    created = not manifest.exists()
+    fd = os.open(manifest, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # umask applies
+    try:
+        if os.fstat(fd).st_size and os.pread(fd, 1, os.fstat(fd).st_size - 1) != b"\n":
+            line = b"\n" + line  # a torn line from a killed append stays on its own
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_path(run_dir)
 
 
 def read_manifest(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``manifest.jsonl`` in ``run_dir`` (empty when there is none)."""
+    """The records of ``manifest.jsonl`` in ``run_dir`` (empty when there is none).
+
+    Lines cut short by a kill during their append are skipped with a warning.
+    """
     path = Path(run_dir) / MANIFEST_NAME
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, torn = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            torn += 1
+    if torn:
+        rank_zero_warn(f"{str(path)!r}: skipped {torn} line(s) cut short by an interrupted run.")
+    return records
 
 
 def _run_dir(trainer: pl.Trainer) -> Path:
@@ -89,7 +119,10 @@ class AdapterExport(Callback):
     Uses ``core.adapters.save_adapter`` on ``pl_module.model`` (``adapter_config.json`` +
     ``adapter_model.safetensors``); modules trained in full through ``modules_to_save`` (a
     new head, say) are inside that file, as in PEFT. Only global rank zero writes; all
-    ranks wait for it before ``fit`` returns.
+    ranks wait for it before ``fit`` returns. The manifest line names the partner
+    checkpoint, the checkpoint callback's ``last.ckpt``: with
+    :class:`core.training.checkpointing.LastStepCheckpoint` it holds the same step and the
+    same weights (it is written at the end of ``fit``, before this export).
     """
 
     def __init__(self, dirname: str = "adapter", adapter_name: str = "default") -> None:
@@ -119,11 +152,14 @@ class AdapterExport(Callback):
                 "consolidated checkpoint on one process and call core.adapters.save_adapter."
             )
             return None
-        step = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
+        extra: dict[str, Any] = {"global_step": trainer.global_step, "epoch": trainer.current_epoch}
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "")
+        if last:
+            extra["checkpoint"] = last if "://" in last else str(Path(last).resolve())
         adapter_dir = save_adapter(
             pl_module.model, self.run_dir / self.dirname, name=self.adapter_name
         )
-        append_manifest(self.run_dir, "adapter", adapter_dir, rank=trainer.global_rank, **step)
+        append_manifest(self.run_dir, "adapter", adapter_dir, rank=trainer.global_rank, **extra)
         rank_zero_info(f"AdapterExport: adapter written to {adapter_dir}")
         return adapter_dir
 

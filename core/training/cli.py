@@ -19,10 +19,17 @@ is ``runs/<app>``)::
 
 Resume with ``fit --ckpt_path <run_dir>/checkpoints/last.ckpt``; the resumed run gets its own
 new run directory.
+
+Bad input stops the run with one line, ``error: <what is wrong and how to fix it>``, exit
+code 2 and no run directory left behind; ``--debug`` or ``SPECIALIST_FINETUNERS_DEBUG=1``
+adds the traceback (``core.training.errors``). ``--ckpt_path`` is checked first: a readable
+checkpoint of this app whose hyperparameters agree with the ``model`` options given
+(``core.training.ckpt_checks``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import sys
 import warnings
@@ -31,17 +38,42 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from core.adapters import ADAPTER_REGISTRY
 
 from .callbacks import AdapterExport, MetricsJson, PredictionsWriter
+from .checkpointing import LastStepCheckpoint, checkpoint_plugins
+from .ckpt_checks import (
+    ModuleClassStamp,
+    check_module_class,
+    check_no_conflicts,
+    explicit_model_options,
+    is_local_path,
+    read_checkpoint,
+    saved_module_class,
+)
+from .config_checks import check_optimizer, check_yaml_syntax, yaml_files_in
+from .errors import (
+    DEBUG_ENV,
+    DEBUG_FLAG,
+    ShortErrorParser,
+    UsageError,
+    debug_from_env,
+    is_user_error,
+    one_line,
+    pop_debug_flag,
+    top_package,
+    usage_errors_exit,
+)
+from .resume import ResumeRngState
+from .run_dirs import RunDirGuard
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-#: Defaults of the ``checkpoint`` argument group (a ModelCheckpoint every run has).
+#: Defaults of the ``checkpoint`` argument group (a LastStepCheckpoint every run has).
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
     "checkpoint.monitor": "val/loss",
     "checkpoint.mode": "min",
@@ -79,12 +111,42 @@ class FineTuneCLI(LightningCLI):
     ``trainer.default_root_dir`` unless ``trainer.logger`` names another logger.
     """
 
-    def __init__(self, *args: Any, app_name: str = "app", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        app_name: str = "app",
+        default_config: str | Path | None = None,
+        debug: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Parse, check, instantiate and run like LightningCLI, with the checks of bad input.
+
+        Args:
+            app_name: Names the default run root ``runs/<app_name>`` and messages.
+            default_config: The app's config, given as the first ``--config``: its values are
+                the app's defaults, not options the user chose (see ``_parse_ckpt_path``).
+            debug: Parse errors print the full usage (as jsonargparse does) instead of one line.
+
+        Bad input (:func:`core.training.errors.is_user_error`) that stops the run after the
+        trainer was made removes the run directory it created if that holds nothing of use.
+        """
         self.app_name = app_name
-        super().__init__(*args, **kwargs)
+        self.default_config = default_config
+        self.debug = debug
+        cli_args = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        self._cli_args = [str(a) for a in cli_args] if isinstance(cli_args, list | tuple) else []
+        self._run_dir_guard: RunDirGuard | None = None
+        kwargs.setdefault("parser_class", ShortErrorParser)
+        try:
+            super().__init__(*args, **kwargs)
+        except Exception as exc:
+            if self._run_dir_guard is not None and is_user_error(exc, self.own_packages()):
+                logger = getattr(getattr(self, "trainer", None), "logger", None)
+                self._run_dir_guard.clean(getattr(logger, "log_dir", None))
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastStepCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         for action in parser._actions:
             if action.dest == "model.adapter":
@@ -99,7 +161,91 @@ class FineTuneCLI(LightningCLI):
         if "logger" not in kwargs and trainer_cfg.get("logger") in (None, True):
             root = trainer_cfg.get("default_root_dir") or f"runs/{self.app_name}"
             kwargs["logger"] = CSVLogger(save_dir=root, name="")
+        # Checkpoints are written atomically next to their destination, and hold the RNG
+        # states a resumed fit needs to continue exactly (core.training.checkpointing, .resume).
+        kwargs.setdefault(
+            "plugins", checkpoint_plugins(trainer_cfg.get("plugins"), trainer_cfg.get("strategy"))
+        )
+        callbacks = trainer_cfg.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+        kwargs.setdefault("callbacks", [*callbacks, ResumeRngState()])
         return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------- checks of bad input
+    def own_packages(self) -> set[str]:
+        """Top-level packages whose ``ValueError``s report bad input (see ``errors``)."""
+        classes = (self._model_class, self._datamodule_class, FineTuneCLI)
+        return {top_package(c) for c in classes if c is not None}
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The (sub)command parser; one-line parse errors unless ``debug``."""
+        parser = super().init_parser(**kwargs)
+        parser.full_errors = self.debug
+        return parser
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before loading its hyperparameters over the config.
+
+        Replaces LightningCLI's method (same merge, one load of the file): the file must be
+        a readable checkpoint of this app, and no ``model`` option the user gave may differ
+        from the checkpoint's value, which the merge would silently put in its place.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not is_local_path(str(ckpt_path)):
+            return
+        ckpt = read_checkpoint(ckpt_path)
+        app_package = None
+        if self.subclass_mode_model and self._datamodule_class is not None:
+            app_package = self._datamodule_class.__module__.rpartition(".")[0] or None
+        check_module_class(ckpt, ckpt_path, self._model_class, self.app_name, app_package)
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        class_path = hparams.pop("_class_path", None)
+        if self.subclass_mode_model:  # the config picks the class: the checkpoint's, as checked
+            class_path = class_path or saved_module_class(ckpt)
+            class_path = class_path or self.config[subcommand].get("model.class_path")
+            hparams = {"class_path": class_path, "dict_kwargs": hparams}
+        # Where the class is fixed, a checkpoint saved where the config picked it (checked to be
+        # this class or a subclass) holds this class's options as they are.
+        given = copy.deepcopy(self.config[subcommand])
+        exit_on_error, self.parser.exit_on_error = self.parser.exit_on_error, False
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except ArgumentError as err:
+            raise UsageError(
+                f"--ckpt_path {ckpt_path}: its hyperparameters do not fit "
+                f"{self._model_class.__name__} ({_short(str(err))}); it was probably written "
+                f"by another app: give a checkpoint of this app, e.g. "
+                f"runs/{self.app_name}/version_<n>/checkpoints/last.ckpt."
+            ) from err
+        finally:
+            self.parser.exit_on_error = exit_on_error
+        options = explicit_model_options(self._cli_args, self.default_config)
+        check_no_conflicts(given, self.config[subcommand], options, ckpt_path, subcommand)
+
+    def after_instantiate_classes(self) -> None:
+        """Check the optimizer's arguments and note the run root, before anything runs."""
+        factory = getattr(self.model, "optimizer_factory", None)
+        if callable(factory):
+            key = "model.init_args.optimizer" if self.subclass_mode_model else "model.optimizer"
+            cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+            optimizer = cfg.get(key)
+            if isinstance(optimizer, Namespace) and optimizer.get("class_path"):
+                init_args = optimizer.get("init_args")
+                init_args = init_args.as_dict() if isinstance(init_args, Namespace) else {}
+                check_optimizer(factory, key, optimizer.class_path, init_args)
+        logger = self.trainer.logger
+        root = getattr(logger, "root_dir", None) or self.trainer.default_root_dir
+        self._run_dir_guard = RunDirGuard(root)
+
+
+def _short(parse_error: str, limit: int = 300) -> str:
+    """A jsonargparse error in one line, without the echo of the whole value it rejected."""
+    text = one_line(parse_error).split(" Given value type:")[0]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def app_name_of(module_cls: type) -> str:
@@ -130,8 +276,15 @@ def run_cli(
     args: Sequence[str] | None = None,
     app_name: str | None = None,
     subclass_mode: bool = False,
+    exit_on_error: bool | None = None,
 ) -> FineTuneCLI:
     """Run an app's command line; with no arguments at all, fit then test.
+
+    Bad input (a value the config or the model rejects, a YAML syntax error, a missing,
+    corrupt or foreign ``--ckpt_path``, an option that conflicts with the checkpoint's
+    hyperparameters) is reported as one line, ``error: <message>`` naming the input and the
+    fix, with exit code 2 and no traceback; ``--debug`` (anywhere in ``args``) or
+    ``SPECIALIST_FINETUNERS_DEBUG=1`` adds the traceback. Bugs keep their traceback.
 
     Args:
         module_cls: The app's ``FineTuneModule`` subclass (``--model.*``).
@@ -146,6 +299,11 @@ def run_cli(
         subclass_mode: Let the config pick the module class (``model: {class_path: ...,
             init_args: ...}``, any subclass of ``module_cls``), so one entry point serves
             several recipes (report generation, classification, ...).
+        exit_on_error: Report bad input as one line and exit with code 2 (``SystemExit``).
+            ``None`` (the default) does so only when ``args`` is ``None``, i.e. when the app
+            runs as a command; called from Python with ``args`` the exception (a
+            ``ValueError``, e.g. :class:`core.training.errors.UsageError`) propagates.
+            Parse errors (unknown option, wrong type) exit with code 2 either way.
 
     Returns:
         The ``FineTuneCLI`` (``.trainer``, ``.model``, ``.datamodule``, ``.config``).
@@ -156,16 +314,42 @@ def run_cli(
             f"default config {str(default_config)!r} does not exist; pass the path of the "
             "app's configs/default.yaml to run_cli."
         )
-    argv = list(sys.argv[1:] if args is None else args)
+    argv, debug = pop_debug_flag(sys.argv[1:] if args is None else args)
+    debug = debug or debug_from_env()
     no_args = not argv
     name = app_name or app_name_of(module_cls)
+    packages = {top_package(module_cls), top_package(datamodule_cls), top_package(FineTuneCLI)}
+    exiting = args is None if exit_on_error is None else exit_on_error
+    with usage_errors_exit(packages, enabled=exiting, debug=debug):
+        for path in [default_config, *yaml_files_in(argv)]:
+            check_yaml_syntax(path)
+        cli = _make_cli(
+            module_cls, datamodule_cls, default_config, argv, name, subclass_mode, debug
+        )
+        if no_args:
+            # Test the weights fit() ended with: the ones exported to <run_dir>/adapter.
+            cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    return cli
+
+
+def _make_cli(
+    module_cls: type[pl.LightningModule],
+    datamodule_cls: type[pl.LightningDataModule],
+    default_config: Path,
+    argv: list[str],
+    name: str,
+    subclass_mode: bool,
+    debug: bool,
+) -> FineTuneCLI:
     with warnings.catch_warnings():
         # We always pass the arguments explicitly (to layer the default config under them).
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = FineTuneCLI(
+        return FineTuneCLI(
             module_cls,
             datamodule_cls,
             app_name=name,
+            default_config=default_config,
+            debug=debug,
             args=with_default_config(argv or ["fit"], default_config),
             subclass_mode_model=subclass_mode,
             seed_everything_default=0,
@@ -174,16 +358,18 @@ def run_cli(
                 sub: {
                     "epilog": f"The app's defaults are read from {default_config} before any "
                     "--config file or option given here (so its values are not shown as "
-                    "defaults above)."
+                    f"defaults above). Bad input stops with one line 'error: ...' and exit "
+                    f"code 2; add {DEBUG_FLAG} (or set {DEBUG_ENV}=1) for the traceback."
                 }
                 for sub in SUBCOMMANDS
             },
             trainer_defaults={
                 "default_root_dir": f"runs/{name}",
-                "callbacks": [AdapterExport(), MetricsJson(), PredictionsWriter()],
+                "callbacks": [
+                    AdapterExport(),
+                    MetricsJson(),
+                    PredictionsWriter(),
+                    ModuleClassStamp(),
+                ],
             },
         )
-    if no_args:
-        # Test the weights fit() ended with: the ones exported to <run_dir>/adapter.
-        cli.trainer.test(cli.model, datamodule=cli.datamodule)
-    return cli

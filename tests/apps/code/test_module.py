@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,7 +109,8 @@ def test_adapter_per_task_routes_rows(tiny_base, tmp_path):
     cli = _run(["--data.paths", f"[{path}]", "--model.adapter_per_task", "true",
                 "--model.adapter_tasks", "[a, b]", "--data.pack_by_task", "true"], tiny_base,
                tmp_path)  # fmt: skip
-    run = tmp_path / "runs" / "version_1"
+    run = Path(cli.trainer.log_dir)
+    assert run == tmp_path / "runs" / "version_0"  # the refused run left no directory behind
     assert (run / "adapters" / "a" / "adapter_model.safetensors").is_file()
     assert (run / "adapters" / "b" / "adapter_config.json").is_file()
     model = cli.model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,10 +17,12 @@ from core.training import (
     AdapterExport,
     MetricsJson,
     PredictionsWriter,
+    append_manifest,
     atomic_write,
     atomic_write_text,
     read_manifest,
 )
+from core.training.checkpointing import AtomicCheckpointIO, LastStepCheckpoint
 
 from .toys import ToyData, ToyModule, ToyNet, quiet_trainer
 
@@ -107,3 +110,50 @@ def test_predictions_writer_saves_predict_outputs(tmp_path: Path) -> None:
     saved = torch.load(run_dir / "predictions.pt", weights_only=True)
     assert len(saved["predictions"]) == 2
     assert saved["predictions"][0]["preds"].shape == (16,)
+
+
+def test_the_adapters_partner_checkpoint_holds_the_same_step_and_weights(tmp_path: Path) -> None:
+    """last.ckpt, named in the adapter's manifest line, is the fit's final state even when
+    the best epoch came earlier (mode="max" on a falling loss: the first epoch is best)."""
+    module = ToyModule(
+        adapter=LoraConfig(r=2, target_modules=["fc1", "fc2"]), modules_to_save=["head"]
+    )
+    checkpoint = LastStepCheckpoint(monitor="val/loss", mode="max", save_last=True)
+    trainer = quiet_trainer(
+        max_epochs=3,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_checkpointing=True,
+        logger=CSVLogger(tmp_path, name=""),
+        callbacks=[AdapterExport(), checkpoint],
+        plugins=[AtomicCheckpointIO()],
+    )
+    trainer.fit(module, datamodule=ToyData())
+    (record,) = [r for r in read_manifest(trainer.log_dir) if r["artifact"] == "adapter"]
+    partner = torch.load(record["checkpoint"], weights_only=True)
+    assert Path(record["checkpoint"]).name == "last.ckpt"
+    assert partner["global_step"] == record["global_step"] == trainer.global_step == 9
+    assert torch.load(checkpoint.best_model_path, weights_only=True)["global_step"] == 3
+    for name, value in module.state_dict().items():
+        assert torch.equal(partner["state_dict"][name], value), name
+    written = load_file(Path(record["path"]) / "adapter_model.safetensors")
+    expected, _ = adapter_state_dict(module.model)
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
+
+
+def test_manifest_lines_are_fsynced_and_a_torn_line_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    append_manifest(tmp_path, "metrics", tmp_path / "metrics.json", rank=0)
+    assert synced  # the line (and the new manifest's folder entry) reached the disk
+    with open(tmp_path / "manifest.jsonl", "a") as f:
+        f.write('{"artifact": "adap')  # a kill in the middle of the next append
+    with pytest.warns(UserWarning, match="skipped 1 line"):
+        assert [r["artifact"] for r in read_manifest(tmp_path)] == ["metrics"]
+    append_manifest(tmp_path, "predictions", tmp_path / "predictions.pt", rank=0)
+    with pytest.warns(UserWarning, match="skipped 1 line"):
+        records = read_manifest(tmp_path)
+    assert [r["artifact"] for r in records] == ["metrics", "predictions"]
