@@ -13,18 +13,25 @@ from .callbacks import (
     atomic_write_text,
     read_manifest,
 )
+from .checkpointing import AtomicCheckpointIO, LastStepCheckpoint
 from .cli import FineTuneCLI, adapter_methods_help, run_cli
+from .errors import UsageError
 from .losses import anchored_sft_loss, dft_loss, token_kl
 from .module import FineTuneModule, Regularizer, coerce_adapter_config, default_loss
 from .penalties import compute_penalties, end_stage, penalty_names, start_stage
+from .resume import ResumeRngState
 
 __all__ = [
     "AdapterExport",
+    "AtomicCheckpointIO",
     "FineTuneCLI",
     "FineTuneModule",
+    "LastStepCheckpoint",
     "MetricsJson",
     "PredictionsWriter",
     "Regularizer",
+    "ResumeRngState",
+    "UsageError",
     "adapter_methods_help",
     "anchored_sft_loss",
     "append_manifest",
