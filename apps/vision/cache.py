@@ -1,30 +1,28 @@
-"""A small on-disk cache for expensive, deterministic results (features, LiT alignment).
+"""The vision app's entries in the shared cache (:mod:`core.cache`).
 
-Entries are ``torch.save`` files named ``<kind>-<hash>.pt`` where the hash covers the JSON
-of the config that produced them, so a changed config is a new entry and a stale one is
-never read. Writes are atomic (``core.atomic``): an interrupted run leaves no half file.
-The directory is ``$SPECIALIST_FINETUNERS_CACHE/vision`` or
-``~/.cache/specialist-finetuners/vision`` unless a ``cache_dir`` is given.
+Kept so that ``from .cache import cached`` goes on working while the app moves to
+``core.cache.cached(kind, config, build, app="vision", cache_dir=...)`` directly; entries are
+``<cache root>/vision/<kind>-<hash>.pt`` as before, and entries written before the move are
+read as they are.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from core.atomic import atomic_write
 from core.cache import app_cache_dir, config_hash
+from core.cache import cached as _core_cached
 
 __all__ = ["cache_root", "cached", "config_hash"]
 
+APP = "vision"
+
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The cache directory (created on first write)."""
-    return Path(cache_dir) if cache_dir is not None else app_cache_dir("vision")
+    """The cache directory: ``cache_dir`` or ``<cache root>/vision``."""
+    return Path(cache_dir) if cache_dir is not None else app_cache_dir(APP)
 
 
 def cached(
@@ -33,14 +31,5 @@ def cached(
     compute: Callable[[], dict[str, Any]],
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Load ``<kind>-<hash(config)>.pt`` or compute it, save it atomically and return it."""
-    path = cache_root(cache_dir) / f"{kind}-{config_hash(config)}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated file from another tool: recompute
-            print(f"[vision cache] ignoring unreadable {path}: {err}")
-    value = compute()
-    value = {**value, "_config": json.dumps(config, sort_keys=True, default=str)}
-    atomic_write(path, lambda tmp: torch.save(value, tmp))
-    return value
+    """:func:`core.cache.cached` for the vision app (``cache_dir`` may be given by position)."""
+    return _core_cached(kind, config, compute, app=APP, cache_dir=cache_dir)

@@ -4,37 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from .bottleneck import build_bottleneck_unit, supports_bottleneck
-from .compacter import build_compacter_unit, supports_compacter
-from .config import AdapterConfig, LoraConfig
+from .config import AdapterConfig
 from .corda import call_model, collect_input_covariances
-from .layer import AdapterLayer, AdapterUnit, NotMergeableError
-from .loldu import build_loldu_unit, supports_loldu
-from .lora import build_lora_unit, supports_lora
-from .ssf import build_ssf_unit, supports_ssf
+from .layer import AdapterLayer, NotMergeableError
+from .registry import BuildContext, get_method
 from .targeting import resolve_modules_to_save, resolve_targets
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """How to place one method: which modules it adapts and how to build one layer's unit."""
-
-    supports: Callable[[nn.Module], bool]
-    build: Callable[..., AdapterUnit]
-
-
-METHODS: dict[str, MethodSpec] = {
-    "lora": MethodSpec(supports_lora, build_lora_unit),
-    "ssf": MethodSpec(supports_ssf, build_ssf_unit),
-    "bottleneck": MethodSpec(supports_bottleneck, build_bottleneck_unit),
-    "compacter": MethodSpec(supports_compacter, build_compacter_unit),
-    "loldu": MethodSpec(supports_loldu, build_loldu_unit),
-}
 
 
 def logical_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -93,10 +71,11 @@ def inject(
 
     Every base parameter is frozen. The new adapter becomes active (and trainable) when no
     other adapter is active; otherwise it waits for :func:`set_active`, as in PEFT.
-    ``calibration`` (batches run through ``forward(model, batch)``) is needed by LoRA's
-    ``init="corda"`` only. ``structure_only`` skips data-dependent initialisation (no
-    calibration, W0 untouched) to receive a checkpoint that already holds the initialised
-    state. Returns the model.
+    ``calibration`` (batches run through ``forward(model, batch)``) is needed by configs that
+    ``needs_calibration`` (LoRA's ``init="corda"``). ``structure_only`` skips data-dependent
+    initialisation (no calibration, W0 untouched) to receive a checkpoint that already holds
+    the initialised state. The method's registration builds each layer's unit. Returns the
+    model.
     """
     if not isinstance(config, AdapterConfig):
         raise TypeError(
@@ -106,10 +85,10 @@ def inject(
     config.validate()
     if name in adapter_names(model):
         raise ValueError(f"the model already has an adapter named {name!r}; pick another name.")
-    spec = METHODS[config.method]
+    method = get_method(config.method)
     modules = logical_modules(model)
     targets = resolve_targets(
-        model, config.target_modules, spec.supports, config.method, modules=modules
+        model, config.target_modules, method.supports, config.method, modules=modules
     )
     saved_modules = resolve_modules_to_save(model, config.modules_to_save)
     overlap = sorted(set(saved_modules) & set(targets))
@@ -118,30 +97,23 @@ def inject(
             f"{overlap} are both adapter targets and modules_to_save; a module is either "
             "adapted or trained in full, so remove it from one of the two lists."
         )
-    covariances: dict[str, Tensor] = {}
-    if isinstance(config, LoraConfig) and config.init == "corda" and not structure_only:
+    context = BuildContext(structure_only=structure_only)
+    if config.needs_calibration and not structure_only:
         if calibration is None:
             raise ValueError(
-                "LoRA init='corda' needs calibration data: pass calibration=<iterable of "
+                f"{config.describe()} needs calibration data: pass calibration=<iterable of "
                 "batches> to inject()."
             )
-        covariances = collect_input_covariances(
-            model, _physical_names(model, targets), calibration, forward
-        )
-    shared: dict[str, Any] = {}
+        physical = {target: _physical_name(model, target) for target in targets}
+        sums = collect_input_covariances(model, list(physical.values()), calibration, forward)
+        context.covariances = {target: sums[path] for target, path in physical.items()}
     had_active = bool(active_adapters(model))
     for p in model.parameters():
         p.requires_grad_(False)
     built: list[tuple[str, AdapterLayer]] = []
     for target in targets:
         base = modules[target]
-        if config.method == "lora":
-            cov = covariances.get(_physical_name(model, target))
-            unit = spec.build(base, target, config, cov, structure_only)
-        elif config.method == "compacter":
-            unit = spec.build(base, target, config, shared)
-        else:
-            unit = spec.build(base, target, config)
+        unit = method.build(base, target, config, context)
         layer = model.get_submodule(target)
         if not isinstance(layer, AdapterLayer):
             layer = AdapterLayer(base)
@@ -159,12 +131,9 @@ def inject(
 
 
 def _physical_name(model: nn.Module, logical: str) -> str:
+    """The module that computes a logical layer: its ``base_layer`` once it is wrapped."""
     module = model.get_submodule(logical)
     return logical + ".base_layer" if isinstance(module, AdapterLayer) else logical
-
-
-def _physical_names(model: nn.Module, logical: list[str]) -> list[str]:
-    return [_physical_name(model, n) for n in logical]
 
 
 def _refresh_trainable(model: nn.Module) -> None:

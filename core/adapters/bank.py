@@ -21,10 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from .api import _replace_module, inject, logical_modules
-from .config import AdapterConfig, LoraConfig
+from .config import AdapterConfig
 from .io import PEFT_PREFIX, read_adapter, save_adapter, write_adapter_dir
-from .layer import AdapterLayer
-from .lora_stack import LoraStackUnit, StackRouter, supports_lora_stack
+from .layer import AdapterLayer, AdapterUnit
+from .lora_stack import StackRouter
+from .registry import AdapterMethod, get_method
 from .targeting import resolve_targets
 
 STACK_KEY = "adapter_bank"
@@ -56,7 +57,7 @@ class AdapterBank(nn.Module):
                 f"AdapterBank holds adapters of one method; got {sorted(methods)}. "
                 "Use one bank per method."
             )
-        residual = [n for n, c in configs.items() if _rewrites_base(c)]
+        residual = [n for n, c in configs.items() if c.rewrites_base]
         if residual:
             raise ValueError(
                 f"AdapterBank adapters must leave the shared base weights unchanged, but "
@@ -66,9 +67,10 @@ class AdapterBank(nn.Module):
         self.model = model
         self.names = list(configs)
         self.configs = dict(configs)
-        self.stacked = _stackable(list(configs.values()))
+        method = get_method(methods.pop())
+        self.stacked = _stackable(method, list(configs.values()))
         if self.stacked:
-            self._inject_stacks()
+            self._inject_stacks(method)
         else:
             for name, config in configs.items():
                 inject(model, config, name=name)
@@ -78,19 +80,22 @@ class AdapterBank(nn.Module):
                 if name in layer.adapters:
                     layer.adapters[name].requires_grad_(True)
 
-    def _inject_stacks(self) -> None:
+    def _inject_stacks(self, method: AdapterMethod) -> None:
+        """Put one stacked unit holding every adapter on each target layer."""
+        stacking = method.stacking
+        assert stacking is not None  # _stackable checked it
         configs = [self.configs[n] for n in self.names]
         modules = logical_modules(self.model)
         targets = resolve_targets(
-            self.model, configs[0].target_modules, supports_lora_stack, "lora", modules=modules
+            self.model, configs[0].target_modules, stacking.supports, method.name, modules=modules
         )
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.stack_layers: dict[str, LoraStackUnit] = {}
+        self.stack_layers: dict[str, AdapterUnit] = {}
         self.router = StackRouter(len(self.names))
         for target in targets:
             base = modules[target]
-            unit = LoraStackUnit(base, target, configs, self.router)
+            unit = stacking.build(base, target, configs, self.router)
             layer = self.model.get_submodule(target)
             if not isinstance(layer, AdapterLayer):
                 layer = AdapterLayer(base)
@@ -206,15 +211,9 @@ class AdapterBank(nn.Module):
                 view.copy_(tensors[key].to(view.dtype))
 
 
-def _rewrites_base(config: AdapterConfig) -> bool:
-    return config.method == "loldu" or getattr(config, "init", "") in ("pissa", "corda")
-
-
-def _stackable(configs: list[AdapterConfig]) -> bool:
-    """Plain LoRA adapters on the same layers with one dropout go in stacks."""
-    if not all(isinstance(c, LoraConfig) and not c.use_dora for c in configs):
-        return False
-    first = configs[0]
-    return all(
-        c.target_modules == first.target_modules and c.dropout == first.dropout for c in configs
-    )
+def _stackable(method: AdapterMethod, configs: list[AdapterConfig]) -> bool:
+    """Adapters go in stacks when their method registers a ``Stacking``, every config is
+    ``stackable`` (plain LoRA, not DoRA) and the stacking accepts them together (LoRA: the
+    same layers and one dropout)."""
+    stacking = method.stacking
+    return stacking is not None and all(c.stackable for c in configs) and stacking.accepts(configs)

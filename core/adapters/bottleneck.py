@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from torch import Tensor, nn
 
-from .config import BottleneckConfig
+from .config import AdapterConfig, require_positive
 from .layer import AdapterUnit, layer_dims
+from .registry import BuildContext, register_method
 from .targeting import is_linear_like
 
 ACTIVATION_MODULES = {
@@ -15,6 +19,35 @@ ACTIVATION_MODULES = {
     "tanh": nn.Tanh,
     "identity": nn.Identity,
 }
+#: The activation names a bottleneck-style config accepts.
+ACTIVATIONS = tuple(ACTIVATION_MODULES)
+
+
+def check_activation(activation: str, label: str) -> None:
+    """Raise ``ValueError`` unless ``activation`` is one of :data:`ACTIVATIONS`."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"{label} config: activation={activation!r} is not one of {', '.join(ACTIVATIONS)}."
+        )
+
+
+@dataclass
+class BottleneckConfig(AdapterConfig):
+    """Houlsby/Pfeiffer bottleneck: ``h + up(act(down(norm(h))))`` after each target module.
+
+    The up projection starts at zero, so the model is unchanged at the start.
+    """
+
+    method: ClassVar[str] = "bottleneck"
+    peft_type: ClassVar[str] = "BOTTLENECK"
+    bottleneck_dim: int = 16
+    activation: str = "gelu"
+    use_norm: bool = False
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        require_positive(self.bottleneck_dim, "bottleneck_dim", "Bottleneck")
+        check_activation(self.activation, "Bottleneck")
 
 
 def supports_bottleneck(module: nn.Module) -> bool:
@@ -25,7 +58,7 @@ def supports_bottleneck(module: nn.Module) -> bool:
 class BottleneckUnit(AdapterUnit):
     """Residual bottleneck MLP on the layer output; the up projection starts at zero."""
 
-    method = "bottleneck"
+    method = BottleneckConfig.method
 
     def __init__(self, base: nn.Module, config: BottleneckConfig) -> None:
         super().__init__()
@@ -47,6 +80,10 @@ class BottleneckUnit(AdapterUnit):
 
 
 def build_bottleneck_unit(
-    base: nn.Module, module_name: str, config: BottleneckConfig
+    base: nn.Module, module_name: str, config: BottleneckConfig, context: BuildContext
 ) -> BottleneckUnit:
+    """One layer's bottleneck unit."""
     return BottleneckUnit(base, config)
+
+
+register_method(BottleneckConfig, supports=supports_bottleneck, build=build_bottleneck_unit)

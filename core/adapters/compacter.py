@@ -7,16 +7,46 @@ layer, so a layer costs about (d + k) parameters per rule instead of d * k.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from .bottleneck import ACTIVATION_MODULES
-from .config import CompacterConfig
+from .bottleneck import ACTIVATION_MODULES, check_activation
+from .config import AdapterConfig, require_positive
 from .layer import AdapterUnit, layer_dims
+from .registry import BuildContext, register_method
 from .targeting import is_linear_like
 
 
+@dataclass
+class CompacterConfig(AdapterConfig):
+    """Compacter: a bottleneck whose projections are sums of Kronecker products.
+
+    W = sum_i A_i (x) B_i with the n x n "rules" A_i shared by every adapted layer and the
+    B_i = s_i t_i^T rank-one and per layer. Feature and bottleneck sizes must divide by n.
+    """
+
+    method: ClassVar[str] = "compacter"
+    peft_type: ClassVar[str] = "COMPACTER"
+    bottleneck_dim: int = 16
+    phm_dim: int = 4
+    activation: str = "gelu"
+
+    def validate(self) -> None:
+        require_positive(self.bottleneck_dim, "bottleneck_dim", "Compacter")
+        require_positive(self.phm_dim, "phm_dim", "Compacter")
+        if self.bottleneck_dim % self.phm_dim:
+            raise ValueError(
+                f"Compacter config: bottleneck_dim={self.bottleneck_dim} must be divisible by "
+                f"phm_dim={self.phm_dim}."
+            )
+        check_activation(self.activation, "Compacter")
+
+
 def supports_compacter(module: nn.Module) -> bool:
+    """Linear-like layers: their output's last dimension is the feature size."""
     return is_linear_like(module)
 
 
@@ -59,7 +89,7 @@ class PhmLinear(nn.Module):
 class CompacterUnit(AdapterUnit):
     """Residual PHM bottleneck on the layer output; the up projection starts at zero."""
 
-    method = "compacter"
+    method = CompacterConfig.method
 
     def __init__(
         self,
@@ -87,9 +117,11 @@ def new_rules(n: int, like: Tensor) -> nn.Parameter:
 
 
 def build_compacter_unit(
-    base: nn.Module, module_name: str, config: CompacterConfig, shared: dict
+    base: nn.Module, module_name: str, config: CompacterConfig, context: BuildContext
 ) -> CompacterUnit:
-    """Build one layer's unit; ``shared`` carries the adapter's rules across its layers."""
+    """Build one layer's unit; ``context.shared`` carries the adapter's rules across its
+    layers (made by the first layer built)."""
+    shared = context.shared
     features, _ = layer_dims(base)
     n = config.phm_dim
     if features % n:
@@ -101,3 +133,6 @@ def build_compacter_unit(
         shared["rules_down"] = new_rules(n, base.weight)
         shared["rules_up"] = new_rules(n, base.weight)
     return CompacterUnit(base, config, shared["rules_down"], shared["rules_up"])
+
+
+register_method(CompacterConfig, supports=supports_compacter, build=build_compacter_unit)

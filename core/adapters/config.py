@@ -1,19 +1,23 @@
-"""Adapter configuration dataclasses and the string registry that lets a YAML name a method.
+"""The base of every adapter config, and reading a config back from a dict.
 
-Every method has one config dataclass. Configs know how to turn themselves into the
-``adapter_config.json`` written next to the weights (Hugging Face PEFT field names for
-LoRA, the same layout with our own ``peft_type`` for methods PEFT does not ship) and back.
+Each method's config dataclass lives in the method's own module (``LoraConfig`` in
+``lora.py``, ...) and subclasses :class:`AdapterConfig`. A config knows how to turn itself
+into the ``adapter_config.json`` written next to the weights (Hugging Face PEFT field names
+for LoRA, the same layout with our own ``peft_type`` for methods PEFT does not ship) and
+back, and says what its method needs (:attr:`AdapterConfig.needs_calibration`, ...), so no
+code elsewhere has to compare method names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-ADAPTER_REGISTRY: dict[str, type[AdapterConfig]] = {}
+from .registry import get_config_class, known_methods
 
 # Fields of PEFT's ``PeftConfig`` (peft 0.21): every adapter_config.json PEFT writes has them.
 # Readers of every method accept them; none changes how the weights are applied.
@@ -28,58 +32,10 @@ PEFT_BASE_FIELDS = frozenset(
         "inference_mode",
     }
 )
-# Fields of PEFT's ``LoraConfig`` (peft 0.21). ``LoraConfig.from_json_dict`` reads r,
-# lora_alpha, lora_dropout, target_modules, modules_to_save, init_lora_weights, use_rslora,
-# use_dora, rank_pattern, alpha_pattern and corda_config, refuses unsupported values of bias,
-# lora_bias and layers_to_transform, and knowingly ignores the rest. The tests check this list
-# against the installed PEFT, so a PEFT release with new fields shows up there.
-PEFT_LORA_FIELDS = PEFT_BASE_FIELDS | {
-    "r",
-    "target_modules",
-    "exclude_modules",
-    "lora_alpha",
-    "lora_dropout",
-    "fan_in_fan_out",
-    "bias",
-    "use_rslora",
-    "modules_to_save",
-    "init_lora_weights",
-    "layers_to_transform",
-    "layers_pattern",
-    "rank_pattern",
-    "alpha_pattern",
-    "megatron_config",
-    "megatron_core",
-    "trainable_token_indices",
-    "loftq_config",
-    "eva_config",
-    "corda_config",
-    "lora_ga_config",
-    "use_dora",
-    "velora_config",
-    "alora_invocation_tokens",
-    "use_qalora",
-    "qalora_group_size",
-    "monteclora_config",
-    "layer_replication",
-    "runtime_config",
-    "lora_bias",
-    "target_parameters",
-    "use_bdlora",
-    "arrow_config",
-    "kasa_config",
-    "ensure_weight_tying",
-}
 
 
 class UnknownFieldWarning(UserWarning):
     """An adapter config field the reader does not know; it is ignored."""
-
-
-def register_adapter(cls: type[AdapterConfig]) -> type[AdapterConfig]:
-    """Class decorator adding a config class to :data:`ADAPTER_REGISTRY` under its ``method``."""
-    ADAPTER_REGISTRY[cls.method] = cls
-    return cls
 
 
 @dataclass
@@ -94,6 +50,9 @@ class AdapterConfig:
     ``modules_to_save`` names whole modules (same matching rules, e.g. a new ``head``) that
     train fully next to the adapter and are saved inside the adapter file, as PEFT does.
     They are trained in place: no frozen copy of the original is kept.
+
+    Subclasses set ``method`` (the registry name) and ``peft_type``, and override the
+    capability properties below where their values say otherwise.
     """
 
     method: ClassVar[str] = ""
@@ -101,6 +60,30 @@ class AdapterConfig:
     target_modules: list[str] | str | None = None
     modules_to_save: list[str] | None = None
 
+    # ------------------------------------------------------------------ capabilities
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether injecting needs calibration batches (``inject(..., calibration=...)``):
+        the unit is built from the input covariances of its layers (LoRA ``init="corda"``)."""
+        return False
+
+    @property
+    def rewrites_base(self) -> bool:
+        """Whether the adapter moves part of W0 into itself, leaving a residual base weight
+        (PiSSA, CorDA, LoLDU); such adapters cannot share a base in an ``AdapterBank``."""
+        return False
+
+    @property
+    def stackable(self) -> bool:
+        """Whether adapters of this config can share one stacked unit in an ``AdapterBank``
+        (served by the multi-adapter kernel); the method must register a ``Stacking``."""
+        return False
+
+    def describe(self) -> str:
+        """A short name of the configured method for messages (``"LoRA init='corda'"``)."""
+        return self.method
+
+    # ------------------------------------------------------------------ values and JSON
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix when a value is out of range."""
 
@@ -110,6 +93,12 @@ class AdapterConfig:
         data["peft_type"] = self.peft_type
         data["method"] = self.method
         return data
+
+    def saved_json_dict(self, notes: dict[str, Any]) -> dict[str, Any]:
+        """The ``adapter_config.json`` to write next to weights saved by the units'
+        ``portable_state``; ``notes`` merges what the units reported (e.g. that they
+        converted their weights to another form). The default: :meth:`to_json_dict`."""
+        return self.to_json_dict()
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> AdapterConfig:
@@ -137,20 +126,10 @@ class AdapterConfig:
         return cls.fields_read({})
 
 
-def get_config_class(method: str) -> type[AdapterConfig]:
-    """Look a method up by name (case-insensitive), with close matches in the error."""
-    key = method.lower()
-    if key in ADAPTER_REGISTRY:
-        return ADAPTER_REGISTRY[key]
-    by_peft_type = {c.peft_type.lower(): c for c in ADAPTER_REGISTRY.values()}
-    if key in by_peft_type:
-        return by_peft_type[key]
-    close = difflib.get_close_matches(key, sorted(ADAPTER_REGISTRY), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
-        f"Unknown adapter method {method!r}.{hint} "
-        f"Known methods: {', '.join(sorted(ADAPTER_REGISTRY))}."
-    )
+def require_positive(value: float, name: str, label: str) -> None:
+    """Raise ``ValueError`` unless ``value > 0`` (``label``: the method, for the message)."""
+    if value <= 0:
+        raise ValueError(f"{label} config: {name}={value!r} must be > 0.")
 
 
 def config_from_dict(data: dict[str, Any], where: str = "the adapter config") -> AdapterConfig:
@@ -170,7 +149,7 @@ def config_from_dict(data: dict[str, Any], where: str = "the adapter config") ->
     if not method:
         raise ValueError(
             "Adapter config dict has no 'method' key; add e.g. method: lora "
-            f"(known: {', '.join(sorted(ADAPTER_REGISTRY))})."
+            f"(known: {known_methods()})."
         )
     cls = get_config_class(str(method))
     check_fields(cls, data, where)
@@ -240,231 +219,21 @@ def _edit_distance(a: str, b: str) -> int:
     return rows[-1][-1]
 
 
-def _positive(value: float, name: str, method: str) -> None:
-    if value <= 0:
-        raise ValueError(f"{method} config: {name}={value!r} must be > 0.")
+# The method configs used to live in this module; checkpoints and run configs written then
+# name them ``core.adapters.config.LoraConfig`` etc. (the class path of their hyperparameters),
+# so those names still resolve, to the classes' own modules.
+_MOVED = {
+    "LoraConfig": "lora",
+    "PEFT_LORA_FIELDS": "lora",
+    "SsfConfig": "ssf",
+    "BottleneckConfig": "bottleneck",
+    "CompacterConfig": "compacter",
+    "LolduConfig": "loldu",
+}
 
 
-@register_adapter
-@dataclass
-class LoraConfig(AdapterConfig):
-    """LoRA: y = W0 x + s * B A dropout(x), with s = alpha / r (or alpha / sqrt(r) for rsLoRA).
-
-    ``init``: ``"default"`` (PEFT's ``init_lora_weights=True``: Kaiming-uniform A, zero B),
-    ``"gaussian"`` (A ~ N(0, 1/r), zero B), ``"pissa"`` (top-r singular triplets of W0 in the
-    adapter, the residual frozen) or ``"corda"`` (context-oriented decomposition from
-    calibration batches; ``corda_mode="ipm"`` trains the largest r components, ``"kpm"`` the
-    smallest). ``use_dora`` adds DoRA's trainable per-output magnitude.
-    ``rank_pattern`` / ``alpha_pattern`` override r / alpha for modules whose name matches a key
-    (PEFT's rule: the key matches the end of the module name).
-    """
-
-    method: ClassVar[str] = "lora"
-    peft_type: ClassVar[str] = "LORA"
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.0
-    init: str = "default"
-    use_rslora: bool = False
-    use_dora: bool = False
-    corda_mode: str = "ipm"
-    corda_damping: float = 0.01
-    rank_pattern: dict[str, int] = field(default_factory=dict)
-    alpha_pattern: dict[str, float] = field(default_factory=dict)
-
-    INITS: ClassVar[tuple[str, ...]] = ("default", "gaussian", "pissa", "corda")
-
-    def validate(self) -> None:
-        _positive(self.r, "r", "LoRA")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA config: dropout={self.dropout!r} must be in [0, 1).")
-        if self.init not in self.INITS:
-            raise ValueError(
-                f"LoRA config: init={self.init!r} is not one of {', '.join(self.INITS)}."
-            )
-        if self.corda_mode not in ("ipm", "kpm"):
-            raise ValueError(
-                f"LoRA config: corda_mode={self.corda_mode!r} must be 'ipm' "
-                "(instruction-previewed) or 'kpm' (knowledge-preserved)."
-            )
-        if self.use_dora and self.init in ("pissa", "corda"):
-            raise ValueError(
-                f"LoRA config: use_dora=True cannot be combined with init={self.init!r}; "
-                "pick one of them."
-            )
-
-    def rank_for(self, module_name: str) -> tuple[int, float]:
-        """The (r, alpha) for one module after applying rank/alpha patterns."""
-        return (
-            _pattern_lookup(self.rank_pattern, module_name, self.r),
-            _pattern_lookup(self.alpha_pattern, module_name, self.alpha),
-        )
-
-    def to_json_dict(self) -> dict[str, Any]:
-        init: bool | str = True if self.init == "default" else self.init
-        return {
-            "peft_type": self.peft_type,
-            "task_type": None,
-            "base_model_name_or_path": None,
-            "revision": None,
-            "inference_mode": True,
-            "r": self.r,
-            "lora_alpha": self.alpha,
-            "lora_dropout": self.dropout,
-            "target_modules": self.target_modules,
-            "exclude_modules": None,
-            "fan_in_fan_out": False,
-            "bias": "none",
-            "use_rslora": self.use_rslora,
-            "use_dora": self.use_dora,
-            "init_lora_weights": init,
-            "modules_to_save": self.modules_to_save,
-            "layers_to_transform": None,
-            "layers_pattern": None,
-            "rank_pattern": dict(self.rank_pattern),
-            "alpha_pattern": dict(self.alpha_pattern),
-            "lora_bias": False,
-            "corda_config": {"corda_method": self.corda_mode} if self.init == "corda" else None,
-        }
-
-    @classmethod
-    def fields_read(cls, data: dict[str, Any]) -> frozenset[str]:
-        """PEFT's LoRA fields for a PEFT-style dict (it has ``lora_alpha``), else ours."""
-        if "lora_alpha" in data:
-            return PEFT_LORA_FIELDS | {"method"}
-        return super().fields_read(data)
-
-    @classmethod
-    def field_names(cls) -> frozenset[str]:
-        """This library's LoRA field names and PEFT's."""
-        return super().fields_read({}) | PEFT_LORA_FIELDS
-
-    @classmethod
-    def from_json_dict(cls, data: dict[str, Any]) -> LoraConfig:
-        if "lora_alpha" not in data:  # our own field names
-            return super().from_json_dict(data)  # type: ignore[return-value]
-        unsupported = {
-            "bias": "none",
-            "lora_bias": False,
-            "layers_to_transform": None,
-        }
-        for key, expected in unsupported.items():
-            if data.get(key, expected) not in (expected, [], {}):
-                raise ValueError(
-                    f"adapter_config.json field {key}={data[key]!r} is not supported; "
-                    f"re-save the adapter with {key}={expected!r}."
-                )
-        init = data.get("init_lora_weights", True)
-        init_name = "default" if init is True else str(init)
-        corda = data.get("corda_config") or {}
-        return cls(
-            target_modules=data.get("target_modules"),
-            modules_to_save=data.get("modules_to_save"),
-            r=int(data["r"]),
-            alpha=float(data["lora_alpha"]),
-            dropout=float(data.get("lora_dropout", 0.0)),
-            init=init_name,
-            use_rslora=bool(data.get("use_rslora", False)),
-            use_dora=bool(data.get("use_dora", False)),
-            corda_mode=corda.get("corda_method", "ipm"),
-            rank_pattern=dict(data.get("rank_pattern") or {}),
-            alpha_pattern=dict(data.get("alpha_pattern") or {}),
-        )
-
-
-def _pattern_lookup(pattern: dict[str, Any], module_name: str, default: Any) -> Any:
-    import re
-
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module_name):
-            return value
-    return default
-
-
-@register_adapter
-@dataclass
-class SsfConfig(AdapterConfig):
-    """SSF: per-channel ``gamma * out + beta`` after each target op, mergeable into it.
-
-    ``init="identity"`` (gamma = 1, beta = 0) keeps the model unchanged at the start;
-    ``init="paper"`` draws gamma ~ N(1, std) and beta ~ N(0, std) as in the SSF paper.
-    """
-
-    method: ClassVar[str] = "ssf"
-    peft_type: ClassVar[str] = "SSF"
-    init: str = "identity"
-    init_std: float = 0.02
-
-    def validate(self) -> None:
-        if self.init not in ("identity", "paper"):
-            raise ValueError(f"SSF config: init={self.init!r} must be 'identity' or 'paper'.")
-
-
-@register_adapter
-@dataclass
-class BottleneckConfig(AdapterConfig):
-    """Houlsby/Pfeiffer bottleneck: ``h + up(act(down(norm(h))))`` after each target module.
-
-    The up projection starts at zero, so the model is unchanged at the start.
-    """
-
-    method: ClassVar[str] = "bottleneck"
-    peft_type: ClassVar[str] = "BOTTLENECK"
-    bottleneck_dim: int = 16
-    activation: str = "gelu"
-    use_norm: bool = False
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        _positive(self.bottleneck_dim, "bottleneck_dim", "Bottleneck")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Bottleneck config: activation={self.activation!r} is not one of "
-                f"{', '.join(ACTIVATIONS)}."
-            )
-
-
-@register_adapter
-@dataclass
-class CompacterConfig(AdapterConfig):
-    """Compacter: a bottleneck whose projections are sums of Kronecker products.
-
-    W = sum_i A_i (x) B_i with the n x n "rules" A_i shared by every adapted layer and the
-    B_i = s_i t_i^T rank-one and per layer. Feature and bottleneck sizes must divide by n.
-    """
-
-    method: ClassVar[str] = "compacter"
-    peft_type: ClassVar[str] = "COMPACTER"
-    bottleneck_dim: int = 16
-    phm_dim: int = 4
-    activation: str = "gelu"
-
-    def validate(self) -> None:
-        _positive(self.bottleneck_dim, "bottleneck_dim", "Compacter")
-        _positive(self.phm_dim, "phm_dim", "Compacter")
-        if self.bottleneck_dim % self.phm_dim:
-            raise ValueError(
-                f"Compacter config: bottleneck_dim={self.bottleneck_dim} must be divisible by "
-                f"phm_dim={self.phm_dim}."
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"Compacter config: activation={self.activation!r} is not one of "
-                f"{', '.join(ACTIVATIONS)}."
-            )
-
-
-@register_adapter
-@dataclass
-class LolduConfig(AdapterConfig):
-    """LoLDU: pivoted LU of W0 = P L D U; train only r diagonal values and one scale."""
-
-    method: ClassVar[str] = "loldu"
-    peft_type: ClassVar[str] = "LOLDU"
-    r: int = 8
-
-    def validate(self) -> None:
-        _positive(self.r, "r", "LoLDU")
-
-
-ACTIVATIONS = ("gelu", "relu", "silu", "tanh", "identity")
+def __getattr__(name: str) -> Any:
+    """Resolve the names that moved to the method modules (see ``_MOVED``)."""
+    if name in _MOVED:
+        return getattr(importlib.import_module(f".{_MOVED[name]}", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

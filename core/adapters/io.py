@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from core.atomic import atomic_directory
 
 from .api import adapter_layers, adapter_names, delete_adapter, inject
-from .config import AdapterConfig, LoraConfig, config_from_dict
+from .config import AdapterConfig, config_from_dict
 from .targeting import is_hf_conv1d, resolve_modules_to_save
 
 CONFIG_NAME = "adapter_config.json"
@@ -54,12 +54,12 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> tuple[dict[st
     """(PEFT-keyed tensors, adapter_config.json dict) of adapter ``name``, ready to write."""
     config = _config_of(model, name)
     tensors: dict[str, Tensor] = {}
-    converted = False
+    notes: dict[str, Any] = {}
     for layer_name, layer in adapter_layers(model):
         if name not in layer.adapters:
             continue
-        state, notes = layer.adapters[name].portable_state(layer.base_layer)
-        converted |= bool(notes.get("converted_svd_init"))
+        state, unit_notes = layer.adapters[name].portable_state(layer.base_layer)
+        notes |= {k: v for k, v in unit_notes.items() if v}
         for local, tensor in state.items():
             tensors[f"{PEFT_PREFIX}{layer_name}.{local}"] = (
                 tensor.detach().cpu().clone().contiguous()
@@ -68,27 +68,12 @@ def adapter_state_dict(model: nn.Module, name: str = "default") -> tuple[dict[st
         for local, tensor in model.get_submodule(module_name).state_dict().items():
             key = f"{PEFT_PREFIX}{module_name}.{local}"
             tensors[key] = tensor.detach().cpu().clone().contiguous()
-    json_dict = config.to_json_dict()
+    json_dict = config.saved_json_dict(notes)
     if "fan_in_fan_out" in json_dict:  # PEFT's flag for GPT-2 style Conv1D (weight is in x out)
         json_dict["fan_in_fan_out"] = any(
             is_hf_conv1d(layer.base_layer) for _, layer in adapter_layers(model)
         )
-    if converted and isinstance(config, LoraConfig):
-        json_dict = _as_plain_lora(json_dict, config)
     return tensors, json_dict
-
-
-def _as_plain_lora(json_dict: dict, config: LoraConfig) -> dict:
-    """Config of a PiSSA/CorDA adapter re-expressed as a rank-2r plain LoRA on W0."""
-    factor = 2**0.5 if config.use_rslora else 2.0
-    json_dict = dict(json_dict)
-    json_dict["r"] = 2 * config.r
-    json_dict["lora_alpha"] = config.alpha * factor
-    json_dict["rank_pattern"] = {k: 2 * v for k, v in config.rank_pattern.items()}
-    json_dict["alpha_pattern"] = {k: v * factor for k, v in config.alpha_pattern.items()}
-    json_dict["init_lora_weights"] = True
-    json_dict["corda_config"] = None
-    return json_dict
 
 
 def save_adapter(model: nn.Module, path: str | Path, name: str = "default") -> Path:

@@ -121,7 +121,8 @@ class AdapterUnit(nn.Module):
         return out
 
     def portable_state(self, base: nn.Module) -> tuple[dict[str, Tensor], dict]:
-        """Tensors to save (local names) and config overrides needed to load them elsewhere."""
+        """Tensors to save (local names) and notes for the config's ``saved_json_dict``
+        (e.g. that the tensors were converted to another form, which the config must say)."""
         return {k: v.detach() for k, v in self.named_parameters()}, {}
 
 

@@ -8,15 +8,37 @@ the model starts unchanged (d = D_r, s = 1). That is r + 1 trained numbers per l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from .config import LolduConfig
+from .config import AdapterConfig, require_positive
 from .layer import AdapterUnit, layer_dims, set_weight_matrix, weight_matrix
+from .registry import BuildContext, register_method
 from .targeting import is_linear_like
 
 
+@dataclass
+class LolduConfig(AdapterConfig):
+    """LoLDU: pivoted LU of W0 = P L D U; train only r diagonal values and one scale."""
+
+    method: ClassVar[str] = "loldu"
+    peft_type: ClassVar[str] = "LOLDU"
+    r: int = 8
+
+    @property
+    def rewrites_base(self) -> bool:
+        """W0 becomes the residual W0 - (P L_r) diag(D_r) U_r."""
+        return True
+
+    def validate(self) -> None:
+        require_positive(self.r, "r", "LoLDU")
+
+
 def supports_loldu(module: nn.Module) -> bool:
+    """Linear-like layers (the decomposition is of a 2-d weight)."""
     return is_linear_like(module)
 
 
@@ -32,7 +54,7 @@ def ldu_factors(weight: Tensor, r: int) -> tuple[Tensor, Tensor, Tensor]:
 class LolduUnit(AdapterUnit):
     """``out + s * ((x U_r^T) * d) (P L_r)^T``, merging into W as s (P L_r) diag(d) U_r."""
 
-    method = "loldu"
+    method = LolduConfig.method
     mergeable = True
 
     def __init__(self, base: nn.Module, r: int) -> None:
@@ -66,7 +88,10 @@ class LolduUnit(AdapterUnit):
         set_weight_matrix(base, weight_matrix(base) - self.delta_matrix().detach())
 
 
-def build_loldu_unit(base: nn.Module, module_name: str, config: LolduConfig) -> LolduUnit:
+def build_loldu_unit(
+    base: nn.Module, module_name: str, config: LolduConfig, context: BuildContext
+) -> LolduUnit:
+    """One layer's LoLDU unit; the rank must fit the layer."""
     out_f, in_f = layer_dims(base)
     if config.r > min(out_f, in_f):
         raise ValueError(
@@ -74,3 +99,6 @@ def build_loldu_unit(base: nn.Module, module_name: str, config: LolduConfig) -> 
             f"(out_features={out_f}, in_features={in_f}); use r <= {min(out_f, in_f)}."
         )
     return LolduUnit(base, config.r)
+
+
+register_method(LolduConfig, supports=supports_loldu, build=build_loldu_unit)

@@ -1,277 +1,275 @@
-"""LoRA (with rsLoRA, DoRA, and the PiSSA / CorDA initialisations) on linear and conv layers.
+"""LoRA: the method's config and its registration (rsLoRA, DoRA, PiSSA and CorDA are variants).
 
-Parameter names follow PEFT (``lora_A.weight``, ``lora_B.weight``, ``lora_magnitude_vector``)
-so that a saved adapter reads the same in both libraries.
+``LoraConfig`` reads and writes PEFT's ``adapter_config.json`` fields, so adapters move
+between this library and PEFT. Its ``use_rslora``, ``use_dora`` and ``init`` fields choose
+the variants the unit runs with (:mod:`~core.adapters.lora_variants`,
+:mod:`~core.adapters.lora_init`); the unit is :class:`~core.adapters.lora_unit.LoraUnit`, and
+an ``AdapterBank`` stacks plain LoRA adapters in :class:`~core.adapters.lora_stack.LoraStackUnit`.
 """
 
 from __future__ import annotations
 
-import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from fused_kernels.lora import dora_linear, lora_linear
+from .config import PEFT_BASE_FIELDS, AdapterConfig, require_positive
+from .layer import layer_dims, weight_matrix
+from .lora_init import LORA_INITS, LayerStart, LoraInit
+from .lora_stack import LoraStackUnit, can_share_stack, supports_lora_stack
+from .lora_unit import LoraUnit
+from .lora_variants import DORA, LORA_SCALE, PLAIN, RSLORA_SCALE, LoraVariant, ScaleRule
+from .registry import BuildContext, Stacking, register_method
+from .targeting import is_linear_like
 
-from .config import LoraConfig
-from .layer import (
-    AdapterUnit,
-    channel_dim,
-    is_frozen,
-    layer_dims,
-    per_channel,
-    set_weight_matrix,
-    weight_matrix,
-)
-from .targeting import is_hf_conv1d, is_linear_like
+# Fields of PEFT's ``LoraConfig`` (peft 0.21). ``LoraConfig.from_json_dict`` reads r,
+# lora_alpha, lora_dropout, target_modules, modules_to_save, init_lora_weights, use_rslora,
+# use_dora, rank_pattern, alpha_pattern and corda_config, refuses unsupported values of bias,
+# lora_bias and layers_to_transform, and knowingly ignores the rest. The tests check this list
+# against the installed PEFT, so a PEFT release with new fields shows up there.
+PEFT_LORA_FIELDS = PEFT_BASE_FIELDS | {
+    "r",
+    "target_modules",
+    "exclude_modules",
+    "lora_alpha",
+    "lora_dropout",
+    "fan_in_fan_out",
+    "bias",
+    "use_rslora",
+    "modules_to_save",
+    "init_lora_weights",
+    "layers_to_transform",
+    "layers_pattern",
+    "rank_pattern",
+    "alpha_pattern",
+    "megatron_config",
+    "megatron_core",
+    "trainable_token_indices",
+    "loftq_config",
+    "eva_config",
+    "corda_config",
+    "lora_ga_config",
+    "use_dora",
+    "velora_config",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "qalora_group_size",
+    "monteclora_config",
+    "layer_replication",
+    "runtime_config",
+    "lora_bias",
+    "target_parameters",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
+    "ensure_weight_tying",
+}
 
 
+@dataclass
+class LoraConfig(AdapterConfig):
+    """LoRA: y = W0 x + s * B A dropout(x), with s = alpha / r (or alpha / sqrt(r) for rsLoRA).
+
+    ``init``: ``"default"`` (PEFT's ``init_lora_weights=True``: Kaiming-uniform A, zero B),
+    ``"gaussian"`` (A ~ N(0, 1/r), zero B), ``"pissa"`` (top-r singular triplets of W0 in the
+    adapter, the residual frozen) or ``"corda"`` (context-oriented decomposition from
+    calibration batches; ``corda_mode="ipm"`` trains the largest r components, ``"kpm"`` the
+    smallest). ``use_dora`` adds DoRA's trainable per-output magnitude.
+    ``rank_pattern`` / ``alpha_pattern`` override r / alpha for modules whose name matches a key
+    (PEFT's rule: the key matches the end of the module name).
+    """
+
+    method: ClassVar[str] = "lora"
+    peft_type: ClassVar[str] = "LORA"
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    init: str = "default"
+    use_rslora: bool = False
+    use_dora: bool = False
+    corda_mode: str = "ipm"
+    corda_damping: float = 0.01
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+
+    INITS: ClassVar[tuple[str, ...]] = tuple(LORA_INITS)
+
+    # ------------------------------------------------------------------ variants
+    @property
+    def variant(self) -> LoraVariant:
+        """How the factors change the layer: DoRA (``use_dora``) or plain LoRA."""
+        return DORA if self.use_dora else PLAIN
+
+    @property
+    def scale_rule(self) -> ScaleRule:
+        """How alpha and r set the scale: rsLoRA (``use_rslora``) or LoRA."""
+        return RSLORA_SCALE if self.use_rslora else LORA_SCALE
+
+    @property
+    def init_variant(self) -> LoraInit:
+        """How the factors start (``init``)."""
+        return LORA_INITS[self.init]
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.init_variant.needs_calibration
+
+    @property
+    def rewrites_base(self) -> bool:
+        return self.init_variant.rewrites_base
+
+    @property
+    def stackable(self) -> bool:
+        return self.variant.stackable
+
+    def describe(self) -> str:
+        return f"LoRA init={self.init!r}"
+
+    # ------------------------------------------------------------------ values
+    def validate(self) -> None:
+        require_positive(self.r, "r", "LoRA")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA config: dropout={self.dropout!r} must be in [0, 1).")
+        if self.init not in self.INITS:
+            raise ValueError(
+                f"LoRA config: init={self.init!r} is not one of {', '.join(self.INITS)}."
+            )
+        if self.corda_mode not in ("ipm", "kpm"):
+            raise ValueError(
+                f"LoRA config: corda_mode={self.corda_mode!r} must be 'ipm' "
+                "(instruction-previewed) or 'kpm' (knowledge-preserved)."
+            )
+        if self.use_dora and self.rewrites_base:
+            raise ValueError(
+                f"LoRA config: use_dora=True cannot be combined with init={self.init!r}; "
+                "pick one of them."
+            )
+
+    def rank_for(self, module_name: str) -> tuple[int, float]:
+        """The (r, alpha) for one module after applying rank/alpha patterns."""
+        return (
+            _pattern_lookup(self.rank_pattern, module_name, self.r),
+            _pattern_lookup(self.alpha_pattern, module_name, self.alpha),
+        )
+
+    def scaling_for(self, module_name: str) -> tuple[int, float]:
+        """The (r, s) for one module: its rank and the scale of s * B A."""
+        r, alpha = self.rank_for(module_name)
+        return r, self.scale_rule.scaling(alpha, r)
+
+    # ------------------------------------------------------------------ JSON (PEFT names)
+    def to_json_dict(self) -> dict[str, Any]:
+        init: bool | str = True if self.init == "default" else self.init
+        return {
+            "peft_type": self.peft_type,
+            "task_type": None,
+            "base_model_name_or_path": None,
+            "revision": None,
+            "inference_mode": True,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "exclude_modules": None,
+            "fan_in_fan_out": False,
+            "bias": "none",
+            "use_rslora": self.use_rslora,
+            "use_dora": self.use_dora,
+            "init_lora_weights": init,
+            "modules_to_save": self.modules_to_save,
+            "layers_to_transform": None,
+            "layers_pattern": None,
+            "rank_pattern": dict(self.rank_pattern),
+            "alpha_pattern": dict(self.alpha_pattern),
+            "lora_bias": False,
+            "corda_config": {"corda_method": self.corda_mode} if self.init == "corda" else None,
+        }
+
+    def saved_json_dict(self, notes: dict[str, Any]) -> dict[str, Any]:
+        """PiSSA/CorDA units save a rank-2r plain LoRA on the original W0 (``notes`` says
+        ``converted_svd_init``): r and ranks doubled, alpha scaled to keep s, init plain."""
+        json_dict = self.to_json_dict()
+        if not notes.get("converted_svd_init"):
+            return json_dict
+        factor = self.scale_rule.alpha_factor(2)
+        json_dict["r"] = 2 * self.r
+        json_dict["lora_alpha"] = self.alpha * factor
+        json_dict["rank_pattern"] = {k: 2 * v for k, v in self.rank_pattern.items()}
+        json_dict["alpha_pattern"] = {k: v * factor for k, v in self.alpha_pattern.items()}
+        json_dict["init_lora_weights"] = True
+        json_dict["corda_config"] = None
+        return json_dict
+
+    @classmethod
+    def fields_read(cls, data: dict[str, Any]) -> frozenset[str]:
+        """PEFT's LoRA fields for a PEFT-style dict (it has ``lora_alpha``), else ours."""
+        if "lora_alpha" in data:
+            return PEFT_LORA_FIELDS | {"method"}
+        return super().fields_read(data)
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        """This library's LoRA field names and PEFT's."""
+        return super().fields_read({}) | PEFT_LORA_FIELDS
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> LoraConfig:
+        if "lora_alpha" not in data:  # our own field names
+            return super().from_json_dict(data)  # type: ignore[return-value]
+        unsupported = {
+            "bias": "none",
+            "lora_bias": False,
+            "layers_to_transform": None,
+        }
+        for key, expected in unsupported.items():
+            if data.get(key, expected) not in (expected, [], {}):
+                raise ValueError(
+                    f"adapter_config.json field {key}={data[key]!r} is not supported; "
+                    f"re-save the adapter with {key}={expected!r}."
+                )
+        init = data.get("init_lora_weights", True)
+        init_name = "default" if init is True else str(init)
+        corda = data.get("corda_config") or {}
+        return cls(
+            target_modules=data.get("target_modules"),
+            modules_to_save=data.get("modules_to_save"),
+            r=int(data["r"]),
+            alpha=float(data["lora_alpha"]),
+            dropout=float(data.get("lora_dropout", 0.0)),
+            init=init_name,
+            use_rslora=bool(data.get("use_rslora", False)),
+            use_dora=bool(data.get("use_dora", False)),
+            corda_mode=corda.get("corda_method", "ipm"),
+            rank_pattern=dict(data.get("rank_pattern") or {}),
+            alpha_pattern=dict(data.get("alpha_pattern") or {}),
+        )
+
+
+def _pattern_lookup(pattern: dict[str, Any], module_name: str, default: Any) -> Any:
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return value
+    return default
+
+
+# ----------------------------------------------------------------------------- the method
 def supports_lora(module: nn.Module) -> bool:
     """Linear, GPT-2 Conv1D, or an ungrouped Conv2d."""
     return is_linear_like(module) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
-def base_output_without_bias(base: nn.Module, x: Tensor) -> Tensor:
-    """The base layer's output for ``x`` with its bias left out (DoRA rescales only W x)."""
-    if isinstance(base, nn.Conv2d):
-        return F.conv2d(x, base.weight, None, base.stride, base.padding, base.dilation, 1)
-    if is_hf_conv1d(base):
-        return x @ base.weight
-    return F.linear(x, base.weight)
-
-
-class LoraUnit(AdapterUnit):
-    """One LoRA adapter: ``out + s * B(A(dropout(x)))`` (DoRA: magnitude-rescaled)."""
-
-    method = "lora"
-    mergeable = True
-
-    def __init__(
-        self,
-        base: nn.Module,
-        r: int,
-        alpha: float,
-        dropout: float = 0.0,
-        use_rslora: bool = False,
-        use_dora: bool = False,
-        init: str = "default",
-    ) -> None:
-        super().__init__()
-        out_f, in_f = layer_dims(base)
-        self.r = r
-        self.alpha = alpha
-        self.scaling = alpha / math.sqrt(r) if use_rslora else alpha / r
-        self.use_dora = use_dora
-        self.init = init
-        self.channel_dim = channel_dim(base)
-        dtype, device = base.weight.dtype, base.weight.device
-        if isinstance(base, nn.Conv2d):
-            self.lora_A = nn.Conv2d(
-                base.in_channels,
-                r,
-                base.kernel_size,
-                base.stride,
-                base.padding,
-                base.dilation,
-                bias=False,
-                device=device,
-                dtype=dtype,
-            )
-            self.lora_B = nn.Conv2d(r, out_f, 1, bias=False, device=device, dtype=dtype)
-        else:
-            self.lora_A = nn.Linear(in_f, r, bias=False, device=device, dtype=dtype)
-            self.lora_B = nn.Linear(r, out_f, bias=False, device=device, dtype=dtype)
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._reset(init)
-        if use_dora:
-            norm = weight_matrix(base).detach().float().norm(dim=1).to(dtype)
-            self.lora_magnitude_vector = nn.Parameter(norm.clone())
-        self._merge_norm: Tensor | None = None
-
-    # -- initialisation ------------------------------------------------------------------
-    def _reset(self, init: str) -> None:
-        if init == "gaussian":
-            nn.init.normal_(self.lora_A.weight, std=1 / self.r)
-        else:  # "default", and a placeholder for the SVD inits that overwrite it
-            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
-
-    def set_factors(self, base: nn.Module, a: Tensor, b: Tensor) -> None:
-        """Put factors B (out, r) and A (r, in) in the adapter and subtract s*B A from W0.
-
-        Used by the SVD inits (PiSSA, CorDA): afterwards residual + adapter equals W0, and
-        the initial factors are kept so the adapter can be saved as a plain LoRA.
-        """
-        with torch.no_grad():
-            self.lora_A.weight.copy_(a.reshape(self.lora_A.weight.shape))
-            self.lora_B.weight.copy_(b.reshape(self.lora_B.weight.shape))
-            w = weight_matrix(base).float()
-            set_weight_matrix(base, w - self.scaling * (b.float() @ a.float()))
-        self.register_buffer("init_A", self.lora_A.weight.detach().clone())
-        self.register_buffer("init_B", self.lora_B.weight.detach().clone())
-
-    # -- computation ---------------------------------------------------------------------
-    def factors(self) -> tuple[Tensor, Tensor]:
-        """(B as out x r, A as r x in*kernel)."""
-        return (
-            self.lora_B.weight.reshape(self.lora_B.weight.shape[0], self.r),
-            self.lora_A.weight.reshape(self.r, -1),
-        )
-
-    def delta_matrix(self) -> Tensor:
-        """s * B A as an (out, in*kernel) matrix."""
-        b, a = self.factors()
-        return self.scaling * (b @ a)
-
-    def lora_output(self, x: Tensor) -> Tensor:
-        """s * B(A(dropout(x))): the adapter's additive output (plain LoRA)."""
-        return self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-
-    def fused_output(self, x: Tensor, base: nn.Module) -> Tensor | None:
-        """Base + LoRA through :func:`fused_kernels.lora.lora_linear` (DoRA: ``dora_linear``).
-
-        Applies to frozen linear layers (``nn.Linear``, GPT-2 ``Conv1D``); DoRA only without
-        active dropout (its dropout form needs the base product of the dropped input too).
-        """
-        if not is_linear_like(base) or not is_frozen(base):
-            return None
-        bias = getattr(base, "bias", None)
-        dropping = isinstance(self.lora_dropout, nn.Dropout) and self.training
-        weight = weight_matrix(base)
-        a, b = self.lora_A.weight, self.lora_B.weight
-        if self.use_dora:
-            if dropping:
-                return None
-            return dora_linear(x, weight, bias, a, b, self.scaling, self.lora_magnitude_vector)
-        mask = None
-        if dropping:
-            p = self.lora_dropout.p
-            mask = torch.empty_like(x).bernoulli_(1 - p).div_(1 - p)
-        return lora_linear(x, weight, bias, a, b, self.scaling, mask)
-
-    def forward(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        if not self.use_dora:
-            return out + self.lora_output(x)
-        x_drop = self.lora_dropout(x)
-        lora = self.lora_B(self.lora_A(x_drop))
-        norm = self._dora_norm(base, self.delta_matrix().detach()).detach()
-        scale = per_channel(self.lora_magnitude_vector / norm, out, self.channel_dim)
-        if isinstance(self.lora_dropout, nn.Identity) or not self.training:
-            bias = getattr(base, "bias", None)
-            base_wx = out if bias is None else out - per_channel(bias, out, self.channel_dim)
-        else:
-            base_wx = base_output_without_bias(base, x_drop)
-        return out + (scale - 1) * base_wx + scale * lora * self.scaling
-
-    @staticmethod
-    def _dora_norm(base: nn.Module, delta: Tensor) -> Tensor:
-        """Row norms of W0 + s B A (DoRA's "column" norm in the paper's W x convention)."""
-        return (weight_matrix(base) + delta.to(base.weight.dtype)).norm(dim=1)
-
-    def restore_base(self, x: Tensor, out: Tensor, base: nn.Module) -> Tensor:
-        if not hasattr(self, "init_A"):
-            return out
-        hidden = torch.func.functional_call(self.lora_A, {"weight": self.init_A}, (x,))
-        return (
-            out
-            + torch.func.functional_call(self.lora_B, {"weight": self.init_B}, (hidden,))
-            * self.scaling
-        )
-
-    # -- merging -------------------------------------------------------------------------
-    def merge(self, base: nn.Module) -> None:
-        with torch.no_grad():
-            delta = self.delta_matrix()
-            w = weight_matrix(base)
-            if not self.use_dora:
-                set_weight_matrix(base, w + delta)
-                return
-            norm = self._dora_norm(base, delta)
-            self._merge_norm = norm.clone()
-            factor = (self.lora_magnitude_vector / norm).unsqueeze(1)
-            set_weight_matrix(base, factor * (w + delta))
-
-    def unmerge(self, base: nn.Module) -> None:
-        with torch.no_grad():
-            delta = self.delta_matrix()
-            w = weight_matrix(base)
-            if not self.use_dora:
-                set_weight_matrix(base, w - delta)
-                return
-            factor = (self._merge_norm / self.lora_magnitude_vector).unsqueeze(1)
-            set_weight_matrix(base, factor * w - delta)
-            self._merge_norm = None
-
-    # -- saving --------------------------------------------------------------------------
-    def portable_state(self, base: nn.Module) -> tuple[dict[str, Tensor], dict]:
-        """PiSSA/CorDA adapters are saved as a rank-2r plain LoRA on the *original* W0.
-
-        s (B A - B0 A0) = s' [B, B0] [A; -A0] with r' = 2r and alpha' chosen so s' = s,
-        which is what PEFT's ``path_initial_model_for_weight_conversion`` writes too.
-        """
-        state = {k: v.detach() for k, v in self.named_parameters()}
-        if not hasattr(self, "init_A"):
-            return state, {}
-        b, a = self.factors()
-        b0 = self.init_B.reshape(b.shape)
-        a0 = self.init_A.reshape(a.shape)
-        a_cat = torch.cat([a, -a0], dim=0).detach()
-        b_cat = torch.cat([b, b0], dim=1).detach()
-        a_shape = (2 * self.r, *self.lora_A.weight.shape[1:])
-        b_shape = (b.shape[0], 2 * self.r, *self.lora_B.weight.shape[2:])
-        return {
-            "lora_A.weight": a_cat.reshape(a_shape).contiguous(),
-            "lora_B.weight": b_cat.reshape(b_shape).contiguous(),
-        }, {"converted_svd_init": True}
-
-
-# ----------------------------------------------------------------------------- SVD inits
-def pissa_factors(weight: Tensor, r: int, scaling: float) -> tuple[Tensor, Tensor]:
-    """PiSSA: A = S_r^1/2 V_r^T, B = U_r S_r^1/2 of the top-r singular triplets of W0 / s."""
-    u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
-    s_r = s[:r] / scaling
-    root = torch.sqrt(s_r)
-    return root[:, None] * vh[:r], u[:, :r] * root[None, :]
-
-
-def corda_factors(
-    weight: Tensor, covariance: Tensor, r: int, scaling: float, mode: str, damping: float
-) -> tuple[Tensor, Tensor]:
-    """CorDA: SVD of W0 C = U S V^T, so W0 = U S (V^T C^-1); the adapter takes r components.
-
-    ``mode="ipm"`` (instruction-previewed, C from task data) takes the largest r;
-    ``mode="kpm"`` (knowledge-preserved, C from general data) the smallest r, leaving the
-    components that carry the calibration data's knowledge frozen. C is damped by
-    ``damping * mean(diag C)`` before use, which keeps the decomposition exact.
-    """
-    w = weight.float()
-    cov = covariance.double()
-    n = cov.shape[0]
-    cov = cov + damping * cov.diagonal().mean().clamp_min(1e-12) * torch.eye(n, dtype=cov.dtype)
-    u, s, vh = torch.linalg.svd((w.double() @ cov), full_matrices=False)
-    v_cinv = torch.linalg.solve(cov, vh.T).T  # V^T C^-1 (C symmetric)
-    idx = slice(0, r) if mode == "ipm" else slice(s.shape[0] - r, s.shape[0])
-    root = torch.sqrt(s[idx] / scaling)
-    a = (root[:, None] * v_cinv[idx]).float()
-    b = (u[:, idx] * root[None, :]).float()
-    return a, b
-
-
 def build_lora_unit(
-    base: nn.Module,
-    module_name: str,
-    config: LoraConfig,
-    covariance: Tensor | None = None,
-    structure_only: bool = False,
+    base: nn.Module, module_name: str, config: LoraConfig, context: BuildContext
 ) -> LoraUnit:
-    """Create the LoRA unit for one layer, applying the chosen initialisation.
+    """Create the LoRA unit for one layer with the config's variants and initialisation.
 
-    ``structure_only`` builds the tensors of an SVD-initialised unit without computing the
+    With ``context.structure_only`` an SVD-initialised unit gets its tensors without the
     decomposition (W0 untouched, initial factors zero): the shape a checkpoint that holds
     the initialised and trained state is loaded into.
     """
-    r, alpha = config.rank_for(module_name)
+    r, scaling = config.scaling_for(module_name)
     out_f, in_f = layer_dims(base)
     if r > min(out_f, in_f):
         raise ValueError(
@@ -279,31 +277,29 @@ def build_lora_unit(
             f"(out_features={out_f}, in_features={in_f}); use r <= {min(out_f, in_f)} "
             "or leave this layer out of target_modules (or set rank_pattern for it)."
         )
-    unit = LoraUnit(base, r, alpha, config.dropout, config.use_rslora, config.use_dora, config.init)
-    if structure_only and config.init in ("pissa", "corda"):
-        unit.register_buffer("init_A", torch.zeros_like(unit.lora_A.weight))
-        unit.register_buffer("init_B", torch.zeros_like(unit.lora_B.weight))
-    elif config.init == "pissa":
-        a, b = pissa_factors(weight_matrix(base).detach(), r, unit.scaling)
-        unit.set_factors(base, a, b)
-    elif config.init == "corda":
-        if covariance is None:
-            raise ValueError(
-                f"LoRA init='corda' needs calibration data for layer {module_name!r}: pass "
-                "calibration=<iterable of batches> to inject()."
-            )
-        if not is_linear_like(base):
-            raise ValueError(
-                f"LoRA init='corda' supports linear layers only, not {module_name!r} "
-                f"({type(base).__name__})."
-            )
-        a, b = corda_factors(
-            weight_matrix(base).detach(),
-            covariance,
-            r,
-            unit.scaling,
-            config.corda_mode,
-            config.corda_damping,
-        )
-        unit.set_factors(base, a, b)
+    init = config.init_variant
+    unit = LoraUnit(base, r, scaling, config.dropout, config.variant, init)
+    if context.structure_only and init.rewrites_base:
+        unit.keep_initial_factors_shape()
+        return unit
+    layer = LayerStart(
+        base,
+        weight_matrix(base).detach(),
+        module_name,
+        r,
+        scaling,
+        config,
+        context.covariances.get(module_name),
+    )
+    factors = init.factors(layer)
+    if factors is not None:
+        unit.set_factors(base, *factors)
     return unit
+
+
+register_method(
+    LoraConfig,
+    supports=supports_lora,
+    build=build_lora_unit,
+    stacking=Stacking(supports=supports_lora_stack, build=LoraStackUnit, accepts=can_share_stack),
+)

@@ -12,7 +12,7 @@ op is a pure read of the stacks, which runs faster from contiguous memory.
 
 from __future__ import annotations
 
-import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -27,14 +27,25 @@ from fused_kernels.multi_lora import (
     multi_lora_delta,
 )
 
-from .config import LoraConfig
 from .layer import AdapterUnit, is_frozen, layer_dims, weight_matrix
 from .routing import ids_for_batch
 from .targeting import is_linear_like
 
+if TYPE_CHECKING:
+    from .lora import LoraConfig
+
 
 def supports_lora_stack(module: nn.Module) -> bool:
+    """Linear-like layers (the multi-adapter kernel's ``x @ A^T @ B^T`` form)."""
     return is_linear_like(module)
+
+
+def can_share_stack(configs: list[LoraConfig]) -> bool:
+    """Whether LoRA configs fit one stack: the same layers and one dropout for all."""
+    first = configs[0]
+    return all(
+        c.target_modules == first.target_modules and c.dropout == first.dropout for c in configs
+    )
 
 
 class RoutePlan:
@@ -132,14 +143,14 @@ class LoraStackUnit(AdapterUnit):
         out_f, in_f = layer_dims(base)
         ranks, scalings = [], []
         for config in configs:
-            r, alpha = config.rank_for(module_name)
+            r, scaling = config.scaling_for(module_name)
             if r > min(out_f, in_f):
                 raise ValueError(
                     f"LoRA rank r={r} is larger than layer {module_name!r} allows "
                     f"(out_features={out_f}, in_features={in_f})."
                 )
             ranks.append(r)
-            scalings.append(alpha / math.sqrt(r) if config.use_rslora else alpha / r)
+            scalings.append(scaling)
         like = {"dtype": base.weight.dtype, "device": base.weight.device}
         r_max = max(ranks)
         self.ranks = ranks
@@ -150,10 +161,7 @@ class LoraStackUnit(AdapterUnit):
         self.scaling_values = scalings  # the same, as Python floats for the fused op
         with torch.no_grad():
             for k, (config, r) in enumerate(zip(configs, ranks, strict=True)):
-                if config.init == "gaussian":
-                    nn.init.normal_(self.lora_A[k, :r], std=1 / r)
-                else:
-                    nn.init.kaiming_uniform_(self.lora_A[k, :r], a=math.sqrt(5))
+                config.init_variant.init_a_(self.lora_A[k, :r], r)
         p = configs[0].dropout
         self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
         self.router = router if router is not None else StackRouter(len(configs))

@@ -6,14 +6,36 @@ normalisation layer: W' = diag(gamma) W, b' = gamma * b + beta.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
-from .config import SsfConfig
+from .config import AdapterConfig
 from .layer import AdapterUnit, channel_dim, per_channel, set_weight_matrix, weight_matrix
+from .registry import BuildContext, register_method
 from .targeting import is_hf_conv1d, is_linear_like
 
 NORM_TYPES = (nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
+
+
+@dataclass
+class SsfConfig(AdapterConfig):
+    """SSF: per-channel ``gamma * out + beta`` after each target op, mergeable into it.
+
+    ``init="identity"`` (gamma = 1, beta = 0) keeps the model unchanged at the start;
+    ``init="paper"`` draws gamma ~ N(1, std) and beta ~ N(0, std) as in the SSF paper.
+    """
+
+    method: ClassVar[str] = "ssf"
+    peft_type: ClassVar[str] = "SSF"
+    init: str = "identity"
+    init_std: float = 0.02
+
+    def validate(self) -> None:
+        if self.init not in ("identity", "paper"):
+            raise ValueError(f"SSF config: init={self.init!r} must be 'identity' or 'paper'.")
 
 
 def num_channels(module: nn.Module) -> int | None:
@@ -34,13 +56,14 @@ def num_channels(module: nn.Module) -> int | None:
 
 
 def supports_ssf(module: nn.Module) -> bool:
+    """Layers whose output channels SSF can scale and shift (see :func:`num_channels`)."""
     return num_channels(module) is not None
 
 
 class SsfUnit(AdapterUnit):
     """``gamma * out + beta`` along the output-channel dimension."""
 
-    method = "ssf"
+    method = SsfConfig.method
 
     def __init__(self, base: nn.Module, config: SsfConfig) -> None:
         super().__init__()
@@ -95,5 +118,11 @@ class SsfUnit(AdapterUnit):
             set_weight_matrix(base, weight_matrix(base) * factor[:, None])
 
 
-def build_ssf_unit(base: nn.Module, module_name: str, config: SsfConfig) -> SsfUnit:
+def build_ssf_unit(
+    base: nn.Module, module_name: str, config: SsfConfig, context: BuildContext
+) -> SsfUnit:
+    """One layer's SSF unit."""
     return SsfUnit(base, config)
+
+
+register_method(SsfConfig, supports=supports_ssf, build=build_ssf_unit)

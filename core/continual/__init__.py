@@ -6,7 +6,7 @@
 >>> result = runner.run()  # doctest: +SKIP
 >>> result.metrics()["forgetting"]  # doctest: +SKIP
 
-``python -m core.continual.bench`` runs the embedded MNIST benchmark (docs/continual.md).
+``python -m core.continual.experiment`` runs the embedded MNIST experiment (docs/continual.md).
 """
 
 from .metrics import (

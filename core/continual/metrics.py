@@ -90,13 +90,12 @@ def forgetting(R: Matrix) -> float:
 
 
 def forgetting_last(R: Matrix) -> float:
-    """Accuracy right after learning each earlier task minus current accuracy, mean."""
-    m = _matrix(R)
-    c = m.shape[0] - 1
-    if c == 0:
-        return math.nan
-    idx = np.arange(c)
-    return float((m[idx, idx] - m[c, idx]).mean())
+    """Accuracy right after learning each earlier task minus current accuracy, mean.
+
+    That is exactly ``-backward_transfer(R)`` (the same mean, sign flipped); it has its own
+    name because papers report it as a forgetting figure, next to the max-based one.
+    """
+    return 0.0 - backward_transfer(R)  # not -x: a run that changed nothing gives 0.0, not -0.0
 
 
 def forward_transfer(R: Matrix, baseline: Sequence[float] | np.ndarray) -> float:

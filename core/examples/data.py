@@ -3,6 +3,8 @@ LightningDataModule with a deterministic, stratified train/val/test split."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
@@ -15,19 +17,23 @@ class DigitsDataModule(pl.LightningDataModule):
     """Digits as ``(x, y)`` batches: ``x`` float32 of shape (B, 64) in [0, 1], ``y`` int64.
 
     Args:
+        source: Where the data comes from: ``embedded`` (the digits that ship with
+            scikit-learn, the only source of this example).
         batch_size: Samples per batch.
         val_fraction: Share of the data held out for validation.
         test_fraction: Share of the data held out for testing.
-        seed: Seed of the split (the same seed gives the same split on every machine).
+        split_seed: Seed of the split (the same seed gives the same split on every machine);
+            the run's seed (``seed_everything``) does not change it.
         num_workers: DataLoader worker processes.
     """
 
     def __init__(
         self,
+        source: Literal["embedded"] = "embedded",
         batch_size: int = 64,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
-        seed: int = 0,
+        split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -40,11 +46,14 @@ class DigitsDataModule(pl.LightningDataModule):
                 f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must "
                 "each lie in (0, 1) and sum to less than 1."
             )
+        if source != "embedded":
+            raise ValueError(f"data.source={source!r}: this example reads only 'embedded'.")
         self.save_hyperparameters()
+        self.source = source
         self.batch_size = batch_size
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
-        self.seed = seed
+        self.split_seed = split_seed
         self.num_workers = num_workers
         self.num_features = 64
         self.num_classes = 10
@@ -61,12 +70,12 @@ class DigitsDataModule(pl.LightningDataModule):
         idx = np.arange(len(y))
         held_out = self.val_fraction + self.test_fraction
         train_idx, rest_idx = train_test_split(
-            idx, test_size=held_out, random_state=self.seed, stratify=y
+            idx, test_size=held_out, random_state=self.split_seed, stratify=y
         )
         val_idx, test_idx = train_test_split(
             rest_idx,
             test_size=self.test_fraction / held_out,
-            random_state=self.seed,
+            random_state=self.split_seed,
             stratify=y[rest_idx],
         )
 

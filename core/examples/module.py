@@ -1,16 +1,22 @@
-"""A small MLP digit classifier, fine-tuned through :class:`core.training.FineTuneModule`."""
+"""A small MLP digit classifier, fine-tuned through :class:`core.training.FineTuneModule`.
+
+The reference for an app's module: it builds its network from its own arguments and passes
+every other argument through to the base class (``**kwargs``), so adapter, regularizers,
+optimizer, scheduler, loss, monitor and calibration options come from the core, on the
+command line and in ``--help``, without being listed here. At test time it gathers a
+confusion matrix and returns it in :meth:`DigitsClassifier.test_report` (``report.md`` and
+``confusion.png``).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from core.adapters import AdapterConfig
-from core.training import FineTuneModule, Regularizer, default_loss
+from core.training import FineTuneModule
+from core.training.report import TestReport
 
 
 class MLP(nn.Module):
@@ -39,38 +45,19 @@ class DigitsClassifier(FineTuneModule):
         hidden_size: Width of the two hidden layers.
         in_features: Input size (64 pixels).
         num_classes: Number of classes (10 digits).
-        adapter: Adapter injected into the MLP, e.g. LoraConfig on ``[fc1, fc2]``.
-        modules_to_save: Modules trained in full next to the adapter (saved in its file), e.g.
-            ``[head]``.
-        regularizers: Objects with ``penalty(model) -> Tensor`` added to the training loss.
-        optimizer: Optimizer over the trainable parameters (default AdamW, lr 1e-3).
-        lr_scheduler: Optional LR scheduler, stepped every epoch.
-        loss: ``loss(logits, target) -> Tensor`` (default cross-entropy).
+        **kwargs: The :class:`~core.training.FineTuneModule` options (``adapter``,
+            ``modules_to_save``, ``regularizers``, ``optimizer``, ``lr_scheduler``, ``loss``,
+            ``monitor``, ``calibration_batches``), passed through unchanged.
     """
 
     def __init__(
-        self,
-        hidden_size: int = 64,
-        in_features: int = 64,
-        num_classes: int = 10,
-        adapter: AdapterConfig | None = None,
-        modules_to_save: list[str] | None = None,
-        regularizers: list[Regularizer] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        loss: Callable[..., Any] = default_loss,
+        self, hidden_size: int = 64, in_features: int = 64, num_classes: int = 10, **kwargs: Any
     ) -> None:
         if hidden_size < 1:
             raise ValueError(f"model.hidden_size={hidden_size} must be >= 1.")
-        super().__init__(
-            model=MLP(in_features, hidden_size, num_classes),
-            adapter=adapter,
-            modules_to_save=modules_to_save,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            loss=loss,
-        )
+        super().__init__(model=MLP(in_features, hidden_size, num_classes), **kwargs)
+        self.num_classes = num_classes
+        self._confusion: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
@@ -81,8 +68,62 @@ class DigitsClassifier(FineTuneModule):
         preds = logits.argmax(dim=-1)
         if stage == "predict":
             return {"preds": preds, "target": y}
+        if stage == "test" and self._confusion is not None:
+            pairs = y * self.num_classes + preds
+            counts = torch.bincount(pairs, minlength=self.num_classes**2)
+            self._confusion += counts.view(self.num_classes, self.num_classes)
         return {
             "loss": self.loss_fn(logits, y),
             "acc": (preds == y).float().mean(),
             "batch_size": len(y),
         }
+
+    # ------------------------------------------------------------------ test report
+    def on_test_epoch_start(self) -> None:
+        """Start an empty confusion matrix (rows: true digit, columns: predicted)."""
+        self._confusion = torch.zeros(
+            self.num_classes, self.num_classes, dtype=torch.long, device=self.device
+        )
+
+    def on_test_epoch_end(self) -> None:
+        """Sum the confusion matrix over ranks (a collective call: every rank is here)."""
+        assert self._confusion is not None
+        self._confusion = self.trainer.strategy.reduce(self._confusion, reduce_op="sum")
+
+    def test_report(self) -> TestReport | None:
+        """The test metrics, per-digit accuracy and the confusion matrix as a figure."""
+        report = super().test_report()
+        if report is None or self._confusion is None:
+            return report
+        confusion = self._confusion.cpu()
+        rows = ["| digit | test images | accuracy |", "|---|---|---|"]
+        for digit in range(self.num_classes):
+            total = int(confusion[digit].sum())
+            accuracy = f"{confusion[digit, digit].item() / total:.3f}" if total else "-"
+            rows.append(f"| {digit} | {total} | {accuracy} |")
+        report.sections["Per digit"] = "\n".join(rows)
+        report.sections["Confusion matrix"] = (
+            "Rows are the true digit, columns the predicted one.\n\n![confusion](confusion.png)"
+        )
+        report.figures["confusion"] = confusion_figure(confusion)
+        return report
+
+
+def confusion_figure(confusion: Tensor) -> Any:
+    """A matplotlib figure of a confusion matrix with its counts written in the cells."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    n, dark = confusion.shape[0], confusion.max().item() / 2
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j]:
+                color = "white" if confusion[i, j] > dark else "black"
+                ax.text(
+                    j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7, color=color
+                )
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
+    ax.set_title("Digits: test confusion matrix")
+    return fig

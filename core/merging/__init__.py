@@ -10,14 +10,6 @@ tensor at a time and, inside a tensor, chunk by chunk; ``python -m core.merging
 CONFIG.yaml`` runs the same code over files on disk. See docs/merging.md.
 """
 
-from .adapters import (
-    LoraAdapter,
-    LoraFactors,
-    merge_adapter_into_base,
-    merge_lora_adapters,
-    read_lora_adapter,
-    save_lora_adapter,
-)
 from .breadcrumbs import breadcrumbs
 from .compress import (
     CompressedTaskVector,
@@ -28,8 +20,16 @@ from .compress import (
 )
 from .dare import RescaleSearch, dare, tune_rescale
 from .engine import TensorJob, merge_state_dicts, parse_dtype, run_merge
-from .fisher import estimate_fisher, fisher_merge
+from .fisher import fisher_for_merging, fisher_merge
 from .lines import layer_scales, lines
+from .lora_merge import (
+    LoraAdapter,
+    LoraFactors,
+    merge_adapter_into_base,
+    merge_lora_adapters,
+    read_lora_adapter,
+    save_lora_adapter,
+)
 from .pcb import pcb
 from .registry import METHODS, REQUIRED, MergeMethod, get_method, register_method
 from .soups import GreedySoup, greedy_soup, greedy_soup_search, uniform_soup, wise_ft
@@ -57,7 +57,7 @@ __all__ = [
     "compress",
     "compressed_merge",
     "dare",
-    "estimate_fisher",
+    "fisher_for_merging",
     "fisher_merge",
     "get_method",
     "greedy_soup",

@@ -64,7 +64,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
             )
 
 
-register_method(
+_BREADCRUMBS = register_method(
     MergeMethod(
         name="breadcrumbs",
         summary="drop the largest-top and smallest-bottom magnitudes, sum the middle band",
@@ -79,9 +79,9 @@ register_method(
 def breadcrumbs(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    top: float | Sequence[float] = 0.01,
-    bottom: float | Sequence[float] = 0.9,
-    scaling: float = 1.0,
+    top: float | Sequence[float] = _BREADCRUMBS.params["top"],
+    bottom: float | Sequence[float] = _BREADCRUMBS.params["bottom"],
+    scaling: float = _BREADCRUMBS.params["scaling"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """Model Breadcrumbs merge.

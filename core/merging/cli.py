@@ -45,7 +45,6 @@ import yaml
 
 from core.atomic import atomic_directory
 
-from .adapters import COMBINATIONS, merge_lora_adapters, write_lora_adapter_files
 from .engine import check_compatible, output_dtypes, parse_dtype, run_merge
 from .io import (
     OutputWriteError,
@@ -58,6 +57,7 @@ from .io import (
     sha256_file,
     stored_dtype,
 )
+from .lora_merge import COMBINATIONS, merge_lora_adapters, write_lora_adapter_files
 from .registry import METHODS, get_method
 from .sources import Source
 
@@ -108,8 +108,12 @@ class MergeConfig:
     rank: int | None = None
 
 
-def config_from_dict(data: Any, where: str = "config") -> MergeConfig:
-    """Parse and check a config dict; errors name the field and the fix."""
+def merge_config_from_dict(data: Any, where: str = "config") -> MergeConfig:
+    """Parse and check a merge config dict into a :class:`MergeConfig`.
+
+    Errors name the field and the fix. (Not to be confused with
+    :func:`core.adapters.config_from_dict`, which builds an adapter config.)
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping with method, models and output.")
     unknown = sorted(set(data) - set(_TOP_LEVEL))
@@ -176,7 +180,7 @@ def load_config(path: str | Path) -> MergeConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ValueError(f"{str(path)!r} is not valid YAML ({err}).") from err
-    return config_from_dict(data, where=str(path))
+    return merge_config_from_dict(data, where=str(path))
 
 
 def _import_callable(spec: Any, what: str) -> Callable[..., Any]:

@@ -191,8 +191,51 @@ def load_compressed(path: str | Path) -> CompressedTaskVector:
     return CompressedTaskVector(tensors, float(metadata["density"]))
 
 
+# ------------------------------------------------------------------ as a registered method
+def _kernel(job: TensorJob) -> None:
+    scaling = job.params["scaling"]
+    weights = job.weights
+
+    def read_tau(sl: slice) -> list[Tensor]:
+        b = job.base_at(sl)
+        return [job.model_at(k, sl) - b for k in range(len(job.models))]
+
+    parts = ternary_parameters(
+        read_tau, job.numel, [p["density"] for p in job.model_params], job.params["alpha"]
+    )
+    for sl in job.chunks():
+        b = job.base_at(sl)
+        total = torch.zeros_like(b)
+        for k, (w, (threshold, scale)) in enumerate(zip(weights, parts, strict=True)):
+            tau = job.model_at(k, sl) - b
+            total += torch.where(tau.abs() >= threshold, torch.sign(tau) * (scale * w), 0.0)
+        job.write(sl, b + scaling * total)
+
+
+def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
+    checks.number("compress", "scaling", params["scaling"])
+    if params["alpha"] is not None:
+        checks.number("compress", "alpha", params["alpha"])
+    for i, p in enumerate(model_params):
+        checks.in_range("compress", f"density of model {i}", p["density"], 0.0, 1.0)
+
+
+_COMPRESS = register_method(
+    MergeMethod(
+        name="compress",
+        summary="merge ComPEFT ternary task vectors: keep top-density entries as sign * scale",
+        params={"density": 0.1, "alpha": None, "scaling": 1.0},
+        per_model=("weight", "density"),
+        kernel=_kernel,
+        check=_check,
+    )
+)
+
+
 def compress(
-    task_vector: Mapping[str, Tensor], density: float = 0.1, alpha: float | None = None
+    task_vector: Mapping[str, Tensor],
+    density: float = _COMPRESS.params["density"],
+    alpha: float | None = _COMPRESS.params["alpha"],
 ) -> CompressedTaskVector:
     """Compress a task vector (``task_vector(base, finetuned)``) to sparse ternary form.
 
@@ -231,53 +274,12 @@ def compress(
     return CompressedTaskVector(out, float(density))
 
 
-# ------------------------------------------------------------------ as a registered method
-def _kernel(job: TensorJob) -> None:
-    scaling = job.params["scaling"]
-    weights = job.weights
-
-    def read_tau(sl: slice) -> list[Tensor]:
-        b = job.base_at(sl)
-        return [job.model_at(k, sl) - b for k in range(len(job.models))]
-
-    parts = ternary_parameters(
-        read_tau, job.numel, [p["density"] for p in job.model_params], job.params["alpha"]
-    )
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        total = torch.zeros_like(b)
-        for k, (w, (threshold, scale)) in enumerate(zip(weights, parts, strict=True)):
-            tau = job.model_at(k, sl) - b
-            total += torch.where(tau.abs() >= threshold, torch.sign(tau) * (scale * w), 0.0)
-        job.write(sl, b + scaling * total)
-
-
-def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
-    checks.number("compress", "scaling", params["scaling"])
-    if params["alpha"] is not None:
-        checks.number("compress", "alpha", params["alpha"])
-    for i, p in enumerate(model_params):
-        checks.in_range("compress", f"density of model {i}", p["density"], 0.0, 1.0)
-
-
-register_method(
-    MergeMethod(
-        name="compress",
-        summary="merge ComPEFT ternary task vectors: keep top-density entries as sign * scale",
-        params={"density": 0.1, "alpha": None, "scaling": 1.0},
-        per_model=("weight", "density"),
-        kernel=_kernel,
-        check=_check,
-    )
-)
-
-
 def compressed_merge(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    density: float | Sequence[float] = 0.1,
-    alpha: float | None = None,
-    scaling: float = 1.0,
+    density: float | Sequence[float] = _COMPRESS.params["density"],
+    alpha: float | None = _COMPRESS.params["alpha"],
+    scaling: float = _COMPRESS.params["scaling"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """base + scaling * sum_k weights[k] * ternary(tau_k): task arithmetic on ComPEFT-compressed

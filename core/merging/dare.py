@@ -73,7 +73,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
         checks.positive_weights("dare", model_params)
 
 
-register_method(
+_DARE = register_method(
     MergeMethod(
         name="dare",
         summary="drop task-vector entries at random (seeded), rescale the rest, sum (or TIES)",
@@ -89,11 +89,11 @@ register_method(
 def dare(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    drop_rate: float | Sequence[float] = 0.9,
-    scaling: float = 1.0,
+    drop_rate: float | Sequence[float] = _DARE.params["drop_rate"],
+    scaling: float = _DARE.params["scaling"],
     seed: int = 0,
-    rescale: str | float = "standard",
-    sign_election: bool = False,
+    rescale: str | float = _DARE.params["rescale"],
+    sign_election: bool = _DARE.params["sign_election"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """DARE-merge ``finetuned`` onto ``base``.
@@ -133,9 +133,9 @@ def tune_rescale(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
     score_fn: Callable[[Mapping[str, Tensor]], float],
-    drop_rate: float = 0.9,
+    drop_rate: float = _DARE.params["drop_rate"],
     candidates: Sequence[float] | None = None,
-    scaling: float = 1.0,
+    scaling: float = _DARE.params["scaling"],
     seed: int = 0,
     weights: Sequence[float] | None = None,
 ) -> RescaleSearch:

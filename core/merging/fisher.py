@@ -2,8 +2,10 @@
 
 theta = sum_k w_k F_k theta_k / sum_k w_k F_k per entry, with F_k the diagonal Fisher
 information of model k, floored at ``floor`` so entries no model is informed about fall
-back to the plain weighted average. :func:`estimate_fisher` computes a diagonal empirical
-Fisher (mean squared gradient) from batches.
+back to the plain weighted average. :func:`fisher_for_merging` computes the ``F_k`` it
+takes: a diagonal Fisher (mean squared gradient of a loss over batches) for every
+floating-point tensor of the state dict. (EWC's estimator from exact per-sample gradients,
+over parameters only, is :func:`core.regularizers.per_sample_fisher`.)
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.positive_weights("fisher_merge", model_params)
 
 
-register_method(
+_FISHER_MERGE = register_method(
     MergeMethod(
         name="fisher_merge",
         summary="per-entry average weighted by each model's diagonal Fisher information",
@@ -56,7 +58,7 @@ register_method(
 def fisher_merge(
     models: Sequence[Mapping[str, Tensor]],
     fishers: Sequence[Mapping[str, Tensor]],
-    floor: float = 1e-6,
+    floor: float = _FISHER_MERGE.params["floor"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """Fisher-weighted average of ``models``.
@@ -73,7 +75,7 @@ def fisher_merge(
     )
 
 
-def estimate_fisher(
+def fisher_for_merging(
     model: nn.Module,
     batches: Iterable[Any],
     loss_fn: Callable[[nn.Module, Any], Tensor],
@@ -112,7 +114,7 @@ def estimate_fisher(
             p.requires_grad_(saved[n])
         model.train(was_training)
     if count == 0:
-        raise ValueError("estimate_fisher: no batches were given; pass at least one batch.")
+        raise ValueError("fisher_for_merging: no batches were given; pass at least one batch.")
     out = {}
     for key, value in model.state_dict().items():
         if not value.is_floating_point():

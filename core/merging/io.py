@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.adapters import config_from_dict
+from core.adapters import ADAPTER_REGISTRY, config_from_dict
 
-from .adapters import (
+from .lora_merge import (
     LoraAdapter,
     LoraFactors,
     apply_lora,
@@ -351,16 +351,13 @@ def _fold_lora(
         )
     raw = hparams.get("adapter") if isinstance(hparams, Mapping) else None
     if isinstance(raw, Mapping) and "init_args" in raw:
-        raw = {"method": str(raw.get("class_path", "")).rsplit(".", 1)[-1], **raw["init_args"]}
+        raw = {"method": _method_of_class_path(raw.get("class_path")), **raw["init_args"]}
     if not isinstance(raw, Mapping):
         raise ValueError(
             f"{name} holds LoRA tensors (e.g. {next(iter(parts))!r}) but no adapter config in "
             "its hyper_parameters; merge the run's adapter/ directory with base: set instead."
         )
-    raw = dict(raw)
-    if str(raw.get("method", "")).lower() in ("loraconfig", ""):
-        raw["method"] = "lora"
-    config = config_from_dict(raw)
+    config = config_from_dict(dict(raw))
     adapter = lora_adapter_from_tensors(_no_svd_init(config), parts, False, name)
     lora = {}
     for module, factors in adapter.modules.items():
@@ -371,10 +368,26 @@ def _fold_lora(
     return plain, lora, False
 
 
+def _method_of_class_path(class_path: Any) -> str:
+    """The registered method whose config class a checkpoint's ``class_path`` names.
+
+    Checkpoints name the class (``core.adapters.lora.LoraConfig``, or an older module path);
+    the class name alone identifies the registration.
+    """
+    class_name = str(class_path or "").rsplit(".", 1)[-1]
+    for method, cls in ADAPTER_REGISTRY.items():
+        if cls.__name__ == class_name:
+            return method
+    raise ValueError(
+        f"adapter class_path {class_path!r} names no registered adapter method; known: "
+        f"{sorted(cls.__name__ for cls in ADAPTER_REGISTRY.values())}."
+    )
+
+
 def _no_svd_init(config: Any) -> Any:
     # In a checkpoint, PiSSA/CorDA layers store the residual as base_layer, so residual + s B A
     # is the fine-tuned weight: fold it like a plain LoRA.
-    if getattr(config, "init", "default") in ("pissa", "corda"):
+    if config.rewrites_base:
         config.init = "default"
     return config
 

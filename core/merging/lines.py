@@ -113,7 +113,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     layer_parser(params["layers"])
 
 
-register_method(
+_LINES = register_method(
     MergeMethod(
         name="lines",
         summary="scale the task vector by alpha + beta * depth (first layer ~ base, last full)",
@@ -128,10 +128,10 @@ register_method(
 def lines(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    alpha: float = 0.0,
-    beta: float = 1.0,
-    layers: LayerSpec | None = None,
-    unmatched: str = "first",
+    alpha: float = _LINES.params["alpha"],
+    beta: float = _LINES.params["beta"],
+    layers: LayerSpec | None = _LINES.params["layers"],
+    unmatched: str = _LINES.params["unmatched"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """LiNeS: base + (alpha + beta * l / (L - 1)) * sum_k weights[k] * tau_k, layer by layer.

@@ -87,7 +87,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.in_range("pcb", "clip", params["clip"], 0.0, 0.5, high_open=True)
 
 
-register_method(
+_PCB = register_method(
     MergeMethod(
         name="pcb",
         summary="score entries by intra-task importance x inter-task agreement, drop, rescale",
@@ -102,9 +102,9 @@ register_method(
 def pcb(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    ratio: float = 0.1,
-    scaling: float = 1.0,
-    clip: float = 1e-4,
+    ratio: float = _PCB.params["ratio"],
+    scaling: float = _PCB.params["scaling"],
+    clip: float = _PCB.params["clip"],
 ) -> dict[str, Tensor]:
     """PCB-merge ``finetuned`` onto ``base``.
 

@@ -169,7 +169,7 @@ def _check_wise(params: dict[str, Any], model_params: list[dict[str, Any]]) -> N
     checks.number("wise_ft", "alpha", params["alpha"])
 
 
-register_method(
+_WISE_FT = register_method(
     MergeMethod(
         name="wise_ft",
         summary="(1 - alpha) * zero-shot (base) + alpha * fine-tuned",
@@ -185,7 +185,7 @@ register_method(
 def wise_ft(
     zeroshot: Mapping[str, Tensor],
     finetuned: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
-    alpha: float = 0.5,
+    alpha: float = _WISE_FT.params["alpha"],
 ) -> dict[str, Tensor]:
     """WiSE-FT: (1 - alpha) * zeroshot + alpha * finetuned; alpha 0 and 1 give the inputs."""
     models = [finetuned] if isinstance(finetuned, Mapping) else list(finetuned)

@@ -74,7 +74,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.number("task_arithmetic", "scaling", params["scaling"])
 
 
-register_method(
+_TASK_ARITHMETIC = register_method(
     MergeMethod(
         name="task_arithmetic",
         summary="theta_pre + scaling * sum_k weight_k (theta_k - theta_pre)",
@@ -88,7 +88,7 @@ register_method(
 def task_arithmetic(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    scaling: float = 1.0,
+    scaling: float = _TASK_ARITHMETIC.params["scaling"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """Task arithmetic: base + scaling * sum_k weights[k] * (finetuned[k] - base).

@@ -69,7 +69,7 @@ def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
         checks.in_range("ties", f"density of model {i}", p["density"], 0.0, 1.0)
 
 
-register_method(
+_TIES = register_method(
     MergeMethod(
         name="ties",
         summary="trim to the top-density magnitudes, elect signs, disjoint mean (TIES)",
@@ -84,8 +84,8 @@ register_method(
 def ties(
     base: Mapping[str, Tensor],
     finetuned: Sequence[Mapping[str, Tensor]],
-    density: float | Sequence[float] = 0.2,
-    scaling: float = 1.0,
+    density: float | Sequence[float] = _TIES.params["density"],
+    scaling: float = _TIES.params["scaling"],
     weights: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
     """TIES-merge ``finetuned`` onto ``base``.

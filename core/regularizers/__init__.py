@@ -5,7 +5,8 @@
 >>> trainer = pl.Trainer(callbacks=[RegularizerCallback([ewc])])  # doctest: +SKIP
 
 Methods (registry names): ``ewc``, ``online_ewc``, ``l2sp``, ``lwf``, ``replay``, ``hft``,
-``drtune``. The anchored SFT loss lives with the other losses in ``core.training.losses``.
+``drtune``. :func:`per_sample_fisher` is EWC's diagonal Fisher from exact per-sample
+gradients (Fisher merging has its own estimator, :func:`core.merging.fisher_for_merging`).
 """
 
 from .base import (
@@ -24,7 +25,7 @@ from .base import (
 )
 from .callback import RegularizerCallback
 from .drtune import DRTune, semantic_calibration
-from .ewc import EWC, LABEL_CHOICES, OnlineEWC, estimate_fisher
+from .ewc import EWC, LABEL_CHOICES, OnlineEWC, per_sample_fisher
 from .hft import GRANULARITIES, HalfFineTuning, parameter_groups
 from .l2sp import L2SP
 from .lwf import LwF, distillation_kl
@@ -56,8 +57,8 @@ __all__ = [
     "default_targets",
     "distillation_kl",
     "dmt_stages",
-    "estimate_fisher",
     "parameter_groups",
+    "per_sample_fisher",
     "register",
     "select_parameters",
     "semantic_calibration",

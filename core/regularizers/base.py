@@ -1,6 +1,9 @@
-"""The regularizer protocol, the base class every method shares, and the name registry.
+"""The base class every method shares, its helpers, and the name registry.
 
-A regularizer is a small object (as in avalanche) with
+A regularizer is a small object (as in avalanche) that satisfies
+:class:`core.training.Regularizer`, the one protocol, re-exported here (it asks only for
+``penalty``). Every method of this package derives from :class:`ContinualRegularizer`,
+which gives it
 
 - ``penalty(model) -> Tensor``: a scalar added to the training loss;
 - ``update(model, data=None, task=None)``: called after a task (or stage) to take a
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from core.training.regularizer_protocol import Regularizer
 
 __all__ = [
     "REGISTRY",
@@ -38,19 +43,6 @@ __all__ = [
     "register",
     "select_parameters",
 ]
-
-
-@runtime_checkable
-class Regularizer(Protocol):
-    """What the training code needs: a scalar penalty and a hook after each task."""
-
-    def penalty(self, model: nn.Module) -> Tensor:
-        """A scalar tensor, differentiable w.r.t. the parameters it protects."""
-        ...
-
-    def update(self, model: nn.Module, data: Iterable[Any] | None = None, task: Any = None) -> None:
-        """Take what is needed from ``model`` (and ``data``) after finishing a task."""
-        ...
 
 
 class NotReadyError(RuntimeError):

@@ -37,6 +37,7 @@ from .base import (
     default_targets,
     register,
 )
+from .snapshot import eval_mode, take_snapshot
 
 __all__ = ["DRTune", "semantic_calibration"]
 
@@ -117,22 +118,15 @@ class DRTune(ContinualRegularizer):
 
     def _update(self, model: nn.Module, data: Iterable[Any] | None, task: Any) -> None:
         encoder, _ = self._parts(model)
-        self.pretrained.clear()
-        with torch.no_grad():
-            for name, t in [*encoder.named_parameters(), *encoder.named_buffers()]:
-                self.pretrained[name] = t.detach().clone()
+        take_snapshot(encoder, self.pretrained)
 
     def pretrained_features(self, model: nn.Module, inputs: Any) -> Tensor:
         """Features of the frozen pre-trained encoder (eval mode, no gradient)."""
         self.require_ready("pretrained_features()")
         encoder, _ = self._parts(model)
-        was_training = encoder.training
-        encoder.eval()
-        try:
-            with torch.no_grad():
-                return functional_call(encoder, dict(self.pretrained.items()), (inputs,))
-        finally:
-            encoder.train(was_training)
+        # One positional argument, as the live ``encoder(inputs)`` in ``_penalty`` is called.
+        with eval_mode(encoder), torch.no_grad():
+            return functional_call(encoder, dict(self.pretrained.items()), (inputs,))
 
     def _penalty(self, model: nn.Module) -> Tensor:
         if self._batch is None:

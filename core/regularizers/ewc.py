@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from .base import (
     ContinualRegularizer,
@@ -39,12 +39,13 @@ from .base import (
     register,
     select_parameters,
 )
+from .snapshot import call_with_state, eval_mode
 
 LabelChoice = Literal["sampled", "true"]
 PerSample = Literal["auto", "vmap", "loop"]
 LABEL_CHOICES = ("sampled", "true")
 
-__all__ = ["EWC", "LABEL_CHOICES", "OnlineEWC", "estimate_fisher"]
+__all__ = ["EWC", "LABEL_CHOICES", "OnlineEWC", "per_sample_fisher"]
 
 
 def _check_labels(labels: str) -> None:
@@ -106,12 +107,6 @@ def _forward(model: nn.Module, inputs: Any) -> Any:
     return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
-def _call(model: nn.Module, state: Any, inputs: Any) -> Any:
-    if isinstance(inputs, dict):
-        return functional_call(model, state, args=(), kwargs=inputs)
-    return functional_call(model, state, (inputs,))
-
-
 def _log_likelihood(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
     """``log p(labels | x)`` summed over every labelled position (one sample, no batch dim).
 
@@ -125,7 +120,7 @@ def _log_likelihood(logits: Tensor, labels: Tensor, ignore_index: int) -> Tensor
     return (picked * valid).sum()
 
 
-def estimate_fisher(
+def per_sample_fisher(
     model: nn.Module,
     data: Iterable[Any],
     labels: LabelChoice = "sampled",
@@ -170,7 +165,7 @@ def estimate_fisher(
     params = dict(params) if params is not None else select_parameters(model)
     if not params:
         raise ValueError(
-            "estimate_fisher: the model has no trainable floating-point parameters to "
+            "per_sample_fisher: the model has no trainable floating-point parameters to "
             "estimate a Fisher for; unfreeze them or pass params=."
         )
     fixed = {
@@ -180,7 +175,7 @@ def estimate_fisher(
     total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in weights.items()}
 
     def log_lik(w: dict[str, Tensor], x: Any, y: Tensor) -> Tensor:
-        out = output_fn(_call(model, (w, fixed), _unsqueeze(x)))
+        out = output_fn(call_with_state(model, (w, fixed), _unsqueeze(x)))
         return _log_likelihood(out[0], y, ignore_index)
 
     vmapped = vmap(grad(log_lik), in_dims=(None, 0, 0), chunk_size=chunk_size)
@@ -197,10 +192,8 @@ def estimate_fisher(
         return {n: torch.stack(v) for n, v in out.items()}
 
     mode = per_sample
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
+    with eval_mode(model):
         for batch in data:
             inputs = input_fn(batch)
             n = _batch_len(inputs)
@@ -211,7 +204,7 @@ def estimate_fisher(
                 y = _take(target_fn(batch), n)
             else:
                 with torch.no_grad():
-                    logits = output_fn(_call(model, (weights, fixed), inputs)).float()
+                    logits = output_fn(call_with_state(model, (weights, fixed), inputs)).float()
                 probs = torch.softmax(logits, dim=-1).reshape(-1, logits.shape[-1])
                 draws = torch.multinomial(probs.cpu(), 1, generator=generator)
                 y = draws.reshape(logits.shape[:-1]).to(logits.device)
@@ -225,7 +218,7 @@ def estimate_fisher(
                     if mode == "vmap":
                         raise
                     warnings.warn(
-                        f"estimate_fisher: the model cannot be vmapped ({err}); using exact "
+                        f"per_sample_fisher: the model cannot be vmapped ({err}); using exact "
                         "per-sample gradients one sample at a time (per_sample='loop').",
                         stacklevel=2,
                     )
@@ -239,10 +232,10 @@ def estimate_fisher(
             seen += n
             if max_samples is not None and seen >= max_samples:
                 break
-    finally:
-        model.train(was_training)
     if seen == 0:
-        raise ValueError("estimate_fisher: data yielded no samples; pass the finished task's data.")
+        raise ValueError(
+            "per_sample_fisher: data yielded no samples; pass the finished task's data."
+        )
     return {name: t / seen for name, t in total.items()}
 
 
@@ -260,7 +253,7 @@ class EWC(ContinualRegularizer):
             every trainable parameter at the time of the first ``update``.
         seed: Seeds the label sampling (task ``t`` uses ``seed + t``).
         chunk_size: Samples per ``vmap`` chunk while estimating.
-        per_sample: ``"auto"`` / ``"vmap"`` / ``"loop"``, see :func:`estimate_fisher`.
+        per_sample: ``"auto"`` / ``"vmap"`` / ``"loop"``, see :func:`per_sample_fisher`.
         input_fn / target_fn / output_fn: Pick inputs and labels out of a batch, logits
             out of a model output.
         name: Logged name (default the class name).
@@ -327,7 +320,7 @@ class EWC(ContinualRegularizer):
             )
         params = self._parameters_of(model)
         generator = torch.Generator().manual_seed(self.seed + int(self.num_updates.item()))
-        new = estimate_fisher(
+        new = per_sample_fisher(
             model,
             data,
             self.labels,

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from .base import ContinualRegularizer, TensorStore, default_inputs, default_logits, register
+from .snapshot import call_with_state, eval_mode, take_snapshot
 
 __all__ = ["LwF", "distillation_kl"]
 
@@ -71,25 +71,13 @@ class LwF(ContinualRegularizer):
         self._inputs = self.input_fn(batch)
 
     def _update(self, model: nn.Module, data: Iterable[Any] | None, task: Any) -> None:
-        self.teacher.clear()
-        with torch.no_grad():
-            for name, t in [*model.named_parameters(), *model.named_buffers()]:
-                self.teacher[name] = t.detach().clone()
+        take_snapshot(model, self.teacher)
 
     def teacher_logits(self, model: nn.Module, inputs: Any) -> Tensor:
         """Outputs of the frozen snapshot on ``inputs`` (eval mode, no gradient)."""
         self.require_ready("teacher_logits()")
-        state = dict(self.teacher.items())
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                if isinstance(inputs, dict):
-                    out = functional_call(model, state, args=(), kwargs=inputs)
-                else:
-                    out = functional_call(model, state, (inputs,))
-        finally:
-            model.train(was_training)
+        with eval_mode(model), torch.no_grad():
+            out = call_with_state(model, dict(self.teacher.items()), inputs)
         return self.output_fn(out).detach()
 
     def _penalty(self, model: nn.Module) -> Tensor:

@@ -14,11 +14,12 @@ from .callbacks import (
     read_manifest,
 )
 from .checkpointing import AtomicCheckpointIO, LastStepCheckpoint
-from .cli import FineTuneCLI, adapter_methods_help, run_cli
+from .cli import FineTuneCLI, adapter_methods_help, run_cli, tiny_config
 from .errors import UsageError
-from .losses import anchored_sft_loss, dft_loss, token_kl
-from .module import FineTuneModule, Regularizer, coerce_adapter_config, default_loss
+from .module import FineTuneModule, coerce_adapter_config, default_loss
 from .penalties import compute_penalties, end_stage, penalty_names, start_stage
+from .regularizer_protocol import Regularizer
+from .report import ReportWriter, TestReport, metrics_table
 from .resume import ResumeRngState
 
 __all__ = [
@@ -30,21 +31,22 @@ __all__ = [
     "MetricsJson",
     "PredictionsWriter",
     "Regularizer",
+    "ReportWriter",
     "ResumeRngState",
+    "TestReport",
     "UsageError",
     "adapter_methods_help",
-    "anchored_sft_loss",
     "append_manifest",
     "atomic_write",
     "atomic_write_text",
     "coerce_adapter_config",
     "compute_penalties",
     "default_loss",
-    "dft_loss",
     "end_stage",
+    "metrics_table",
     "penalty_names",
     "read_manifest",
     "run_cli",
     "start_stage",
-    "token_kl",
+    "tiny_config",
 ]

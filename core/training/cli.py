@@ -1,13 +1,21 @@
 """``run_cli``: the one command line every app shares, built on ``LightningCLI``.
 
-``python -m apps.<domain>.train`` with no arguments fits on the app's default config and
-then tests the fitted model. With arguments it is a plain LightningCLI: subcommands
+``python -m apps.<domain>.train`` without a subcommand fits and then tests the fitted
+model, in one run directory: with no arguments on the app's default config, with options
+(``--config apps/<domain>/configs/tiny.yaml --trainer.default_root_dir D``) on the default
+config with those layered over it. With a subcommand it is a plain LightningCLI: subcommands
 ``fit``/``validate``/``test``/``predict``, ``--config`` files layered over the app's
 default config, dotted overrides (``--model.adapter.init_args.r 4``, ``--trainer.max_epochs
 3``) and ``--help`` (``--model.adapter.help LoraConfig`` lists one adapter's options).
 
+An app's module passes the ``FineTuneModule`` arguments through (``def __init__(self,
+own_args..., **kwargs)`` and ``super().__init__(model=net, **kwargs)``); jsonargparse follows
+the ``**kwargs`` into the base class, so every base option is on the command line and in
+``--help``. Options model and data share are linked (``run_cli(..., links={"data.image_size":
+"model.image_size"})``, :mod:`core.training.links`): the user sets the source only.
+
 Each run writes one directory, ``<trainer.default_root_dir>/version_<n>`` (the default root
-is ``runs/<app>``)::
+is ``runs/<app>``), every file atomically (``core.training.run_files``, ``core.atomic``)::
 
     config.yaml          the full resolved config (LightningCLI)
     hparams.yaml         the model's hyperparameters
@@ -15,6 +23,7 @@ is ``runs/<app>``)::
     checkpoints/         last.ckpt and best.ckpt (lowest val/loss)
     adapter/             adapter_config.json + adapter_model.safetensors (PEFT layout)
     metrics.json         final scalar metrics of fit / validate / test
+    report.md, *.png     after test: the module's ``test_report()`` (core.training.report)
     manifest.jsonl       one line per file written by the callbacks above
 
 Resume with ``fit --ckpt_path <run_dir>/checkpoints/last.ckpt``; the resumed run gets its own
@@ -31,16 +40,16 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
 
 from core.adapters import ADAPTER_REGISTRY
 
@@ -68,10 +77,22 @@ from .errors import (
     top_package,
     usage_errors_exit,
 )
+from .links import (
+    check_links,
+    check_targets_not_given,
+    given_keys,
+    lookup_plain,
+    parser_key,
+    plain_key,
+)
+from .report import ReportWriter
 from .resume import ResumeRngState
 from .run_dirs import RunDirGuard
+from .run_files import AtomicCSVLogger, AtomicSaveConfigCallback
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
+#: The recipe of an app that makes a one-step fit + test run in seconds, offline.
+TINY_CONFIG = "tiny.yaml"
 
 #: Defaults of the ``checkpoint`` argument group (a LastStepCheckpoint every run has).
 CHECKPOINT_DEFAULTS: dict[str, Any] = {
@@ -106,9 +127,10 @@ class FineTuneCLI(LightningCLI):
     """LightningCLI with the core's run directory: CSV logs, checkpoints, adapter, metrics.
 
     Adds a configurable ``checkpoint`` group (a ``ModelCheckpoint``: ``--checkpoint.monitor``
-    etc.), always adds :class:`AdapterExport`, :class:`MetricsJson` and
-    :class:`PredictionsWriter`, and logs with a ``CSVLogger`` rooted at
-    ``trainer.default_root_dir`` unless ``trainer.logger`` names another logger.
+    etc.), always adds :class:`AdapterExport`, :class:`MetricsJson`,
+    :class:`PredictionsWriter` and :class:`ReportWriter`, and logs with an
+    :class:`AtomicCSVLogger` rooted at ``trainer.default_root_dir`` unless ``trainer.logger``
+    names another logger.
     """
 
     def __init__(
@@ -117,6 +139,7 @@ class FineTuneCLI(LightningCLI):
         app_name: str = "app",
         default_config: str | Path | None = None,
         debug: bool = False,
+        links: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         """Parse, check, instantiate and run like LightningCLI, with the checks of bad input.
@@ -126,6 +149,7 @@ class FineTuneCLI(LightningCLI):
             default_config: The app's config, given as the first ``--config``: its values are
                 the app's defaults, not options the user chose (see ``_parse_ckpt_path``).
             debug: Parse errors print the full usage (as jsonargparse does) instead of one line.
+            links: ``{source: target}`` options made equal at parse time (``run_cli``).
 
         Bad input (:func:`core.training.errors.is_user_error`) that stops the run after the
         trainer was made removes the run directory it created if that holds nothing of use.
@@ -133,6 +157,7 @@ class FineTuneCLI(LightningCLI):
         self.app_name = app_name
         self.default_config = default_config
         self.debug = debug
+        self.links = dict(links or {})
         cli_args = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
         self._cli_args = [str(a) for a in cli_args] if isinstance(cli_args, list | tuple) else []
         self._run_dir_guard: RunDirGuard | None = None
@@ -148,6 +173,12 @@ class FineTuneCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LastStepCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
+        for source, target in self.links.items():
+            parser.link_arguments(
+                parser_key(source, self.subclass_mode_model),
+                parser_key(target, self.subclass_mode_model),
+                apply_on="parse",
+            )
         for action in parser._actions:
             if action.dest == "model.adapter":
                 action.help = (
@@ -160,7 +191,7 @@ class FineTuneCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer", default={})
         if "logger" not in kwargs and trainer_cfg.get("logger") in (None, True):
             root = trainer_cfg.get("default_root_dir") or f"runs/{self.app_name}"
-            kwargs["logger"] = CSVLogger(save_dir=root, name="")
+            kwargs["logger"] = AtomicCSVLogger(save_dir=root, name="")
         # Checkpoints are written atomically next to their destination, and hold the RNG
         # states a resumed fit needs to continue exactly (core.training.checkpointing, .resume).
         kwargs.setdefault(
@@ -204,6 +235,7 @@ class FineTuneCLI(LightningCLI):
         if not hparams:
             return
         class_path = hparams.pop("_class_path", None)
+        saved = dict(hparams)
         if self.subclass_mode_model:  # the config picks the class: the checkpoint's, as checked
             class_path = class_path or saved_module_class(ckpt)
             class_path = class_path or self.config[subcommand].get("model.class_path")
@@ -225,6 +257,36 @@ class FineTuneCLI(LightningCLI):
             self.parser.exit_on_error = exit_on_error
         options = explicit_model_options(self._cli_args, self.default_config)
         check_no_conflicts(given, self.config[subcommand], options, ckpt_path, subcommand)
+        self._align_links_with_checkpoint(saved, subcommand, ckpt_path)
+
+    def _align_links_with_checkpoint(
+        self, hparams: dict[str, Any], subcommand: str, ckpt_path: str | Path
+    ) -> None:
+        """Give a linked model option the checkpoint's value, through its source.
+
+        The merge above re-applies the links, so a linked model option takes the source's
+        value (``data.image_size``), not the checkpoint's. Where they differ the source takes
+        the checkpoint's value, as every other model option does; if the user gave the source
+        that is a conflict, reported like one.
+        """
+        config = self.config[subcommand]
+        given = {key: where for key, where in given_keys(self._cli_args)}
+        for source, target in self.links.items():
+            section, _, name = plain_key(target).partition(".")
+            if section != "model" or name not in hparams:
+                continue
+            saved, current = hparams[name], lookup_plain(config, plain_key(source))
+            if saved == current:
+                continue
+            if plain_key(source) in given:
+                raise UsageError(
+                    f"--ckpt_path {ckpt_path} was trained with {plain_key(target)}={saved!r}, "
+                    f"which is linked to {plain_key(source)}; you gave {plain_key(source)}="
+                    f"{current!r} {given[plain_key(source)]}: drop it to use the checkpoint's "
+                    "value, or leave out --ckpt_path to start a fresh run with yours."
+                )
+            config[parser_key(source, self.subclass_mode_model)] = saved
+            config[parser_key(target, self.subclass_mode_model)] = saved
 
     def after_instantiate_classes(self) -> None:
         """Check the optimizer's arguments and note the run root, before anything runs."""
@@ -254,6 +316,20 @@ def app_name_of(module_cls: type) -> str:
     return parts[-2] if len(parts) >= 2 else module_cls.__name__.lower()
 
 
+def subcommand_index(argv: Sequence[str]) -> int | None:
+    """Position of the subcommand in ``argv`` (``None`` if there is none).
+
+    A subcommand is a ``fit``/``validate``/``test``/``predict`` token that is not the value
+    of the option before it (``--trainer.default_root_dir test`` names a folder).
+    """
+    for i, token in enumerate(argv):
+        if token in SUBCOMMANDS:
+            previous = argv[i - 1] if i else ""
+            if not (previous.startswith("-") and "=" not in previous):
+                return i
+    return None
+
+
 def with_default_config(argv: Sequence[str], default_config: str | Path) -> list[str]:
     """Insert ``--config <default_config>`` right after the subcommand.
 
@@ -263,10 +339,36 @@ def with_default_config(argv: Sequence[str], default_config: str | Path) -> list
     callable such as ``model.optimizer`` when it has ``init_args``.)
     """
     argv = list(argv)
-    for i, token in enumerate(argv):
-        if token in SUBCOMMANDS:
-            return [*argv[: i + 1], "--config", str(default_config), *argv[i + 1 :]]
-    return argv
+    i = subcommand_index(argv)
+    if i is None:
+        return argv
+    return [*argv[: i + 1], "--config", str(default_config), *argv[i + 1 :]]
+
+
+def fits_then_tests(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` means "fit, then test": no subcommand and no top-level ``--help``."""
+    return subcommand_index(argv) is None and not any(t in ("-h", "--help") for t in argv)
+
+
+def tiny_config(app_package: str) -> Path:
+    """``<app package>/configs/tiny.yaml``: the app's recipe for a fit + test in seconds.
+
+    Args:
+        app_package: The app's package, e.g. ``"apps.vision"`` or ``"core.examples"``.
+
+    Raises:
+        FileNotFoundError: The package or its ``configs/tiny.yaml`` does not exist.
+    """
+    spec = importlib.util.find_spec(app_package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{app_package!r} is not an importable package.")
+    path = Path(next(iter(spec.submodule_search_locations))) / "configs" / TINY_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is missing: every app has a configs/{TINY_CONFIG} that makes a "
+            "one-step fit + test run in seconds, offline (see docs/new_domain_app.md)."
+        )
+    return path
 
 
 def run_cli(
@@ -277,8 +379,10 @@ def run_cli(
     app_name: str | None = None,
     subclass_mode: bool = False,
     exit_on_error: bool | None = None,
+    links: Mapping[str, str] | None = None,
+    run: bool = True,
 ) -> FineTuneCLI:
-    """Run an app's command line; with no arguments at all, fit then test.
+    """Run an app's command line; without a subcommand, fit then test.
 
     Bad input (a value the config or the model rejects, a YAML syntax error, a missing,
     corrupt or foreign ``--ckpt_path``, an option that conflicts with the checkpoint's
@@ -292,8 +396,10 @@ def run_cli(
         default_config: The app's LightningCLI YAML (keys ``model``, ``data``, ``trainer``,
             ``seed_everything``, ...), read first by every subcommand; ``--config`` files
             and dotted options override it.
-        args: Command-line arguments; ``None`` reads ``sys.argv[1:]``. An empty list (or
-            no command-line arguments) means: fit on the default config, then test.
+        args: Command-line arguments; ``None`` reads ``sys.argv[1:]``. Without a subcommand
+            (an empty list, or only options such as ``--config tiny.yaml``) the run fits and
+            then tests the fitted weights, in one run directory. A top-level ``--help``
+            lists the subcommands.
         app_name: Names the default run root ``runs/<app_name>``; defaults to the package
             of ``module_cls``.
         subclass_mode: Let the config pick the module class (``model: {class_path: ...,
@@ -304,6 +410,14 @@ def run_cli(
             runs as a command; called from Python with ``args`` the exception (a
             ``ValueError``, e.g. :class:`core.training.errors.UsageError`) propagates.
             Parse errors (unknown option, wrong type) exit with code 2 either way.
+        links: ``{source: target}`` pairs of options that model and data share, e.g.
+            ``{"data.image_size": "model.image_size"}``: the target is set from the source
+            when the config is parsed, and giving the target is an error naming the source
+            (:mod:`core.training.links`). Keys are spelled as options are (``model.x``, also
+            where the config picks the model class).
+        run: ``False`` parses ``args`` (options only, no subcommand) and instantiates the
+            model, data module and trainer without running anything: a check that a recipe
+            is complete (``main(["--config", recipe], run=False)``).
 
     Returns:
         The ``FineTuneCLI`` (``.trainer``, ``.model``, ``.datamodule``, ``.config``).
@@ -316,17 +430,35 @@ def run_cli(
         )
     argv, debug = pop_debug_flag(sys.argv[1:] if args is None else args)
     debug = debug or debug_from_env()
-    no_args = not argv
+    links = dict(links or {})
+    check_links(links)
+    fit_then_test = run and fits_then_tests(argv)
+    if not run and subcommand_index(argv) is not None:
+        raise ValueError(
+            f"run_cli(run=False) instantiates without running; drop the subcommand "
+            f"{argv[subcommand_index(argv)]!r} from args."
+        )
     name = app_name or app_name_of(module_cls)
     packages = {top_package(module_cls), top_package(datamodule_cls), top_package(FineTuneCLI)}
     exiting = args is None if exit_on_error is None else exit_on_error
     with usage_errors_exit(packages, enabled=exiting, debug=debug):
         for path in [default_config, *yaml_files_in(argv)]:
             check_yaml_syntax(path)
+        check_targets_not_given(links, argv, default_config)
+        if fit_then_test:
+            argv = ["fit", *argv]
         cli = _make_cli(
-            module_cls, datamodule_cls, default_config, argv, name, subclass_mode, debug
+            module_cls,
+            datamodule_cls,
+            default_config,
+            argv,
+            name,
+            subclass_mode,
+            debug,
+            links,
+            run,
         )
-        if no_args:
+        if fit_then_test:
             # Test the weights fit() ended with: the ones exported to <run_dir>/adapter.
             cli.trainer.test(cli.model, datamodule=cli.datamodule)
     return cli
@@ -340,7 +472,13 @@ def _make_cli(
     name: str,
     subclass_mode: bool,
     debug: bool,
+    links: dict[str, str],
+    run: bool,
 ) -> FineTuneCLI:
+    if run:
+        cli_args = with_default_config(argv, default_config)
+    else:  # no subcommand: the default config goes first
+        cli_args = ["--config", str(default_config), *argv]
     with warnings.catch_warnings():
         # We always pass the arguments explicitly (to layer the default config under them).
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
@@ -350,7 +488,10 @@ def _make_cli(
             app_name=name,
             default_config=default_config,
             debug=debug,
-            args=with_default_config(argv or ["fit"], default_config),
+            links=links,
+            args=cli_args,
+            run=run,
+            save_config_callback=AtomicSaveConfigCallback,
             subclass_mode_model=subclass_mode,
             seed_everything_default=0,
             auto_configure_optimizers=False,
@@ -369,6 +510,7 @@ def _make_cli(
                     AdapterExport(),
                     MetricsJson(),
                     PredictionsWriter(),
+                    ReportWriter(),
                     ModuleClassStamp(),
                 ],
             },

@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from core.adapters import AdapterConfig, config_from_dict, inject, resolve_modules_to_save
 
 from .penalties import compute_penalties, end_stage, penalty_names, start_stage
+from .regularizer_protocol import Regularizer
+from .report import TestReport, metrics_table
 
 # Adapter configs are dataclasses. jsonargparse treats a pure dataclass as a fixed group of
 # fields; enabling subclasses lets a YAML (and the command line) pick the method by
@@ -35,19 +37,6 @@ from .penalties import compute_penalties, end_stage, penalty_names, start_stage
 set_parsing_settings(subclasses_enabled=[AdapterConfig])
 
 STAGES = ("train", "val", "test", "predict")
-
-
-@runtime_checkable
-class Regularizer(Protocol):
-    """Anything with ``penalty(model) -> Tensor`` (a scalar added to the training loss).
-
-    Regularizers that are ``nn.Module`` s are registered as sub-modules, so the state they
-    keep in buffers (EWC's Fisher, anchors) travels in the Lightning checkpoint.
-    """
-
-    def penalty(self, model: Any) -> Any:
-        """A scalar tensor, differentiable w.r.t. the parameters it penalizes."""
-        ...
 
 
 def default_loss(logits: Tensor, target: Tensor) -> Tensor:
@@ -198,8 +187,9 @@ class FineTuneModule(pl.LightningModule):
     # ------------------------------------------------------------------ adapter injection
     @property
     def needs_calibration(self) -> bool:
-        """Whether the adapter's init needs data (LoRA CorDA), so it waits for ``setup``."""
-        return getattr(self.adapter_config, "init", None) == "corda"
+        """Whether the adapter config needs calibration data (LoRA CorDA), so injecting it
+        waits for ``setup`` (the config says so: ``AdapterConfig.needs_calibration``)."""
+        return self.adapter_config is not None and self.adapter_config.needs_calibration
 
     def _inject(self, **kwargs: Any) -> None:
         try:
@@ -304,6 +294,22 @@ class FineTuneModule(pl.LightningModule):
         ``"loss"`` may be absent.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement shared_step().")
+
+    def test_report(self) -> TestReport | None:
+        """What ``report.md`` says after ``test`` (written by ``run_cli``'s ``ReportWriter``).
+
+        Called once at the end of ``test`` on global rank zero, after ``on_test_epoch_end``.
+        The default reports the logged ``test/*`` metrics (``None`` when there are none).
+        Override it to add sections and figures, starting from ``super().test_report()``;
+        see :mod:`core.training.report`.
+        """
+        metrics = {k: v for k, v in self.trainer.callback_metrics.items() if k.startswith("test/")}
+        if not metrics:
+            return None
+        sections = {"Metrics": metrics_table(metrics)}
+        if self.trainer.ckpt_path:
+            sections["Weights"] = f"Loaded from `{self.trainer.ckpt_path}`."
+        return TestReport(title=f"{type(self).__name__}: test", sections=sections)
 
     # ------------------------------------------------------------------ Lightning hooks
     def regularization_penalties(self, batch: Any = None) -> dict[str, Tensor]:

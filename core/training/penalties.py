@@ -2,7 +2,7 @@
 
 One job, shared by everything that trains with regularizers: ``FineTuneModule`` (its own
 ``regularizers`` and those a callback attaches), ``core.regularizers.RegularizerCallback``
-and plain PyTorch loops such as ``core.continual.bench``. Keeping it in one place means the
+and plain PyTorch loops such as ``core.continual.experiment``. Keeping it in one place means the
 rules below hold everywhere:
 
 - a regularizer with ``observe(batch)`` sees the training batch before ``penalty`` is asked

@@ -21,12 +21,23 @@ def guide_files() -> dict[str, str]:
     return {m["path"]: m["body"] for m in BLOCK.finditer(GUIDE.read_text())}
 
 
-def test_guide_names_the_four_pieces() -> None:
+def write_app(root: Path) -> dict[str, str]:
+    """Write the guide's files as the package ``wine_app`` under ``root``; its environment."""
+    for rel, body in guide_files().items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body)
+    (root / "wine_app" / "__init__.py").write_text("")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(REPO)])}
+
+
+def test_guide_names_the_pieces() -> None:
     assert set(guide_files()) == {
         "wine_app/data.py",
         "wine_app/module.py",
         "wine_app/train.py",
         "wine_app/configs/default.yaml",
+        "wine_app/configs/tiny.yaml",
     }
     code_lines = [
         line
@@ -34,17 +45,12 @@ def test_guide_names_the_four_pieces() -> None:
         for line in body.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert len(code_lines) <= 60  # "about 50 lines" of app code
+    assert len(code_lines) <= 70  # "about 60 lines" of app code
 
 
 @pytest.mark.slow
 def test_guide_app_runs_with_no_arguments(tmp_path: Path) -> None:
-    for rel, body in guide_files().items():
-        target = tmp_path / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(body)
-    (tmp_path / "wine_app" / "__init__.py").write_text("")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    env = write_app(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "wine_app.train"],  # no arguments: fit, then test
         cwd=tmp_path,
@@ -55,8 +61,56 @@ def test_guide_app_runs_with_no_arguments(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "wine_app" / "version_0"
-    for name in ["adapter/adapter_model.safetensors", "checkpoints/last.ckpt", "metrics.csv"]:
+    for name in [
+        "adapter/adapter_model.safetensors",
+        "checkpoints/last.ckpt",
+        "metrics.csv",
+        "report.md",
+    ]:
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fit"]["epoch"] == 20
     assert metrics["test"]["test/acc"] > 0.8  # wines are easy; chance is about 0.4
+    assert "| test/acc |" in (run_dir / "report.md").read_text()
+
+
+def test_guide_app_keeps_the_contract(tmp_path: Path) -> None:
+    """The contract test's three checks (docs/new_domain_app.md, The app contract)."""
+    env = write_app(tmp_path)
+    script = """
+import sys
+from wine_app.train import main
+main(["--config", "wine_app/configs/tiny.yaml", "--trainer.default_root_dir", "D"])
+for recipe in ("wine_app/configs/default.yaml", "wine_app/configs/tiny.yaml"):
+    cli = main(["--config", recipe], run=False)
+    assert type(cli.model).__name__ == "WineClassifier", recipe
+try:
+    main(["fit", "--help"])
+except SystemExit as exit:
+    assert exit.code == 0
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "LoraConfig" in proc.stdout and "--model.monitor" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["version_0"]
+    run_dir = tmp_path / "D" / "version_0"
+    for name in [
+        "config.yaml",
+        "checkpoints/last.ckpt",
+        "report.md",
+        "adapter/adapter_config.json",
+    ]:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"fit", "test"} and metrics["fit"]["global_step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "D",
+        "wine_app",
+    ]  # run=False wrote nothing

@@ -39,7 +39,7 @@ def _perturbed_bank(config, names=("en", "sw", "yo")) -> AdapterBank:
 )
 def test_routed_batch_equals_each_adapter_alone(config, tmp_path) -> None:
     bank = _perturbed_bank(config)
-    assert bank.stacked == (config.method == "lora" and not getattr(config, "use_dora", False))
+    assert bank.stacked == config.stackable
     x = torch.randint(0, 64, (5, 6), generator=torch.Generator().manual_seed(2))
     ids = torch.tensor([2, 0, -1, 1, 0])
     routed = bank(x, adapter_ids=ids).logits

@@ -23,13 +23,9 @@ from core.adapters import (
     load_adapter,
     save_adapter,
 )
-from core.adapters.config import (
-    PEFT_BASE_FIELDS,
-    PEFT_LORA_FIELDS,
-    UnknownFieldWarning,
-    misspelling_of,
-)
+from core.adapters.config import PEFT_BASE_FIELDS, UnknownFieldWarning, misspelling_of
 from core.adapters.io import CONFIG_NAME, read_adapter
+from core.adapters.lora import PEFT_LORA_FIELDS
 
 from .models import MODEL_CASES
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core.adapters import LoraConfig, inject, load_adapter, merge, save_adapter
-from core.adapters.lora import corda_factors, pissa_factors
+from core.adapters.lora_init import corda_factors, pissa_factors
 
 
 def _linear(out_f: int = 10, in_f: int = 6) -> nn.Linear:

@@ -1,25 +1,34 @@
 """Every adapter method through the same checks on every model family (PEFT's test matrix idea).
 
-Checks: output unchanged at init, merge/unmerge restores weights, merged == unmerged
-output, save/load round trip, disabled adapter == base output, only adapter parameters get
-gradients, and a few optimizer steps reduce a loss.
+The methods come from the registry (``core.adapters.METHODS``): a newly registered method
+runs here with its config's defaults, and ``VARIANTS`` adds the configurations worth
+covering on their own (LoRA's variants, smaller sizes). Checks: output unchanged at init,
+merge/unmerge restores weights, merged == unmerged output, save/load round trip, disabled
+adapter == base output, only adapter parameters get gradients, and a few optimizer steps
+reduce a loss. Each check is a ``check_*`` function, so a test can run the whole matrix on a
+method it registers itself (``test_registry.py``).
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from core.adapters import (
+    METHODS,
+    AdapterConfig,
     BottleneckConfig,
     CompacterConfig,
     LolduConfig,
     LoraConfig,
     NotMergeableError,
     SsfConfig,
+    adapter_layers,
     adapter_tensors,
     disable_adapters,
     inject,
@@ -29,41 +38,94 @@ from core.adapters import (
     trainable_parameters,
     unmerge,
 )
+from core.adapters.lora_init import LORA_INITS
 
 from .models import MODEL_CASES, ModelCase
 
-# method id -> (config factory given target list, uses conv targets too, mergeable)
-METHODS = {
-    "lora": (lambda t: LoraConfig(r=4, alpha=8, target_modules=t), True, True),
-    "lora_gaussian": (lambda t: LoraConfig(r=4, init="gaussian", target_modules=t), True, True),
-    "rslora": (lambda t: LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=t), True, True),
-    "dora": (lambda t: LoraConfig(r=4, alpha=8, use_dora=True, target_modules=t), True, True),
-    "pissa": (lambda t: LoraConfig(r=4, alpha=4, init="pissa", target_modules=t), True, True),
-    "corda_ipm": (lambda t: LoraConfig(r=4, init="corda", target_modules=t), False, True),
-    "corda_kpm": (
-        lambda t: LoraConfig(r=4, init="corda", corda_mode="kpm", target_modules=t),
-        False,
-        True,
-    ),
-    "ssf": (lambda t: SsfConfig(target_modules=t), True, True),
-    "bottleneck": (lambda t: BottleneckConfig(bottleneck_dim=8, target_modules=t), False, False),
-    "compacter": (
-        lambda t: CompacterConfig(bottleneck_dim=8, phm_dim=4, target_modules=t),
-        False,
-        False,
-    ),
-    "loldu": (lambda t: LolduConfig(r=4, target_modules=t), False, True),
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a method in the matrix.
+
+    ``config(targets)`` builds it; ``conv``: also adapt the model's conv layers (``None``:
+    when the method's registration supports them); ``mergeable``: what merging must do
+    (``None``: what the built units say).
+    """
+
+    config: Callable[[list[str]], AdapterConfig]
+    conv: bool | None = None
+    mergeable: bool | None = None
+
+
+# Configurations beyond a method's defaults, by method; a registered method missing here
+# runs once, with its config's defaults.
+VARIANTS: dict[str, dict[str, Variant]] = {
+    "lora": {
+        "lora": Variant(lambda t: LoraConfig(r=4, alpha=8, target_modules=t), True, True),
+        "lora_gaussian": Variant(
+            lambda t: LoraConfig(r=4, init="gaussian", target_modules=t), True, True
+        ),
+        "rslora": Variant(
+            lambda t: LoraConfig(r=4, alpha=8, use_rslora=True, target_modules=t), True, True
+        ),
+        "dora": Variant(
+            lambda t: LoraConfig(r=4, alpha=8, use_dora=True, target_modules=t), True, True
+        ),
+        "pissa": Variant(
+            lambda t: LoraConfig(r=4, alpha=4, init="pissa", target_modules=t), True, True
+        ),
+        "corda_ipm": Variant(
+            lambda t: LoraConfig(r=4, init="corda", target_modules=t), False, True
+        ),
+        "corda_kpm": Variant(
+            lambda t: LoraConfig(r=4, init="corda", corda_mode="kpm", target_modules=t),
+            False,
+            True,
+        ),
+    },
+    "ssf": {"ssf": Variant(lambda t: SsfConfig(target_modules=t), True, True)},
+    "bottleneck": {
+        "bottleneck": Variant(
+            lambda t: BottleneckConfig(bottleneck_dim=8, target_modules=t), False, False
+        )
+    },
+    "compacter": {
+        "compacter": Variant(
+            lambda t: CompacterConfig(bottleneck_dim=8, phm_dim=4, target_modules=t), False, False
+        )
+    },
+    "loldu": {"loldu": Variant(lambda t: LolduConfig(r=4, target_modules=t), False, True)},
 }
 
 
-def _setup(method: str, case: ModelCase) -> tuple[nn.Module, nn.Module, torch.Tensor, bool]:
-    factory, with_conv, mergeable = METHODS[method]
-    targets = case.linear_targets + (case.conv_targets if with_conv else [])
+def matrix_variants() -> dict[str, Variant]:
+    """Every registered method's variants, by id, read from the registry when called."""
+    variants: dict[str, Variant] = {}
+    for name, method in METHODS.items():
+        default = {name: Variant(lambda t, cls=method.config: cls(target_modules=t))}
+        variants.update(VARIANTS.get(name, default))
+    return variants
+
+
+def _targets(variant: Variant, case: ModelCase, model: nn.Module) -> list[str]:
+    """The case's linear layers, plus its conv layers where the variant adapts them."""
+    conv = variant.conv
+    if conv is None:
+        supports = METHODS[variant.config([]).method].supports
+        conv = all(supports(model.get_submodule(name)) for name in case.conv_targets)
+    return case.linear_targets + (case.conv_targets if conv else [])
+
+
+def _setup(variant: Variant, case: ModelCase) -> tuple[nn.Module, nn.Module, torch.Tensor, bool]:
+    """(base model, model with the adapter, input, whether merging must work)."""
     base = case.build()
     model = case.build()
     x = case.make_input()
-    calibration = [x] if method.startswith("corda") else None
-    inject(model, factory(targets), calibration=calibration)
+    config = variant.config(_targets(variant, case, base))
+    inject(model, config, calibration=[x] if config.needs_calibration else None)
+    mergeable = variant.mergeable
+    if mergeable is None:
+        mergeable = all(layer.adapters["default"].mergeable for _, layer in adapter_layers(model))
     return base, model, x, mergeable
 
 
@@ -79,20 +141,14 @@ def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-CASES = [(m, c) for m in METHODS for c in MODEL_CASES]
-
-
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_output_unchanged_at_init(method: str, case_name: str) -> None:
-    case = MODEL_CASES[case_name]
-    base, model, x, _ = _setup(method, case)
+# ------------------------------------------------------------------------------- checks
+def check_output_unchanged_at_init(variant: Variant, case: ModelCase, tmp_path: Path) -> None:
+    base, model, x, _ = _setup(variant, case)
     torch.testing.assert_close(case.run(model, x), case.run(base, x), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_merge_unmerge(method: str, case_name: str) -> None:
-    case = MODEL_CASES[case_name]
-    _, model, x, mergeable = _setup(method, case)
+def check_merge_unmerge(variant: Variant, case: ModelCase, tmp_path: Path) -> None:
+    _, model, x, mergeable = _setup(variant, case)
     _perturb(model)
     before = _weights(model)
     expected = case.run(model, x)
@@ -112,10 +168,8 @@ def test_merge_unmerge(method: str, case_name: str) -> None:
     torch.testing.assert_close(case.run(model, x), expected, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_save_load_round_trip(method: str, case_name: str, tmp_path) -> None:
-    case = MODEL_CASES[case_name]
-    _, model, x, _ = _setup(method, case)
+def check_save_load_round_trip(variant: Variant, case: ModelCase, tmp_path: Path) -> None:
+    _, model, x, _ = _setup(variant, case)
     _perturb(model)
     expected = case.run(model, x)
     save_adapter(model, tmp_path / "adapter")
@@ -124,10 +178,10 @@ def test_save_load_round_trip(method: str, case_name: str, tmp_path) -> None:
     torch.testing.assert_close(case.run(fresh, x), expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_disabled_adapter_gives_base_output(method: str, case_name: str) -> None:
-    case = MODEL_CASES[case_name]
-    base, model, x, mergeable = _setup(method, case)
+def check_disabled_adapter_gives_base_output(
+    variant: Variant, case: ModelCase, tmp_path: Path
+) -> None:
+    base, model, x, mergeable = _setup(variant, case)
     _perturb(model)
     assert not torch.allclose(case.run(model, x), case.run(base, x), atol=1e-4)
     if mergeable:
@@ -136,10 +190,8 @@ def test_disabled_adapter_gives_base_output(method: str, case_name: str) -> None
         torch.testing.assert_close(case.run(model, x), case.run(base, x), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_only_adapter_parameters_train(method: str, case_name: str) -> None:
-    case = MODEL_CASES[case_name]
-    _, model, x, _ = _setup(method, case)
+def check_only_adapter_parameters_train(variant: Variant, case: ModelCase, tmp_path: Path) -> None:
+    _, model, x, _ = _setup(variant, case)
     _perturb(model)
     case.run(model, x).float().pow(2).mean().backward()
     adapter_ids = {id(p) for p in adapter_tensors(model, "default").values()}
@@ -154,10 +206,8 @@ def test_only_adapter_parameters_train(method: str, case_name: str) -> None:
     )
 
 
-@pytest.mark.parametrize(("method", "case_name"), CASES)
-def test_optimizer_steps_reduce_loss(method: str, case_name: str) -> None:
-    case = MODEL_CASES[case_name]
-    _, model, x, _ = _setup(method, case)
+def check_optimizer_steps_reduce_loss(variant: Variant, case: ModelCase, tmp_path: Path) -> None:
+    _, model, x, _ = _setup(variant, case)
     model.train()
     with torch.no_grad():
         target = torch.randn_like(case.run(model, x).float())
@@ -172,8 +222,63 @@ def test_optimizer_steps_reduce_loss(method: str, case_name: str) -> None:
     assert losses[-1] < losses[0], losses
 
 
-def test_matrix_covers_every_registered_method() -> None:
-    from core.adapters import ADAPTER_REGISTRY
+CHECKS = [
+    check_output_unchanged_at_init,
+    check_merge_unmerge,
+    check_save_load_round_trip,
+    check_disabled_adapter_gives_base_output,
+    check_only_adapter_parameters_train,
+    check_optimizer_steps_reduce_loss,
+]
 
-    covered = {copy.copy(factory(["x"])).method for factory, _, _ in METHODS.values()}
-    assert covered == set(ADAPTER_REGISTRY)
+
+# ------------------------------------------------------------------------------- the matrix
+CASES = [(v, c) for v in matrix_variants() for c in MODEL_CASES]
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_output_unchanged_at_init(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_output_unchanged_at_init(matrix_variants()[variant], MODEL_CASES[case_name], tmp_path)
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_merge_unmerge(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_merge_unmerge(matrix_variants()[variant], MODEL_CASES[case_name], tmp_path)
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_save_load_round_trip(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_save_load_round_trip(matrix_variants()[variant], MODEL_CASES[case_name], tmp_path)
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_disabled_adapter_gives_base_output(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_disabled_adapter_gives_base_output(
+        matrix_variants()[variant], MODEL_CASES[case_name], tmp_path
+    )
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_only_adapter_parameters_train(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_only_adapter_parameters_train(
+        matrix_variants()[variant], MODEL_CASES[case_name], tmp_path
+    )
+
+
+@pytest.mark.parametrize(("variant", "case_name"), CASES)
+def test_optimizer_steps_reduce_loss(variant: str, case_name: str, tmp_path: Path) -> None:
+    check_optimizer_steps_reduce_loss(matrix_variants()[variant], MODEL_CASES[case_name], tmp_path)
+
+
+def test_matrix_covers_every_registered_method_and_lora_variant() -> None:
+    variants = matrix_variants()
+    configs = [v.config(["x"]) for v in variants.values()]
+    assert {c.method for c in configs} == set(METHODS)
+    lora = [c for c in configs if isinstance(c, LoraConfig)]
+    assert {c.init for c in lora} == set(LORA_INITS)
+    assert {(c.use_dora, c.use_rslora) for c in lora} >= {
+        (False, False),
+        (True, False),
+        (False, True),
+    }
+    assert {c.corda_mode for c in lora if c.needs_calibration} == {"ipm", "kpm"}

@@ -9,7 +9,7 @@ from core.examples.data import DigitsDataModule
 
 
 def _split(seed: int) -> DigitsDataModule:
-    data = DigitsDataModule(seed=seed)
+    data = DigitsDataModule(split_seed=seed)
     data.setup("fit")
     return data
 
@@ -53,3 +53,5 @@ def test_loaders_batch_and_bad_settings_are_rejected() -> None:
         DigitsDataModule(batch_size=0)
     with pytest.raises(ValueError, match="val_fraction"):
         DigitsDataModule(val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(ValueError, match=r"data\.source='csv'"):
+        DigitsDataModule(source="csv")  # type: ignore[arg-type]

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 import core.merging.cli as cli
 from core.adapters import LoraConfig, inject, load_adapter, save_adapter
 from core.merging import fisher_merge, greedy_soup, merge_adapter_into_base, ties, uniform_soup
-from core.merging.cli import MANIFEST_NAME, config_from_dict, load_config, main, run
+from core.merging.cli import MANIFEST_NAME, load_config, main, merge_config_from_dict, run
 from core.merging.io import OutputWriteError, SafetensorsWriter, sha256_file
 
 from .helpers import make_inputs
@@ -292,7 +292,7 @@ def test_adapter_level_merge(tmp_path: Path) -> None:
 )
 def test_config_errors_are_explained(config: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        config_from_dict(config)
+        merge_config_from_dict(config)
 
 
 def test_run_errors_name_the_input(tmp_path: Path) -> None:
@@ -415,7 +415,7 @@ def test_run_refuses_an_overlap_before_reading_anything(tmp_path: Path) -> None:
         ValueError,
         match=r"^output '.*models/ft_dir' is input '.*models/ft_dir'; .* even with overwrite",
     ):
-        run(config_from_dict({**config, "output": str(models / "ft_dir"), "overwrite": True}))
+        run(merge_config_from_dict({**config, "output": str(models / "ft_dir"), "overwrite": True}))
     assert _snapshot(tmp_path) == before
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.merging import estimate_fisher, fisher_merge, uniform_soup
+from core.merging import fisher_for_merging, fisher_merge, uniform_soup
 
 from .helpers import make_inputs
 
@@ -38,7 +38,7 @@ def test_fishers_must_match_the_models() -> None:
         fisher_merge(models, fishers, floor=0.0)
 
 
-def test_estimate_fisher_is_the_mean_squared_gradient() -> None:
+def test_fisher_for_merging_is_the_mean_squared_gradient() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     model[0].weight.requires_grad_(False)  # frozen parameters get a Fisher too
@@ -47,12 +47,12 @@ def test_estimate_fisher_is_the_mean_squared_gradient() -> None:
     def loss_fn(m: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return ((m(batch[0]) - batch[1]) ** 2).mean()
 
-    fisher = estimate_fisher(model, batches, loss_fn)
+    fisher = fisher_for_merging(model, batches, loss_fn)
     assert not model[0].weight.requires_grad  # restored
     assert set(fisher) == {k for k, v in model.state_dict().items() if v.is_floating_point()}
     assert torch.equal(fisher["1.running_mean"], torch.zeros(2))
     expected = torch.zeros(2, 3)
-    model.eval()  # estimate_fisher runs the model in eval mode
+    model.eval()  # fisher_for_merging runs the model in eval mode
     for batch in batches:
         w = model[0].weight.detach().clone().requires_grad_(True)
         out = torch.func.functional_call(model, {"0.weight": w}, (batch[0],))
@@ -60,4 +60,4 @@ def test_estimate_fisher_is_the_mean_squared_gradient() -> None:
         expected += grad**2 / 3
     torch.testing.assert_close(fisher["0.weight"], expected)
     with pytest.raises(ValueError, match="no batches"):
-        estimate_fisher(model, [], loss_fn)
+        fisher_for_merging(model, [], loss_fn)

@@ -8,12 +8,14 @@ size, and mismatched tensor names or shapes raise an error naming the tensor.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
+import core.merging
 from core.merging import METHODS, REQUIRED, MergeMethod, get_method, merge_state_dicts, ops
 from core.merging.registry import register_method
 
@@ -210,3 +212,36 @@ def test_required_parameter_must_be_given() -> None:
 def test_streamable_flag() -> None:
     assert METHODS["ties"].streamable
     assert not METHODS["greedy_soup"].streamable
+
+
+WRAPPERS = {
+    "task_arithmetic": ["task_arithmetic"],
+    "ties": ["ties"],
+    "dare": ["dare", "tune_rescale"],
+    "breadcrumbs": ["breadcrumbs"],
+    "pcb": ["pcb"],
+    "lines": ["lines"],
+    "wise_ft": ["wise_ft"],
+    "fisher_merge": ["fisher_merge"],
+    "compress": ["compressed_merge", "compress"],
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "wrapper"), [(m, w) for m, names in WRAPPERS.items() for w in names]
+)
+def test_wrapper_defaults_are_the_registered_defaults(method: str, wrapper: str) -> None:
+    """A Python wrapper's defaults are read from its method's registration, so a YAML and a
+    call without the parameter merge the same way."""
+    params = get_method(method).params
+    signature = inspect.signature(getattr(core.merging, wrapper)).parameters
+    shared = {n: p.default for n, p in signature.items() if n in params}
+    assert shared, f"{wrapper} exposes none of {method}'s parameters"
+    assert shared == {n: params[n] for n in shared}
+
+
+def test_every_method_with_parameters_has_its_wrappers_checked() -> None:
+    with_defaults = {
+        name for name, m in METHODS.items() if any(v is not REQUIRED for v in m.params.values())
+    }
+    assert with_defaults <= set(WRAPPERS)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.regularizers import EWC, OnlineEWC, estimate_fisher
+from core.regularizers import EWC, OnlineEWC, per_sample_fisher
 
 from .toys import EncoderHead, batches, blobs
 
@@ -41,7 +41,7 @@ def _closed_form_true(model: nn.Linear, x) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("batch_size", [1, 7, 40])
 def test_empirical_fisher_matches_closed_form_for_any_batch_size(batch_size: int) -> None:
     model, x, y = _softmax_regression()
-    fisher = estimate_fisher(model, batches(x, y, batch_size), labels="true")
+    fisher = per_sample_fisher(model, batches(x, y, batch_size), labels="true")
     expected = _closed_form_empirical(model, x, y)
     for name in ("weight", "bias"):
         torch.testing.assert_close(fisher[name], expected[name], atol=1e-6, rtol=1e-5)
@@ -50,7 +50,7 @@ def test_empirical_fisher_matches_closed_form_for_any_batch_size(batch_size: int
 def test_fisher_is_not_the_square_of_a_batch_averaged_gradient() -> None:
     """The known bug squares mean_n g_n instead of averaging g_n^2; the two differ a lot."""
     model, x, y = _softmax_regression()
-    fisher = estimate_fisher(model, [(x, y)], labels="true")
+    fisher = per_sample_fisher(model, [(x, y)], labels="true")
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()  # batch-averaged gradient
     buggy = model.weight.grad.pow(2)
@@ -64,27 +64,27 @@ def test_sampled_fisher_converges_to_the_true_fisher_closed_form() -> None:
     model, x, _ = _softmax_regression()
     x = x[:4].repeat(5000, 1)  # many label draws per input
     gen = torch.Generator().manual_seed(0)
-    fisher = estimate_fisher(model, [(x, None)], labels="sampled", generator=gen, chunk_size=None)
+    fisher = per_sample_fisher(model, [(x, None)], labels="sampled", generator=gen, chunk_size=None)
     expected = _closed_form_true(model, x[:4])
     for name in ("weight", "bias"):
         torch.testing.assert_close(fisher[name], expected[name], atol=0.02, rtol=0.05)
     # and the empirical Fisher with fixed (wrong) labels is a different quantity
     wrong = torch.zeros(len(x), dtype=torch.long)
-    empirical = estimate_fisher(model, [(x, wrong)], labels="true")
+    empirical = per_sample_fisher(model, [(x, wrong)], labels="true")
     assert not torch.allclose(empirical["weight"], expected["weight"], atol=0.02, rtol=0.05)
 
 
 def test_sampled_fisher_is_reproducible_with_a_seeded_generator() -> None:
     model, x, _ = _softmax_regression()
-    a = estimate_fisher(model, [(x, None)], generator=torch.Generator().manual_seed(3))
-    b = estimate_fisher(model, [(x, None)], generator=torch.Generator().manual_seed(3))
+    a = per_sample_fisher(model, [(x, None)], generator=torch.Generator().manual_seed(3))
+    b = per_sample_fisher(model, [(x, None)], generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_vmap_fisher_matches_a_per_sample_autograd_loop_on_an_mlp() -> None:
     model = EncoderHead()
     x, y = blobs(20)
-    fisher = estimate_fisher(model, batches(x, y, 8), labels="true", chunk_size=3)
+    fisher = per_sample_fisher(model, batches(x, y, 8), labels="true", chunk_size=3)
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for i in range(len(y)):
         model.zero_grad()
@@ -122,13 +122,13 @@ def test_models_that_cannot_be_vmapped_fall_back_to_an_exact_per_sample_loop() -
     x = torch.randn(12, 3)
     y = torch.randint(0, 4, (12,))
     with pytest.raises(RuntimeError):
-        estimate_fisher(model, [(x, y)], labels="true", per_sample="vmap")
+        per_sample_fisher(model, [(x, y)], labels="true", per_sample="vmap")
     with pytest.warns(UserWarning, match="cannot be vmapped"):
-        fisher = estimate_fisher(model, batches(x, y, 5), labels="true")
+        fisher = per_sample_fisher(model, batches(x, y, 5), labels="true")
     expected = _closed_form_empirical(model.lin, x, y)
     torch.testing.assert_close(fisher["lin.weight"], expected["weight"], atol=1e-6, rtol=1e-5)
-    looped = estimate_fisher(EncoderHead(), [blobs(10)], labels="true", per_sample="loop")
-    vmapped = estimate_fisher(EncoderHead(), [blobs(10)], labels="true", per_sample="vmap")
+    looped = per_sample_fisher(EncoderHead(), [blobs(10)], labels="true", per_sample="loop")
+    vmapped = per_sample_fisher(EncoderHead(), [blobs(10)], labels="true", per_sample="vmap")
     torch.testing.assert_close(looped, vmapped, atol=1e-6, rtol=1e-4)
 
 
@@ -137,15 +137,15 @@ def test_model_is_in_eval_mode_while_estimating_and_mode_is_restored() -> None:
     clean = EncoderHead(dropout=0.0)  # same seed, same weights
     x, y = blobs(24)
     noisy.train()
-    fisher = estimate_fisher(noisy, [(x, y)], labels="true")
+    fisher = per_sample_fisher(noisy, [(x, y)], labels="true")
     assert noisy.training
-    expected = estimate_fisher(clean, [(x, y)], labels="true")
+    expected = per_sample_fisher(clean, [(x, y)], labels="true")
     torch.testing.assert_close(fisher, expected)
 
 
 def test_subsampling_uses_the_first_max_samples() -> None:
     model, x, y = _softmax_regression()
-    sub = estimate_fisher(model, batches(x, y, 8), labels="true", max_samples=10)
+    sub = per_sample_fisher(model, batches(x, y, 8), labels="true", max_samples=10)
     expected = _closed_form_empirical(model, x[:10], y[:10])
     torch.testing.assert_close(sub["weight"], expected["weight"], atol=1e-6, rtol=1e-5)
 
@@ -156,7 +156,7 @@ def test_token_model_fisher_sums_log_likelihood_over_labelled_positions() -> Non
     x = torch.randn(6, 4, 3)
     y = torch.randint(0, 5, (6, 4))
     y[:, -1] = -100
-    fisher = estimate_fisher(model, [(x, y)], labels="true")
+    fisher = per_sample_fisher(model, [(x, y)], labels="true")
     expected = torch.zeros_like(model.weight)
     for i in range(6):
         model.zero_grad()
@@ -197,7 +197,7 @@ def test_online_ewc_decays_the_old_fisher_and_moves_the_anchor() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.2)
-    f_new = estimate_fisher(model, batches(x, y), labels="true")
+    f_new = per_sample_fisher(model, batches(x, y), labels="true")
     ewc.update(model, batches(x, y))
     assert ewc.terms() == [0]
     for n, f in ewc.fisher_of().items():
@@ -219,8 +219,8 @@ def test_ewc_bad_inputs_are_named() -> None:
     with pytest.raises(ValueError, match="needs data"):
         EWC().update(EncoderHead())
     with pytest.raises(ValueError, match="max_samples=0"):
-        estimate_fisher(EncoderHead(), [], max_samples=0)
+        per_sample_fisher(EncoderHead(), [], max_samples=0)
     with pytest.raises(ValueError, match="no samples"):
-        estimate_fisher(EncoderHead(), [])
+        per_sample_fisher(EncoderHead(), [])
     with pytest.raises(ValueError, match="mode='online'"):
         OnlineEWC(mode="offline")

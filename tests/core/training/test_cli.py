@@ -19,7 +19,13 @@ from core.examples.data import DigitsDataModule
 from core.examples.module import DigitsClassifier
 from core.examples.train import main
 from core.training import read_manifest
-from core.training.cli import with_default_config
+from core.training.cli import (
+    fits_then_tests,
+    subcommand_index,
+    tiny_config,
+    with_default_config,
+)
+from core.training.run_files import AtomicCSVLogger
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -170,6 +176,64 @@ def test_default_config_goes_right_after_the_subcommand() -> None:
         "1",
     ]
     assert with_default_config(["--help"], "d.yaml") == ["--help"]
+    # A value that happens to be a subcommand's name is not the subcommand.
+    argv = ["--trainer.default_root_dir", "test", "fit"]
+    assert with_default_config(argv, "d.yaml") == [*argv, "--config", "d.yaml"]
+
+
+def test_which_arguments_fit_then_test() -> None:
+    assert subcommand_index(["--config", "x.yaml", "validate"]) == 2
+    assert subcommand_index(["--trainer.default_root_dir=fit", "test"]) == 1
+    assert subcommand_index(["--trainer.default_root_dir", "test"]) is None
+    assert fits_then_tests([]) and fits_then_tests(["--config", "tiny.yaml"])
+    assert not fits_then_tests(["test", "--ckpt_path", "x.ckpt"])
+    assert not fits_then_tests(["--help"])
+
+
+def test_options_without_a_subcommand_fit_then_test_in_one_run_dir(tmp_path) -> None:
+    cli = main(
+        ["--config", str(tiny_config("core.examples")), "--trainer.default_root_dir", str(tmp_path)]
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["version_0"]
+    run_dir = tmp_path / "version_0"
+    assert isinstance(cli.trainer.logger, AtomicCSVLogger)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == {"fit", "test"} and metrics["fit"]["global_step"] == 1
+    for name in ["config.yaml", "hparams.yaml", "metrics.csv", "report.md", "confusion.png"]:
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "adapter" / "adapter_model.safetensors").is_file()
+    artifacts = [r["artifact"] for r in read_manifest(run_dir)]
+    assert artifacts == ["adapter", "metrics", "metrics", "report"]
+
+
+def test_top_level_help_lists_the_subcommands(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(sub in out for sub in ("fit", "validate", "test", "predict"))
+
+
+def test_run_false_instantiates_a_recipe_without_running(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    cli = main(
+        ["--config", str(tiny_config("core.examples")), "--model.hidden_size", "16"], run=False
+    )
+    assert isinstance(cli.model, DigitsClassifier) and cli.model.hparams["hidden_size"] == 16
+    assert isinstance(cli.datamodule, DigitsDataModule) and cli.datamodule.batch_size == 16
+    assert cli.trainer.limit_train_batches == 1 and cli.trainer.global_step == 0
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    with pytest.raises(ValueError, match="drop the subcommand 'fit'"):
+        main(["fit"], run=False)
+
+
+def test_tiny_config_is_found_or_named(tmp_path) -> None:
+    assert tiny_config("core.examples") == REPO / "core" / "examples" / "configs" / "tiny.yaml"
+    with pytest.raises(FileNotFoundError, match=r"configs/tiny\.yaml' is missing"):
+        tiny_config("core.training")
+    with pytest.raises(FileNotFoundError, match="not an importable package"):
+        tiny_config("no_such_package_here")
 
 
 def test_regularizers_are_configurable_from_the_command_line(tmp_path) -> None:

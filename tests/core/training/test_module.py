@@ -123,7 +123,7 @@ def test_hyperparameters_are_plain_and_load_with_weights_only() -> None:
     module = ToyModule(adapter=LoraConfig(r=3, target_modules=["fc1"]), modules_to_save=["head"])
     hp = dict(module.hparams)
     assert "model" not in hp and "optimizer" not in hp  # objects stay out of hparams
-    assert hp["adapter"]["class_path"] == "core.adapters.config.LoraConfig"
+    assert hp["adapter"]["class_path"] == f"{LoraConfig.__module__}.{LoraConfig.__qualname__}"
     assert hp["adapter"]["init_args"]["r"] == 3
     buffer = io.BytesIO()
     torch.save(hp, buffer)

@@ -1,4 +1,4 @@
-"""The embedded benchmark in a tiny configuration (the full one is not a unit test)."""
+"""The embedded experiment in a tiny configuration (the full one is not a unit test)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from core.continual.bench import (
+from core.continual.experiment import (
     METHODS,
-    BenchConfig,
+    ExperimentConfig,
     load_mnist,
     main,
     make_tasks,
-    run_benchmark,
+    run_experiment,
     run_one,
 )
 
-TINY = BenchConfig(
+TINY = ExperimentConfig(
     seeds=(0,),
     permuted_tasks=2,
     split_tasks=2,
@@ -55,8 +55,8 @@ def test_tasks_permute_pixels_or_split_classes(mnist) -> None:
     assert set(split[1][1][1].tolist()) == {2, 3}
 
 
-def test_tiny_benchmark_runs_every_method_and_checks_penalties(tmp_path, mnist) -> None:
-    result = run_benchmark(TINY, out=tmp_path, verbose=False, data=mnist)
+def test_tiny_experiment_runs_every_method_and_checks_penalties(tmp_path, mnist) -> None:
+    result = run_experiment(TINY, out=tmp_path, verbose=False, data=mnist)
     runs = result["runs"]
     assert {(r["scenario"], r["method"]) for r in runs} == {
         (s, m) for s in ("permuted", "split") for m in METHODS
@@ -74,7 +74,7 @@ def test_tiny_benchmark_runs_every_method_and_checks_penalties(tmp_path, mnist) 
     assert (tmp_path / "R_split_replay.png").exists()
 
 
-def test_bench_is_deterministic_for_a_seed(mnist) -> None:
+def test_experiment_is_deterministic_for_a_seed(mnist) -> None:
     config = replace(TINY, scenarios=("split",), seeds=(1,), hidden=16)
     tasks = make_tasks("split", 1, config, mnist)
     a = run_one("split", "ewc", 1, config, tasks)
@@ -83,9 +83,9 @@ def test_bench_is_deterministic_for_a_seed(mnist) -> None:
 
 
 def test_bad_config_and_cli_choices() -> None:
-    with pytest.raises(ValueError, match="unknown bench method"):
-        BenchConfig(methods=("sgd",))
+    with pytest.raises(ValueError, match="unknown experiment method"):
+        ExperimentConfig(methods=("sgd",))
     with pytest.raises(ValueError, match="split_tasks=6"):
-        BenchConfig(split_tasks=6)
+        ExperimentConfig(split_tasks=6)
     with pytest.raises(SystemExit):
         main(["--methods", "magic"])

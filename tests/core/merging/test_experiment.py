@@ -1,14 +1,14 @@
-"""The worked example runs end to end (shortened) and its merges help both tasks."""
+"""The merging experiment runs end to end (shortened) and its merges help both tasks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from core.merging.example import TASKS, markdown_table, run_example, summary_table
+from core.merging.experiment import TASKS, markdown_table, run_experiment, summary_table
 
 
-def test_example_end_to_end(tmp_path: Path) -> None:
-    results = run_example(tmp_path, seed=0, epochs=10, log=lambda msg: None)
+def test_experiment_end_to_end(tmp_path: Path) -> None:
+    results = run_experiment(tmp_path, seed=0, epochs=10, log=lambda msg: None)
     rows = {r["model"]: r for r in results["rows"]}
     task_a, task_b = TASKS
     base, ft_a, ft_b = (

