@@ -38,7 +38,7 @@ def stdlib_root() -> Path:
         raise FileNotFoundError(
             f"the standard library source was not found at {str(root)!r} (no os.py there); "
             "the embedded code corpus needs an interpreter installed with its .py sources, "
-            "or pass data.paths to JSONL files of your own."
+            "or set data.source: jsonl and data.paths to JSONL files of your own."
         )
     return root
 

@@ -1,16 +1,16 @@
 """``CodeDataModule``: multitask code records -> packed, loss-masked batches.
 
-Sources, in order of preference:
+Sources (``data.source``):
 
-- ``paths`` (with optional ``val_paths`` / ``test_paths``): JSONL files or folders in the
-  format of :mod:`apps.code.records`. Without ``val_paths``, a seeded 10% of the training
-  records is held out for validation (and reused for testing when there is no
-  ``test_paths``).
-- otherwise the embedded default: the five tasks of :mod:`apps.code.tasks`, built from the
+- ``embedded`` (the default): the five tasks of :mod:`apps.code.tasks`, built from the
   training modules of the standard library for training, and from held-out modules (never
   seen in pre-training) for validation and test. Validation and test also carry a
   ``general`` task: plain held-out library code with the loss on every token, whose
   perplexity measures forgetting (it does not count towards the training objective).
+- ``jsonl``: ``paths`` (with optional ``val_paths`` / ``test_paths``), JSONL files or
+  folders in the format of :mod:`apps.code.records`. Without ``val_paths``, a 10% of the
+  training records drawn with ``split_seed`` is held out for validation (and reused for
+  testing when there is no ``test_paths``).
 
 Batches are dicts (see :func:`apps.code.packing.collate_packed`); the tokenizer is the
 model's (``trainer.lightning_module.tokenizer``) unless ``tokenizer`` names a local folder.
@@ -23,8 +23,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
@@ -35,9 +34,11 @@ from .fim import FimSentinels
 from .packing import Encoded, collate_packed, encode_plain, encode_record, pack
 from .records import Record, read_jsonl
 from .tasks import TASKS, TaskOptions, build_records
-from .tokenizer import load_tokenizer
+from .tokenizer import load_code_tokenizer
 
 GENERAL = "general"
+#: Values of ``data.source``.
+SOURCES = ("embedded", "jsonl")
 
 
 def _stable_fraction(name: str, salt: str) -> float:
@@ -83,13 +84,36 @@ def embedded_records(
     return train, val, test, texts
 
 
+def check_source(
+    source: str,
+    paths: Sequence[str] | None,
+    val_paths: Sequence[str] | None,
+    test_paths: Sequence[str] | None,
+) -> None:
+    """Refuse a ``data.source`` that is unknown or does not agree with the paths given."""
+    if source not in SOURCES:
+        raise ValueError(f"data.source={source!r} must be one of {', '.join(SOURCES)}.")
+    given = [n for n, v in (("paths", paths), ("val_paths", val_paths),
+                            ("test_paths", test_paths)) if v]  # fmt: skip
+    if source == "embedded" and given:
+        raise ValueError(
+            f"data.{given[0]} is given but data.source is 'embedded' (the stdlib tasks); set "
+            "data.source: jsonl to read your files, or drop the paths."
+        )
+    if source == "jsonl" and not paths:
+        raise ValueError(
+            "data.source: jsonl needs data.paths (the training JSONL files or folders)."
+        )
+
+
 class CodeDataModule(pl.LightningDataModule):
     """Multitask code data, packed into rows of ``seq_len`` tokens.
 
     Args:
-        paths: JSONL files/folders for training; empty: the embedded stdlib tasks.
-        val_paths: JSONL files/folders for validation (default: 10% of ``paths``).
-        test_paths: JSONL files/folders for testing (default: the validation records).
+        source: ``embedded`` (the stdlib tasks) or ``jsonl`` (``paths``).
+        paths: ``jsonl``: JSONL files/folders for training.
+        val_paths: ``jsonl``: files/folders for validation (default: 10% of ``paths``).
+        test_paths: ``jsonl``: files/folders for testing (default: the validation records).
         tokenizer: Local tokenizer folder; ``None`` takes the model's tokenizer.
         tasks: Embedded tasks to build (any of completion, fim, doc2body, body2doc,
             func2tests).
@@ -108,12 +132,14 @@ class CodeDataModule(pl.LightningDataModule):
         pack_by_task: Pack each task separately (one task per row), as per-task adapters
             (``model.adapter_per_task``) need.
         batch_size: Packed rows per batch.
-        seed: Seed of the task construction, the packing and the split.
+        split_seed: Seed of the data alone: the task construction, the packing and the
+            ``jsonl`` validation hold-out (``seed_everything`` does not change them).
         num_workers: DataLoader workers.
     """
 
     def __init__(
         self,
+        source: Literal["embedded", "jsonl"] = "embedded",
         paths: list[str] | None = None,
         val_paths: list[str] | None = None,
         test_paths: list[str] | None = None,
@@ -132,7 +158,7 @@ class CodeDataModule(pl.LightningDataModule):
         seq_len: int = 512,
         pack_by_task: bool = False,
         batch_size: int = 8,
-        seed: int = 0,
+        split_seed: int = 0,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -140,9 +166,9 @@ class CodeDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"data.seq_len={seq_len} must be >= 16 and data.batch_size={batch_size} >= 1."
             )
-        if (val_paths or test_paths) and not paths:
-            raise ValueError("data.val_paths/test_paths need data.paths (the training JSONL).")
+        check_source(source, paths, val_paths, test_paths)
         self.save_hyperparameters()
+        self.source = source
         self.paths, self.val_paths, self.test_paths = paths, val_paths, test_paths
         self.tokenizer_path = tokenizer
         self.tasks = list(tasks or TASKS)
@@ -156,7 +182,7 @@ class CodeDataModule(pl.LightningDataModule):
         self.general_eval_windows = general_eval_windows
         self.seq_len, self.batch_size = seq_len, batch_size
         self.pack_by_task = pack_by_task
-        self.seed, self.num_workers = seed, num_workers
+        self.split_seed, self.num_workers = split_seed, num_workers
         self.tokenizer: Any = None
         self.records: dict[str, list[Record]] = {}
         self.rows: dict[str, list[list[Encoded]]] = {}
@@ -167,7 +193,7 @@ class CodeDataModule(pl.LightningDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_path:
-            return load_tokenizer(self.tokenizer_path)
+            return load_code_tokenizer(self.tokenizer_path)
         module = getattr(getattr(self, "trainer", None), "lightning_module", None)
         tok = getattr(module, "tokenizer", None)
         if tok is None:
@@ -178,9 +204,9 @@ class CodeDataModule(pl.LightningDataModule):
         return tok
 
     def _load_records(self) -> dict[str, list[Record]]:
-        if not self.paths:
+        if self.source == "embedded":
             train, val, test, texts = embedded_records(
-                self.seed, self.tasks, self.options, self.held_out_fraction,
+                self.split_seed, self.tasks, self.options, self.held_out_fraction,
                 self.max_train_per_task, self.max_eval_per_task, self.max_modules,
             )  # fmt: skip
             self._general_texts = texts
@@ -190,7 +216,7 @@ class CodeDataModule(pl.LightningDataModule):
         if self.val_paths:
             val = list(read_jsonl(self.val_paths))
         else:
-            rng = random.Random(self.seed)
+            rng = random.Random(self.split_seed)
             order = list(range(len(train)))
             rng.shuffle(order)
             cut = max(1, len(train) // 10)
@@ -208,7 +234,7 @@ class CodeDataModule(pl.LightningDataModule):
         windows: list[Encoded] = []
         for text in self._general_texts.get(part, []):
             windows.extend(encode_plain(text, self.tokenizer, self.seq_len, GENERAL))
-        random.Random(self.seed).shuffle(windows)
+        random.Random(self.split_seed).shuffle(windows)
         return windows[: self.general_eval_windows]
 
     def setup(self, stage: str | None = None) -> None:
@@ -226,7 +252,7 @@ class CodeDataModule(pl.LightningDataModule):
             ]
             if part != "train":
                 encoded += self._general_windows(part)
-            seed = self.seed if part == "train" else None
+            seed = self.split_seed if part == "train" else None
             self.rows[part] = pack(encoded, self.seq_len, seed=seed, by_task=self.pack_by_task)
         if any(e.task == GENERAL for rows in self.rows.values() for row in rows for e in row):
             self.task_names.append(GENERAL)
@@ -260,8 +286,3 @@ class CodeDataModule(pl.LightningDataModule):
     def eval_records(self, part: str = "test") -> list[Record]:
         """The raw records of ``part`` (for generation-based evaluation)."""
         return list(self.records.get(part, []))
-
-
-def read_paths(paths: Sequence[str | Path]) -> list[Record]:
-    """All records of JSONL files/folders (a convenience for scripts)."""
-    return list(read_jsonl(paths))

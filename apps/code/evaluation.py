@@ -7,6 +7,8 @@
   runs ``prompt + completion + test + check(entry_point)`` through
   :func:`apps.code.sandbox.run_program` and reports pass@k for each k <= n.
 - :func:`fim_exact_match` completes held-out FIM prompts greedily and compares the middle.
+- :class:`EvalConfig` is what ``CodeModule`` runs of these at the end of ``test``
+  (``model.evaluation``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,6 +35,33 @@ if TYPE_CHECKING:
 
 #: Codex's stop sequences for HumanEval: a new top-level statement ends the function.
 HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+@dataclass
+class EvalConfig:
+    """Generation metrics run at the end of ``test`` (0 switches a metric off).
+
+    Args:
+        humaneval_problems: First N HumanEval problems (164 for all).
+        samples_per_problem: Samples n per problem (pass@k is reported for k <= n).
+        temperature: Sampling temperature for HumanEval (0: greedy).
+        max_new_tokens: Longest HumanEval completion.
+        timeout: Sandbox wall-clock seconds per program.
+        fim_examples: Held-out FIM examples for exact match (greedy).
+        fim_max_new_tokens: Longest FIM middle.
+        compare_base: Also score the base model (adapters off).
+        seed: Sampling seed.
+    """
+
+    humaneval_problems: int = 20
+    samples_per_problem: int = 10
+    temperature: float = 0.8
+    max_new_tokens: int = 128
+    timeout: float = 3.0
+    fim_examples: int = 40
+    fim_max_new_tokens: int = 64
+    compare_base: bool = True
+    seed: int = 0
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

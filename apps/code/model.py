@@ -7,8 +7,9 @@ cached: :func:`ensure_base` trains it the first time and returns the cached fold
 that. The folder is a normal ``save_pretrained`` directory (model + tokenizer), so
 ``AutoModelForCausalLM.from_pretrained(folder)`` loads it anywhere.
 
-The cache key is a hash of the :class:`BaseConfig` and of the corpus (interpreter version
-and module list), so a different config or a different Python trains a new base.
+The base is a :func:`core.cache.cached_dir` entry ``code/base-<hash>``, keyed by
+:meth:`BaseConfig.cache_config`: the config, the corpus (interpreter version and module
+list) and :data:`BASE_VERSION`, so a different config, Python or build trains a new base.
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
+    PreTrainedTokenizerBase,
 )
 
-from core.atomic import atomic_directory, atomic_write_text
-from core.cache import app_cache_dir, config_hash
+from core.atomic import atomic_write_text
+from core.cache import cached_dir, entry_path
 
 from .corpus import list_modules, read_source, split_modules
 from .fim import FimSentinels
-from .tokenizer import load_tokenizer, train_bpe
+from .tokenizer import DEFAULT_VOCAB_SIZE, load_code_tokenizer, train_bpe
 
-
-def default_cache_dir() -> Path:
-    """``$SPECIALIST_FINETUNERS_CACHE/code`` or ``~/.cache/specialist-finetuners/code``."""
-    return app_cache_dir("code")
+APP = "code"
+#: Raised when the pre-training code changes what it builds. 1 was the app's own cache
+#: folder; 2 is the same build (same weights, same tokenizer) stored through core.cache.
+BASE_VERSION = 2
 
 
 @dataclass
@@ -69,10 +70,11 @@ class BaseConfig:
         seed: Seed of the initialisation and of the window sampling.
         threads: Torch intra-op threads while pre-training (0: leave as is). One thread is
             the default: on a small shared machine more threads wait on each other.
-        cache_dir: Where bases are cached (default :func:`default_cache_dir`).
+        cache_dir: Folder of the cached bases instead of ``<cache root>/code``
+            (``$SPECIALIST_FINETUNERS_CACHE`` or ``~/.cache/specialist-finetuners``).
     """
 
-    vocab_size: int = 4096
+    vocab_size: int = DEFAULT_VOCAB_SIZE
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -107,14 +109,18 @@ class BaseConfig:
                 f"model.base.seq_len={self.seq_len} exceeds max_positions={self.max_positions}."
             )
 
-    def key(self, modules: list[str]) -> str:
-        """A short hash of everything that changes the trained base (not the cache dir)."""
+    def cache_config(self, modules: list[str]) -> dict[str, Any]:
+        """Everything that changes the trained base (not where it is cached, nor threads).
+
+        The :func:`core.cache.cached_dir` key of the base trained on ``modules``.
+        """
         spec = {
             k: v for k, v in dataclasses.asdict(self).items() if k not in ("cache_dir", "threads")
         }
         spec["python"] = sys.version.split()[0]
         spec["modules"] = modules
-        return config_hash(spec)
+        spec["version"] = BASE_VERSION
+        return spec
 
     def llama_config(self, vocab_size: int, eos_id: int) -> LlamaConfig:
         """The ``transformers`` config of the base."""
@@ -250,31 +256,27 @@ def pretrain_base(cfg: BaseConfig, out_dir: Path) -> dict[str, Any]:
 
 
 def ensure_base(cfg: BaseConfig | None = None) -> Path:
-    """The cached base's folder, pre-training it first if it is not there yet."""
+    """The cached base's folder, pre-training it first if it is not there yet.
+
+    Pre-training seeds and draws from the global generators; the cache restores them
+    afterwards, so a first run (which pre-trains) and a later run (which loads the cache)
+    continue with the same random stream: same adapter init, same shuffles, same figures.
+    """
     cfg = cfg or BaseConfig()
     train, _ = split_modules(list_modules(), cfg.held_out_fraction)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    target = cache / f"base-{cfg.key(list(train))}"
-    if (target / "pretrain.json").is_file():
-        return target
-    print(f"[apps.code] no cached base at {target}; pre-training one (done once).")
-    # Pre-training seeds and draws from the global generators; restore them afterwards so a
-    # first run (which pre-trains) and a later run (which loads the cache) continue with the
-    # same random stream: same adapter init, same shuffles, same figures.
-    py_state = random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[]), atomic_directory(target) as tmp:
-            pretrain_base(cfg, Path(tmp))
-    except FileExistsError:  # another process finished the same base meanwhile
-        pass
-    finally:
-        random.setstate(py_state)
-    return target
+    key = cfg.cache_config(list(train))
+
+    def build(folder: Path) -> None:
+        target = entry_path("base", key, app=APP, cache_dir=cfg.cache_dir, suffix="")
+        print(f"[apps.code] no cached base at {target}; pre-training one (done once).")
+        pretrain_base(cfg, folder)
+
+    return cached_dir("base", key, build, app=APP, cache_dir=cfg.cache_dir)
 
 
 def load_base(
     cfg: BaseConfig | None = None, pretrained: str | Path | None = None
-) -> tuple[nn.Module, PreTrainedTokenizerFast, Path]:
+) -> tuple[nn.Module, PreTrainedTokenizerBase, Path]:
     """``(model, tokenizer, folder)`` from ``pretrained`` or from the (cached) embedded base."""
     folder = Path(pretrained) if pretrained else ensure_base(cfg)
-    return load_causal_lm(folder), load_tokenizer(folder), folder
+    return load_causal_lm(folder), load_code_tokenizer(folder), folder

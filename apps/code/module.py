@@ -7,8 +7,9 @@ cross-entropy of ``fused_kernels`` by default), then MFTCoder's task-balanced me
 (:func:`apps.code.losses.task_balanced_loss`), optionally with CoBa weights updated after
 every validation run. Validation and test log each task's exact token-mean loss for the
 fine-tuned model and, with adapters, for the base (adapters switched off); testing then
-runs the generation metrics (FIM exact match, sandboxed HumanEval pass@k) and writes
-``eval.json`` and ``report.md`` into the run directory.
+runs the generation metrics (FIM exact match, sandboxed HumanEval pass@k), writes
+``eval.json`` into the run directory and describes the run in :meth:`CodeModule.test_report`
+(``report.md``, written by ``run_cli``).
 """
 
 from __future__ import annotations
@@ -18,67 +19,42 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from core.adapters import AdapterBank, AdapterConfig
 from core.adapters.api import disable_adapters
 from core.atomic import atomic_write_text
-from core.training import FineTuneModule, Regularizer, append_manifest, coerce_adapter_config
+from core.tokenizers import TokenizerCheckpointMixin
+from core.training import FineTuneModule, append_manifest, coerce_adapter_config, default_loss
 from core.training.lm_loss import causal_lm_loss
+from core.training.report import TestReport
 
 from .data import GENERAL
-from .evaluation import HUMANEVAL_STOPS, evaluate_humaneval, fim_exact_match
+from .evaluation import HUMANEVAL_STOPS, EvalConfig, evaluate_humaneval, fim_exact_match
 from .losses import CoBaWeighter, task_balanced_loss
-from .metrics import TaskLossMeter, perplexity, report_markdown, task_vector
+from .metrics import TaskLossMeter, perplexity, task_vector
 from .model import BaseConfig, load_base
 from .packing import additive_mask, packed_attention_mask
+from .report import REPORT_TITLE, base_summary, forgetting, report_sections
 from .tasks import TASKS
 
 WEIGHTINGS = ("balanced", "coba", "token")
 
 
-@dataclass
-class EvalConfig:
-    """Generation metrics run at the end of ``test`` (0 switches a metric off).
-
-    Args:
-        humaneval_problems: First N HumanEval problems (164 for all).
-        samples_per_problem: Samples n per problem (pass@k is reported for k <= n).
-        temperature: Sampling temperature for HumanEval (0: greedy).
-        max_new_tokens: Longest HumanEval completion.
-        timeout: Sandbox wall-clock seconds per program.
-        fim_examples: Held-out FIM examples for exact match (greedy).
-        fim_max_new_tokens: Longest FIM middle.
-        compare_base: Also score the base model (adapters off).
-        seed: Sampling seed.
-    """
-
-    humaneval_problems: int = 20
-    samples_per_problem: int = 10
-    temperature: float = 0.8
-    max_new_tokens: int = 128
-    timeout: float = 3.0
-    fim_examples: int = 40
-    fim_max_new_tokens: int = 64
-    compare_base: bool = True
-    seed: int = 0
-
-
-class CodeModule(FineTuneModule):
+class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
     """Fine-tune a causal LM on multitask code data.
 
     Args:
-        pretrained: Local folder of a ``transformers`` causal LM + tokenizer; empty: the
+        pretrained: Local weights: a ``save_pretrained`` folder of a ``transformers`` causal
+            LM and its tokenizer (never a hub name: nothing is downloaded); ``null``: the
             embedded base (trained once from ``base`` and cached).
         base: Architecture and pre-training of the embedded base.
-        adapter_tasks: Task names of the per-task adapters (``adapter_per_task``); default the five
-            embedded tasks.
+        adapter_tasks: Task names of the per-task adapters (``adapter_per_task``); default
+            the five embedded tasks.
         task_weighting: ``balanced`` (MFTCoder: mean over present tasks of each task's token
             mean), ``coba`` (the same with CoBa weights from validation-loss slopes) or
             ``token`` (plain mean over all target tokens).
@@ -90,12 +66,14 @@ class CodeModule(FineTuneModule):
         fused_loss: Use the fused linear cross-entropy (no full logits tensor).
         evaluation: Generation metrics at the end of ``test``.
         threads: Torch intra-op threads (0: leave as is).
-        adapter: Adapter config, e.g. ``core.adapters.LoraConfig`` (``use_dora`` for DoRA).
-        modules_to_save: Modules trained in full next to the adapter.
-        regularizers: Anti-forgetting penalties (``core.regularizers``).
-        optimizer: Optimizer over the trainable parameters.
-        lr_scheduler: Optional LR scheduler.
-        monitor: Metric that checkpoints and ``ReduceLROnPlateau`` watch.
+        adapter: Adapter config, e.g. ``core.adapters.LoraConfig`` (``use_dora`` for DoRA);
+            with ``adapter_per_task`` the config of every task's adapter.
+        **kwargs: The other :class:`~core.training.FineTuneModule` options
+            (``modules_to_save``, ``regularizers``, ``optimizer``, ``lr_scheduler``,
+            ``monitor``, ``calibration_batches``), passed through unchanged. The loss is the
+            task-balanced one above, so the base's ``loss`` is not an option here.
+
+    The tokenizer (the model's) is kept in every checkpoint (``TokenizerCheckpointMixin``).
     """
 
     def __init__(
@@ -112,11 +90,7 @@ class CodeModule(FineTuneModule):
         evaluation: EvalConfig | None = None,
         threads: int = 1,
         adapter: AdapterConfig | None = None,
-        modules_to_save: list[str] | None = None,
-        regularizers: list[Regularizer] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        monitor: str = "val/loss",
+        **kwargs: Any,
     ) -> None:
         if task_weighting not in WEIGHTINGS:
             raise ValueError(
@@ -137,11 +111,8 @@ class CodeModule(FineTuneModule):
         super().__init__(
             model=model,
             adapter=None if adapter_per_task else adapter,
-            modules_to_save=modules_to_save,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            monitor=monitor,
+            loss=default_loss,  # never called: shared_step computes the task-balanced loss
+            **kwargs,
         )
         # Plain copies of the dataclass options, so load_from_checkpoint rebuilds the same.
         self.hparams["base"] = dataclasses.asdict(base)
@@ -189,10 +160,13 @@ class CodeModule(FineTuneModule):
                 self.coba.load_state_dict(self._coba_state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the tokenizer and the CoBa weights' history in the checkpoint."""
+        super().on_save_checkpoint(checkpoint)
         if self.coba is not None:
             checkpoint["coba"] = self.coba.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the tokenizer; the CoBa state is restored in ``setup``."""
         super().on_load_checkpoint(checkpoint)
         self._coba_state = checkpoint.get("coba")
 
@@ -224,6 +198,11 @@ class CodeModule(FineTuneModule):
 
     def forward(self, input_ids: Tensor, **kwargs: Any) -> Any:
         return self.model(input_ids=input_ids, **kwargs)
+
+    def calibration_forward(self, batch: dict[str, Any]) -> Tensor:
+        """Run a packed training batch, with its per-example mask, for adapter calibration
+        (LoRA ``init: corda`` calibrates on activations of the ``calibration_batches``)."""
+        return self.token_losses(batch)
 
     def token_losses(self, batch: dict[str, Any]) -> Tensor:
         """``(B, L - 1)`` next-token losses of a packed batch (0 off the targets)."""
@@ -309,23 +288,15 @@ class CodeModule(FineTuneModule):
                 self.log(f"coba/weight_{name}", w)
 
     def on_test_epoch_end(self) -> None:
+        """Gather the test results, log the generation metrics, write ``eval.json``."""
         losses = self._epoch_losses("test")
         results: dict[str, Any] = {"task_loss": {t: v for t, v in losses.items()
                                                  if t != GENERAL}}  # fmt: skip
         if GENERAL in losses:
-            before, after = losses[GENERAL]["base"], losses[GENERAL]["tuned"]
-            results["forgetting"] = {
-                "base_ppl": perplexity(before), "tuned_ppl": perplexity(after),
-                "ratio": perplexity(after) / perplexity(before) if math.isfinite(before)
-                else math.nan,
-            }  # fmt: skip
-        stats_file = Path(self.base_folder) / "pretrain.json"
-        if stats_file.is_file():
-            stats = json.loads(stats_file.read_text())
-            results["base"] = {
-                "folder": self.base_folder,
-                **{k: stats[k] for k in ("params", "tokens_seen", "held_out_loss", "seconds")},
-            }
+            results["forgetting"] = forgetting(losses[GENERAL]["base"], losses[GENERAL]["tuned"])
+        base = base_summary(self.base_folder)
+        if base is not None:
+            results["base"] = base
         results.update(self.generation_metrics())
         for section in ("fim", "humaneval"):
             for who, values in results.get(section, {}).items():
@@ -334,7 +305,16 @@ class CodeModule(FineTuneModule):
                         prefix = "" if who == "tuned" else "base_"
                         self.log(f"test/{prefix}{section}_{key}", float(value))
         self.eval_results = results
-        self._write_report(results)
+        self._write_eval_json(results)
+
+    def test_report(self) -> TestReport:
+        """The evaluation tables (:func:`apps.code.report.report_sections`), then the
+        logged ``test/*`` metrics."""
+        logged = super().test_report()
+        sections = report_sections(self.eval_results)
+        if logged is not None:
+            sections.update(logged.sections)
+        return TestReport(title=REPORT_TITLE, sections=sections)
 
     # ------------------------------------------------------------------ generation metrics
     def _scorers(self) -> list[tuple[str, Callable[[], Any]]]:
@@ -377,14 +357,13 @@ class CodeModule(FineTuneModule):
             return None
         return lambda size: self.route(task=task, size=size)
 
-    def _write_report(self, results: dict[str, Any]) -> None:
+    def _write_eval_json(self, results: dict[str, Any]) -> None:
+        """All test results, per HumanEval problem included, as ``<run_dir>/eval.json``."""
         if not self.trainer.is_global_zero or self.trainer.log_dir is None:
             return
         run_dir = Path(self.trainer.log_dir)
         atomic_write_text(run_dir / "eval.json", json.dumps(results, indent=2, default=str))
-        atomic_write_text(run_dir / "report.md", report_markdown(results))
         append_manifest(run_dir, "eval", run_dir / "eval.json")
-        append_manifest(run_dir, "report", run_dir / "report.md")
 
     def on_fit_end(self) -> None:
         if self._bank is None or not self.trainer.is_global_zero:

@@ -1,9 +1,12 @@
-"""A byte-level BPE tokenizer trained on the code corpus, with FIM and chat special tokens.
+"""The code app's tokenizer: a byte-level BPE with FIM and chat special tokens, via core.
 
 Byte-level BPE (GPT-2/StarCoder style) can encode any text, so nothing is ever unknown.
 The special tokens are single ids that never appear inside normal text: end-of-text
-(also the padding id), the three FIM sentinels of the configured family and the chat role
-tags of :mod:`apps.code.records`.
+(id 0; also the padding and beginning-of-sequence id), the three FIM sentinels of the
+configured family and the chat role tags of :mod:`apps.code.records`. Training and loading
+are :mod:`core.tokenizers`'; this module only holds the app's recipe, so the embedded base's
+vocabulary and ids are what :func:`code_recipe` says (``tests/apps/code/test_tokenizer.py``
+pins them).
 """
 
 from __future__ import annotations
@@ -11,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from core.tokenizers import TokenizerRecipe, load_tokenizer, train_tokenizer
 
 from .fim import FimSentinels
 from .records import ROLES
 
 EOS = "<|endoftext|>"
+#: Vocabulary size of the embedded base's tokenizer (``model.base.vocab_size``).
+DEFAULT_VOCAB_SIZE = 4096
 
 
 def special_tokens(sentinels: FimSentinels) -> list[str]:
@@ -25,51 +31,52 @@ def special_tokens(sentinels: FimSentinels) -> list[str]:
     return [EOS, *sentinels.tokens(), *(f"<|{r}|>" for r in ROLES)]
 
 
+def code_recipe(
+    vocab_size: int = DEFAULT_VOCAB_SIZE, sentinels: FimSentinels | None = None
+) -> TokenizerRecipe:
+    """The recipe of the code tokenizer: byte-level BPE, end-of-text as eos/bos/pad.
+
+    Padding is on the left, for batched generation with a decoder.
+    """
+    return TokenizerRecipe(
+        "byte_bpe",
+        vocab_size,
+        special_tokens=tuple(special_tokens(sentinels or FimSentinels())),
+        pad_token=EOS,
+        bos_token=EOS,
+        eos_token=EOS,
+        padding_side="left",
+    )
+
+
 def train_bpe(
     texts: Iterable[str], vocab_size: int, sentinels: FimSentinels | None = None
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE of ``vocab_size`` ids (special tokens included) on ``texts``."""
-    specials = special_tokens(sentinels or FimSentinels())
-    if vocab_size < 256 + len(specials):
-        raise ValueError(
-            f"tokenizer vocab_size={vocab_size} is too small: byte-level BPE needs at least "
-            f"{256 + len(specials)} (256 bytes + {len(specials)} special tokens)."
-        )
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    """Train the code tokenizer of ``vocab_size`` ids (special tokens included) on ``texts``.
+
+    Raises:
+        ValueError: ``vocab_size`` below 256 bytes + the special tokens.
+    """
+    return train_tokenizer(texts, code_recipe(vocab_size, sentinels))
+
+
+def load_code_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local ``save_pretrained`` folder or ``tokenizer.json``, padded left.
+
+    A folder with ``tokenizer_config.json`` keeps the roles saved there (a missing pad or bos
+    token is the eos one); a bare ``tokenizer.json`` keeps its own special tokens (whatever
+    its FIM sentinels) and gets end-of-text as eos, bos and pad. Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: ``path`` holds no tokenizer.
+    """
+    roles = TokenizerRecipe(
+        "byte_bpe",
+        DEFAULT_VOCAB_SIZE,
+        special_tokens=(EOS,),
+        pad_token=EOS,
+        bos_token=EOS,
+        eos_token=EOS,
+        padding_side="left",
     )
-    tok.train_from_iterator(texts, trainer=trainer)
-    return wrap(tok, sentinels or FimSentinels())
-
-
-def wrap(tok: Tokenizer, sentinels: FimSentinels) -> PreTrainedTokenizerFast:
-    """A ``transformers`` tokenizer around a ``tokenizers`` one (save/load, padding)."""
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, bos_token=EOS, unk_token=None,
-        additional_special_tokens=[t for t in special_tokens(sentinels) if t != EOS],
-    )  # fmt: skip
-    fast.padding_side = "left"  # for batched generation
-    return fast
-
-
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved with ``save_pretrained`` from a local folder."""
-    path = Path(path)
-    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
-        raise FileNotFoundError(
-            f"no tokenizer in {str(path)!r} (tokenizer.json missing); give a local folder "
-            "written by save_pretrained (hub names are not downloaded)."
-        )
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    return tok
+    return load_tokenizer(path, roles)

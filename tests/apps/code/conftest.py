@@ -1,30 +1,33 @@
-"""Shared fixtures of the code app's tests: one thread, a tiny cached base per session."""
+"""Shared fixtures of the code app's tests: one thread, the app's tiny base per session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
+from core.training import tiny_config
 from tests.threads import one_thread  # noqa: F401  (autouse fixture)
 
-TINY_CONFIG = Path(__file__).with_name("tiny.yaml")
+#: The app's own one-step recipe (``apps/code/configs/tiny.yaml``), which the tests run.
+TINY_CONFIG = tiny_config("apps.code")
 
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
-    """A per-session cache folder for tiny bases (never the user's real cache)."""
+    """A per-session cache root for tiny bases (never the user's real cache)."""
     return tmp_path_factory.mktemp("code-cache")
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tiny_cache):
-    """``(folder, BaseConfig)`` of a tiny base, pre-trained once per session (seconds)."""
+    """``(folder, BaseConfig)`` of tiny.yaml's base, pre-trained once per session (seconds).
+
+    Cached where a run with ``$SPECIALIST_FINETUNERS_CACHE=tiny_cache`` looks for it.
+    """
     from apps.code.model import BaseConfig, ensure_base
 
-    cfg = BaseConfig(
-        vocab_size=320, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-        max_positions=256, seq_len=64, steps=3, batch_size=2, max_corpus_chars=200_000,
-        cache_dir=str(tiny_cache / "code"),
-    )  # fmt: skip
+    options = yaml.safe_load(TINY_CONFIG.read_text())["model"]["base"]
+    cfg = BaseConfig(**options, cache_dir=str(tiny_cache / "code"))
     return ensure_base(cfg), cfg

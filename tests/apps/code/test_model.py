@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
-from apps.code.model import BaseConfig, ensure_base, load_base, load_causal_lm
-from apps.code.tokenizer import load_tokenizer, train_bpe
+from apps.code.model import BASE_VERSION, BaseConfig, ensure_base, load_base, load_causal_lm
+from apps.code.tokenizer import load_code_tokenizer, train_bpe
+from core.cache import DIR_MARKER, entry_path
 
 
 def test_base_is_cached_and_reused(tiny_base, monkeypatch):
@@ -17,6 +20,7 @@ def test_base_is_cached_and_reused(tiny_base, monkeypatch):
     stats = json.loads((folder / "pretrain.json").read_text())
     assert stats["tokens_seen"] == cfg.steps * cfg.batch_size * cfg.seq_len
     assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    assert (folder / DIR_MARKER).is_file()  # a finished core.cache entry
 
     def boom(*args, **kwargs):
         raise AssertionError("the cached base must not be trained again")
@@ -28,16 +32,25 @@ def test_base_is_cached_and_reused(tiny_base, monkeypatch):
     assert model.training  # ready for Lightning
 
 
-def test_cache_key_follows_the_config():
+def key(cfg: BaseConfig, modules: list[str]) -> str:
+    """The name of ``cfg``'s cache entry (``base-<hash>``)."""
+    return entry_path("base", cfg.cache_config(modules), app="code", suffix="").name
+
+
+def test_cache_key_follows_the_config(tiny_base):
     a, b = BaseConfig(), BaseConfig(steps=7)
-    assert a.key(["os"]) != b.key(["os"])
-    assert a.key(["os"]) != a.key(["os", "json"])
-    assert a.key(["os"]) == BaseConfig(cache_dir="/elsewhere", threads=2).key(["os"])
+    assert key(a, ["os"]) != key(b, ["os"])
+    assert key(a, ["os"]) != key(a, ["os", "json"])
+    assert key(a, ["os"]) == key(BaseConfig(cache_dir="/elsewhere", threads=2), ["os"])
+    assert a.cache_config(["os"])["version"] == BASE_VERSION
+    folder, cfg = tiny_base
+    assert folder.parent == Path(cfg.cache_dir) and folder.name.startswith("base-")
 
 
 def test_tokenizer_keeps_sentinels_whole(tiny_base):
     folder, _ = tiny_base
-    tok = load_tokenizer(folder)
+    tok = load_code_tokenizer(folder)
+    assert tok.padding_side == "left"  # batched generation
     for special in ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<|assistant|>"):
         assert len(tok.encode(special, add_special_tokens=False)) == 1
     text = "def f(x):\n    return x  # ünï\n"
@@ -54,8 +67,8 @@ def test_bad_configs_and_paths(tmp_path):
         train_bpe(["x = 1"], vocab_size=100)
     with pytest.raises(FileNotFoundError, match=r"config\.json missing"):
         load_causal_lm(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json missing"):
-        load_tokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer at"):
+        load_code_tokenizer(tmp_path)
 
 
 def test_mean_token_loss_matches_hugging_face(tiny_base):
@@ -82,3 +95,12 @@ def test_pretraining_leaves_the_global_random_stream_alone(tiny_cache):
     random.seed(5)
     ensure_base(cfg)
     assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+
+
+def test_pretraining_is_reproducible(tiny_base, tiny_cache):
+    """The same config pre-trains the same weights and tokenizer in another cache."""
+    folder, cfg = tiny_base
+    again = ensure_base(dataclasses.replace(cfg, cache_dir=str(tiny_cache / "again")))
+    assert again != folder and again.name == folder.name
+    for name in ("model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+        assert (again / name).read_bytes() == (folder / name).read_bytes(), name

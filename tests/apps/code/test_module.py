@@ -1,4 +1,5 @@
-"""CodeModule end to end on a tiny base: fit + test through the CLI, options, fused loss."""
+"""CodeModule end to end on a tiny base: fit + test through the CLI, recipes, options, fused
+loss, the report."""
 
 from __future__ import annotations
 
@@ -29,20 +30,25 @@ def _jsonl(tmp_path):
 
 
 def _run(args, tiny_base, tmp_path):
+    """``fit`` on tiny.yaml with the session's tiny base as ``model.pretrained``."""
     folder, _ = tiny_base
     return main(["fit", "--config", str(TINY_CONFIG), "--model.pretrained", str(folder),
                  "--trainer.default_root_dir", str(tmp_path / "runs"), *args])  # fmt: skip
 
 
-@pytest.mark.slow
-def test_fit_then_test_writes_the_run_directory(tiny_base, tiny_cache, tmp_path, monkeypatch):
-    """The no-argument flow (fit, then test) on the embedded tasks, scaled down."""
+@pytest.fixture()
+def session_cache(tiny_base, tiny_cache, monkeypatch):
+    """Runs find tiny.yaml's base in the session's cache (pre-trained once by ``tiny_base``)."""
     monkeypatch.setenv("SPECIALIST_FINETUNERS_CACHE", str(tiny_cache))
-    _, cfg = tiny_base
-    base = [f"--model.base.{k}={v}" for k, v in (("cache_dir", cfg.cache_dir),)]
-    cli = main(["fit", "--config", str(TINY_CONFIG), "--trainer.default_root_dir",
-                str(tmp_path / "runs"), *base])  # fmt: skip
-    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    return tiny_cache
+
+
+@pytest.mark.slow
+def test_fit_then_test_writes_the_run_directory(session_cache, tmp_path):
+    """The no-argument flow (fit, then test) on the embedded tasks, scaled down by tiny.yaml."""
+    cli = main(["--config", str(TINY_CONFIG), "--trainer.default_root_dir",
+                str(tmp_path / "runs")])  # fmt: skip
+    assert cli.model.base_folder.startswith(str(session_cache))  # the cached tiny base
     run = tmp_path / "runs" / "version_0"
     for name in (
         "adapter/adapter_config.json",
@@ -67,29 +73,56 @@ def test_fit_then_test_writes_the_run_directory(tiny_base, tiny_cache, tmp_path,
         assert row["tuned"] > 0 and row["base"] > 0, task
     # Test stage is the base only outside the adapter: the two differ after training.
     assert any(abs(r["tuned"] - r["base"]) > 0 for r in results["task_loss"].values())
-    assert "| task | base | fine-tuned | change |" in (run / "report.md").read_text()
-    # The test subcommand on the saved checkpoint gives the same per-task losses.
-    main(
-        [
-            "test",
-            "--config",
-            str(TINY_CONFIG),
-            "--trainer.default_root_dir",
-            str(tmp_path / "runs"),
-            *base,
-            "--ckpt_path",
-            str(run / "checkpoints" / "last.ckpt"),
-        ]
+    report = (run / "report.md").read_text()
+    assert report.startswith("# Code app: evaluation\n")
+    assert "| task | base | fine-tuned | change |" in report
+    assert "## Metrics" in report and "| test/humaneval_pass@1 |" in report
+    assert metrics["test/loss"] == pytest.approx(
+        sum(r["tuned"] for r in results["task_loss"].values()) / len(results["task_loss"])
     )
+    # The checkpoint keeps the tokenizer; the test subcommand on it gives the same losses.
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["tokenizer"]["roles"]["eos_token"] == "<|endoftext|>"
+    last = str(run / "checkpoints" / "last.ckpt")
+    main(["test", "--config", str(TINY_CONFIG), "--trainer.default_root_dir",
+          str(tmp_path / "runs"), "--ckpt_path", last])  # fmt: skip
     again = json.loads((tmp_path / "runs" / "version_1" / "eval.json").read_text())
     for task, row in results["task_loss"].items():
         assert again["task_loss"][task]["tuned"] == pytest.approx(row["tuned"], rel=1e-5)
+    assert "Loaded from" in (tmp_path / "runs" / "version_1" / "report.md").read_text()
+
+
+RECIPES = Path(TINY_CONFIG).parent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["coba", "dora", "per_task_adapters"])
+def test_recipes_run_under_tiny(recipe, session_cache, tmp_path):
+    """Each recipe, with tiny.yaml laid over it, fits and tests and does what it names."""
+    root = tmp_path / "runs"
+    cli = main(["--config", str(RECIPES / f"{recipe}.yaml"), "--config", str(TINY_CONFIG),
+                "--trainer.default_root_dir", str(root)])  # fmt: skip
+    run = root / "version_0"
+    fit = json.loads((run / "metrics.json").read_text())["fit"]
+    assert fit["global_step"] == 1
+    assert (run / "report.md").is_file() and (run / "eval.json").is_file()
+    if recipe == "coba":
+        assert cli.model.coba is not None and len(cli.model.coba.history) == 1
+        assert fit["coba/weight_completion"] == 1.0  # still warming up
+    elif recipe == "dora":
+        config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        assert config["use_dora"] is True and config["r"] == 16
+    else:
+        assert cli.model._bank is not None and cli.datamodule.pack_by_task
+        for task in ("completion", "fim", "doc2body", "body2doc", "func2tests"):
+            assert (run / "adapters" / task / "adapter_model.safetensors").is_file(), task
 
 
 def test_jsonl_data_coba_and_unfused(tiny_base, tmp_path):
     path = _jsonl(tmp_path)
     val = path.with_name("val.jsonl")
-    cli = _run(["--data.paths", f"[{path}]", "--data.val_paths", f"[{val}]",
+    cli = _run(["--data.source", "jsonl", "--data.paths", f"[{path}]",
+                "--data.val_paths", f"[{val}]",
                 "--model.task_weighting", "coba",
                 "--model.coba_warmup", "2", "--model.coba_window", "2",
                 "--model.fused_loss", "false", "--trainer.max_epochs", "3",
@@ -104,9 +137,11 @@ def test_jsonl_data_coba_and_unfused(tiny_base, tmp_path):
 def test_adapter_per_task_routes_rows(tiny_base, tmp_path):
     path = _jsonl(tmp_path)
     with pytest.raises(ValueError, match="pack_by_task"):
-        _run(["--data.paths", f"[{path}]", "--model.adapter_per_task", "true",
-              "--model.adapter_tasks", "[a, b]"], tiny_base, tmp_path)  # fmt: skip
-    cli = _run(["--data.paths", f"[{path}]", "--model.adapter_per_task", "true",
+        _run(["--data.source", "jsonl", "--data.paths", f"[{path}]",
+              "--model.adapter_per_task", "true", "--model.adapter_tasks", "[a, b]"],
+             tiny_base, tmp_path)  # fmt: skip
+    cli = _run(["--data.source", "jsonl", "--data.paths", f"[{path}]",
+                "--model.adapter_per_task", "true",
                 "--model.adapter_tasks", "[a, b]", "--data.pack_by_task", "true"], tiny_base,
                tmp_path)  # fmt: skip
     run = Path(cli.trainer.log_dir)
@@ -158,18 +193,26 @@ def test_bad_options(tiny_base):
         CodeModule(pretrained=str(folder), adapter_per_task=True)
     with pytest.raises(ValueError, match="seq_len"):
         CodeDataModule(seq_len=4)
-    with pytest.raises(ValueError, match=r"need data\.paths"):
-        CodeDataModule(val_paths=["x.jsonl"])
-    dm = CodeDataModule(paths=["x.jsonl"])
+    dm = CodeDataModule(source="jsonl", paths=["x.jsonl"])
     with pytest.raises(ValueError, match="no tokenizer"):
         dm.setup("fit")
 
 
 def test_dora_with_the_plain_token_mean(tiny_base, tmp_path):
     path = _jsonl(tmp_path)
-    cli = _run(["--data.paths", f"[{path}]", "--model.task_weighting", "token",
+    cli = _run(["--data.source", "jsonl", "--data.paths", f"[{path}]",
+                "--model.task_weighting", "token",
                 "--model.adapter.init_args.use_dora", "true"], tiny_base, tmp_path)  # fmt: skip
     run = tmp_path / "runs" / "version_0"
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["use_dora"] is True
     assert "val/loss" in cli.trainer.callback_metrics
+
+
+def test_corda_calibrates_on_packed_batches(tiny_base, tmp_path):
+    """A data-dependent adapter init (LoRA CorDA) runs packed batches through the model."""
+    cli = _run(["--model.adapter.init_args.init", "corda", "--model.calibration_batches", "1"],
+               tiny_base, tmp_path)  # fmt: skip
+    assert cli.model.needs_calibration and cli.model._injected  # injected in setup
+    assert cli.trainer.global_step == 1
+    assert (Path(cli.trainer.log_dir) / "adapter" / "adapter_model.safetensors").is_file()
