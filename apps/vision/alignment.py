@@ -9,7 +9,7 @@ real 8x8 digits (a different source from the MNIST benchmark), sharpened into pe
 template filled with the class name. Captions repeat within a batch (ten classes), so the
 loss treats every caption of the image's class as a positive (:func:`contrastive_loss`).
 
-The result is computed once and cached (see :mod:`apps.vision.cache`), keyed by its config.
+The result is computed once and cached (``core.cache``, kind ``lit``), keyed by its config.
 """
 
 from __future__ import annotations
@@ -24,39 +24,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import cached
-from .model import (
-    DEFAULT_TEMPLATES,
-    DIGIT_NAMES,
-    TextTower,
-    check_templates,
-    efficientnet_lite0,
-    normalize_pixels,
-    prompts,
-)
+from core.cache import cached
+
+from .embedded import CACHE_APP, load_sklearn_digits
+from .losses import contrastive_loss
+from .prompts import DEFAULT_TEMPLATES, DIGIT_NAMES, check_templates, prompts
 from .shifts import augment_for_alignment, render
+from .towers import TextTower, efficientnet_lite0, encode_pixels
 
-__all__ = ["AlignmentConfig", "contrastive_loss", "lit_alignment"]
-
-
-def contrastive_loss(
-    image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor | float, labels: Tensor | None = None
-) -> Tensor:
-    """Symmetric CLIP loss; with ``labels``, pairs of the same class all count as positives.
-
-    ``image_emb`` and ``text_emb`` are (B, D) normalized embeddings of matched pairs. The
-    target of row i is uniform over the columns j with ``labels[j] == labels[i]`` (just j=i
-    without labels, CLIP's loss exactly).
-    """
-    logits = logit_scale * image_emb @ text_emb.t()
-    if labels is None:
-        target = torch.eye(len(image_emb), device=logits.device)
-    else:
-        target = (labels[:, None] == labels[None, :]).float()
-    target = target / target.sum(1, keepdim=True)
-    loss_i = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    loss_t = -(target * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
-    return 0.5 * (loss_i + loss_t)
+__all__ = [
+    "AlignmentConfig",
+    "lit_alignment",
+    "lit_key",
+    "prompt_features_for",
+    "sharpen_digits",
+]
 
 
 @dataclass
@@ -82,6 +64,12 @@ def _align(
     prompt_feats: Tensor,
     cfg: AlignmentConfig,
 ) -> dict[str, Any]:
+    """Train the two projection heads and the temperature on frozen tower features.
+
+    ``image_feats`` (N, Di) and ``labels`` (N,) are the alignment images; ``prompt_feats``
+    (C, T, Dt) the text features of every class x template prompt. Each step draws a batch
+    of images and one random template per image (seeded by ``cfg.seed``).
+    """
     from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -113,17 +101,6 @@ def _align(
     }
 
 
-@torch.no_grad()
-def pooled_features(encoder: Any, rgb: Tensor, batch_size: int = 256, desc: str = "") -> Tensor:
-    """Pooled float32 features of the whole frozen image tower for [0, 1] RGB images."""
-    from tqdm import tqdm
-
-    out = []
-    for i in tqdm(range(0, len(rgb), batch_size), desc=desc or "image features", leave=False):
-        out.append(encoder(normalize_pixels(rgb[i : i + batch_size])))
-    return torch.cat(out)
-
-
 def sharpen_digits(images: Tensor, size: int = 28) -> Tensor:
     """8x8 scikit-learn digits -> ``size`` px pen strokes: bicubic upsampling + a contrast curve.
 
@@ -133,6 +110,11 @@ def sharpen_digits(images: Tensor, size: int = 28) -> Tensor:
     """
     up = F.interpolate(images[:, None], size=(size, size), mode="bicubic", align_corners=False)
     return torch.sigmoid((up[:, 0].clamp(0, 1) - 0.45) * 12)
+
+
+def lit_key(cfg: AlignmentConfig, text_model_path: str | Path | None = None) -> dict[str, Any]:
+    """The cache key of :func:`lit_alignment` (raise ``version`` when its code changes)."""
+    return {"kind": "lit", "version": 1, **asdict(cfg), "text_model": str(text_model_path)}
 
 
 def lit_alignment(
@@ -146,11 +128,9 @@ def lit_alignment(
     """
     cfg = config or AlignmentConfig()
     check_templates(cfg.templates)
-    key = {"kind": "lit", "version": 1, **asdict(cfg), "text_model": str(text_model_path)}
+    key = lit_key(cfg, text_model_path)
 
     def compute() -> dict[str, Any]:
-        from .data import load_sklearn_digits
-
         text = TextTower(text_model_path)
         texts = prompts(cfg.class_names, cfg.templates)
         prompt_feats = text(texts).view(len(cfg.class_names), len(cfg.templates), -1)
@@ -162,12 +142,12 @@ def lit_alignment(
         feats, labels = [], []
         for copy in range(cfg.copies):
             rgb = augment_for_alignment(clean, seed=cfg.seed * 100 + copy)
-            feats.append(pooled_features(encoder, rgb, desc=f"alignment images {copy + 1}"))
+            feats.append(encode_pixels(encoder, rgb, desc=f"alignment images {copy + 1}"))
             labels.append(y)
         heads = _align(torch.cat(feats), torch.cat(labels), prompt_feats, cfg)
         return {**heads, "prompt_features": prompt_feats}
 
-    return cached("lit", key, compute, cache_dir)
+    return cached("lit", key, compute, app=CACHE_APP, cache_dir=cache_dir)
 
 
 def prompt_features_for(

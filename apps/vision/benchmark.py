@@ -29,9 +29,10 @@ import torch
 from core.atomic import atomic_write_text
 
 from .data import VisionDataModule
-from .metrics import EffectiveRobustness, ResultsDB, plot_frontier, plot_reliability
+from .metrics import EffectiveRobustness, ResultsDB
 from .module import VisionModule
-from .robust import DEFAULT_ALPHAS, predict_sets, soups, summarize, wise_ft_sweep
+from .plots import frontier_figure, reliability_figure, save_figure
+from .robust import DEFAULT_ALPHAS, clone_state, predict_sets, soups, summarize, wise_ft_sweep
 
 __all__ = ["METHODS", "format_summary", "main", "run_benchmark"]
 
@@ -110,10 +111,6 @@ def _fit(module: VisionModule, data: VisionDataModule, epochs: int, seed: int) -
     trainer.fit(module, datamodule=data)
 
 
-def _state(module: VisionModule) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-
-
 def _new(kwargs: dict[str, Any], seed: int, model_kwargs: dict[str, Any] | None) -> VisionModule:
     pl.seed_everything(seed, verbose=False)
     return VisionModule(**(model_kwargs or {}), **kwargs)
@@ -168,7 +165,8 @@ def run_benchmark(
     curve0: list[dict[str, Any]] = []
     record = _Recorder(db, rows, seeds[0])
     for seed in seeds:
-        data = VisionDataModule(seed=seed, **(data_kwargs or {}))
+        # The training loader shuffles with the seed _fit sets (seed_everything).
+        data = VisionDataModule(**(data_kwargs or {}))
         data.setup()
         sets = data.eval_sets()
         record.sets, record.seed = sets, seed
@@ -190,7 +188,7 @@ def run_benchmark(
             if name in wanted:
                 record(name, module, time.perf_counter() - t0)
             if name == "ft":
-                ft_state, ft_module = _state(module), module
+                ft_state, ft_module = clone_state(module.model), module
         if ft_state is None:
             continue
         if "wiseft" in wanted:
@@ -210,7 +208,7 @@ def run_benchmark(
             for sweep_lr, wd in SWEEP:
                 module = _new({"optimizer": _adamw(sweep_lr, wd)}, seed, model_kwargs)
                 _fit(module, data, epochs, seed)
-                states.append(_state(module))
+                states.append(clone_state(module.model))
                 record(f"sweep_lr{sweep_lr:g}_wd{wd:g}", module, 0.0, baseline=True)
             out_soups = soups(ft_module.model, states, sets["id_val"])
             ft_module.model.load_state_dict(out_soups["uniform"])
@@ -273,15 +271,15 @@ def _plots(rows, curve, reliability, fit, out: Path, seed: int) -> None:
             "id": statistics.mean(r["id"] for r in sel),
             "ood": statistics.mean(r["ood"] for r in sel),
         }
-    plot_frontier(
+    frontier = frontier_figure(
         list(means.values()),
-        out / "frontier.png",
         curve=curve,
         fit=fit,
         title=f"ID vs OOD (mean over seeds; WiSE-FT curve: seed {seed})",
     )
+    save_figure(frontier, out / "frontier.png")
     if reliability:
-        plot_reliability(reliability, out / "reliability.png")
+        save_figure(reliability_figure(reliability), out / "reliability.png")
 
 
 def _pm(values: list[float]) -> str:

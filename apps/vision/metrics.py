@@ -1,5 +1,5 @@
-"""Robustness metrics: accuracy with class-subset projection, ECE, effective robustness,
-a JSONL results database and the two standard plots (ID-vs-OOD frontier, reliability).
+"""Robustness metrics: accuracy with class-subset projection, ECE, effective robustness and
+a JSONL results database (the plots are in :mod:`apps.vision.plots`).
 
 - :func:`expected_calibration_error`: equal-width confidence bins (``n_bins=15``), the
   L1 gap ``sum_b |B_b|/n * |acc(B_b) - conf(B_b)|``; it matches torchmetrics'
@@ -21,15 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.atomic import atomic_write, atomic_write_text
+from core.atomic import atomic_write_text
 
 __all__ = [
     "EffectiveRobustness",
     "ResultsDB",
     "accuracy",
     "expected_calibration_error",
-    "plot_frontier",
-    "plot_reliability",
     "project_logits",
     "reliability_bins",
 ]
@@ -167,89 +165,3 @@ class ResultsDB:
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         lines = [json.dumps(r, sort_keys=True) for r in [*self.rows(), *rows]]
         atomic_write_text(self.path, "\n".join(lines) + "\n")
-
-
-# ----------------------------------------------------------------------------- plots
-def _savefig(fig: Any, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
-    return path
-
-
-def plot_frontier(
-    points: Sequence[dict[str, Any]],
-    path: str | Path,
-    curve: Sequence[dict[str, Any]] | None = None,
-    fit: EffectiveRobustness | None = None,
-    title: str = "ID vs OOD accuracy",
-) -> Path:
-    """Scatter of (ID, average OOD) accuracy per model, the WiSE-FT curve and the ER fit.
-
-    ``points``: dicts with ``name``, ``id``, ``ood``; ``curve``: dicts with ``alpha``,
-    ``id``, ``ood`` in alpha order.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    if curve:
-        ax.plot(
-            [c["id"] for c in curve],
-            [c["ood"] for c in curve],
-            "-o",
-            ms=3,
-            color="C1",
-            label="WiSE-FT (alpha 0..1)",
-        )
-        for c in curve[:: max(1, len(curve) // 5)]:
-            ax.annotate(f"{c['alpha']:.1f}", (c["id"], c["ood"]), fontsize=7)
-    for k, p in enumerate(points):
-        ax.scatter(p["id"], p["ood"], color=f"C{(k + 2) % 10}", label=p["name"], zorder=3)
-    if fit is not None:
-        xs = [min(p["id"] for p in points), max(p["id"] for p in points)]
-        grid = [xs[0] + (xs[1] - xs[0]) * t / 50 for t in range(51)]
-        ax.plot(
-            grid,
-            [fit.predict(g) for g in grid],
-            "--",
-            color="gray",
-            lw=1,
-            label="baseline fit (logit)",
-        )
-    ax.set_xlabel("ID accuracy")
-    ax.set_ylabel("average OOD accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _savefig(fig, path)
-
-
-def plot_reliability(
-    curves: dict[str, tuple[Tensor, Tensor]], path: str | Path, n_bins: int = 15
-) -> Path:
-    """Reliability diagrams (accuracy vs confidence per bin), one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = max(1, len(curves))
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.2), squeeze=False)
-    centers = (torch.arange(n_bins) + 0.5) / n_bins
-    for ax, (name, (probs, labels)) in zip(axes[0], curves.items(), strict=False):
-        count, acc, _ = reliability_bins(probs, labels, n_bins)
-        ece = expected_calibration_error(probs, labels, n_bins)
-        mask = count > 0
-        ax.bar(centers[mask], acc[mask], width=1 / n_bins, edgecolor="k", lw=0.5)
-        ax.plot([0, 1], [0, 1], "--", color="gray")
-        ax.set_title(f"{name}\nECE {ece:.3f}", fontsize=9)
-        ax.set_xlabel("confidence")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("accuracy")
-    return _savefig(fig, path)

