@@ -71,8 +71,6 @@ def run_one(fraction: float, seed: int, epochs: int, out: Path, extra: Sequence[
             str(CLASSIFICATION),
             "--seed_everything",
             str(seed),
-            "--data.seed",
-            str(seed),
             "--data.label_fraction",
             str(fraction),
             "--trainer.max_epochs",

@@ -1,16 +1,17 @@
 """Chest X-ray studies as a LightningDataModule, for report generation and classification.
 
-``CxrDataModule(dataset=...)`` reads one of the layouts of :mod:`.sources`:
+``CxrDataModule(source=...)`` reads one of the layouts of :mod:`.sources`:
 
 * ``"embedded"`` (default): the 3,955 real IU X-ray reports from the installed
   ``torchxrayvision`` package, each paired with a **synthetic** radiograph rendered from that
   report's labels (:mod:`.phantom`), with the lung-field mask. The reports are real; the
-  images are not.
+  images are not. Rendered phantoms are kept in the app's cache (:mod:`core.cache`).
 * ``"iu_xray"``, ``"mimic_cxr"``, ``"chexpert"``: the real data sets on disk.
 
 Splits are by patient (:mod:`.splits`): the shipped split files for the embedded data, the
 official split for MIMIC-CXR, a patient hash elsewhere. ``label_fraction`` (1.0, 0.1, 0.01:
-BenchX) keeps the nested fraction of the training patients.
+BenchX) keeps the nested fraction of the training patients. The training order is shuffled
+with the run's seed (``seed_everything``); the splits have no seed (they are fixed).
 
 A batch is a dict: ``image`` float32 ``(B, 1, S, S)`` in [0, 1], ``labels`` float32
 ``(B, 14)`` (binary, uncertain mapped by ``uncertain_as``), ``text`` list of reports,
@@ -22,7 +23,7 @@ process, never inside a DataLoader worker; each ``setup`` logs a summary of its 
 
 from __future__ import annotations
 
-import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from core.atomic import atomic_write
-from core.cache import app_cache_dir, config_hash
+from core.cache import cached
 
 from .images import read_image, resize
 from .labeler import CHEXPERT_LABELS, label_vector
@@ -49,52 +49,43 @@ from .sources import (
 )
 from .splits import SHIPPED_DIR, fraction_name, fraction_subset, patient_splits, read_split_file
 
-log = logging.getLogger(__name__)
-
-DATASETS = ("embedded", "iu_xray", "mimic_cxr", "chexpert")
+SOURCES = ("embedded", "iu_xray", "mimic_cxr", "chexpert")
+#: Raise when the phantoms' drawing changes: a new version is a new cache entry.
 PHANTOM_VERSION = 2
-DEFAULT_CACHE = app_cache_dir("medical_cxr")
+APP = "medical_cxr"
+
+
+def run_seed() -> int:
+    """The seed of this run (``seed_everything`` sets ``PL_GLOBAL_SEED``), 0 if unset."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def render_all(
-    studies: Sequence[Study], size: int, cache_dir: str | Path | None = DEFAULT_CACHE
+    studies: Sequence[Study], size: int, cache_dir: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Phantoms of ``studies`` as uint8 images ``(N, S, S)`` and masks, cached on disk.
+    """Phantoms of ``studies`` as uint8 images ``(N, S, S)`` and lung masks, cached.
 
-    The cache key covers the phantom version, the size, the study ids and their labels, so
-    a stale cache is never read. ``cache_dir=None`` always renders.
+    The cache entry (:func:`core.cache.cached`, kind ``phantoms``) is keyed by the phantom
+    version, the size, the study ids and their labels, so a stale one is never read.
+    ``cache_dir``: a folder instead of the app's cache (``$SPECIALIST_FINETUNERS_CACHE``).
     """
-    key = config_hash(
-        {
-            "version": PHANTOM_VERSION,
-            "size": size,
-            "studies": [(s.study_id, s.labels) for s in studies],
-        }
-    )
-    path = Path(cache_dir) / f"phantoms-{size}-{key}.npz" if cache_dir else None
-    if path is not None and path.is_file():
-        try:
-            with np.load(path) as cached:
-                return cached["images"], cached["masks"]
-        except (OSError, ValueError, KeyError):
-            log.warning("phantom cache %s is unreadable; rendering again", path)
-    images = np.empty((len(studies), size, size), dtype=np.uint8)
-    masks = np.empty((len(studies), size, size), dtype=np.uint8)
-    for i, study in enumerate(tqdm(studies, desc="rendering phantoms", leave=False)):
-        img, mask = render_phantom(study.labels, study.study_id, size)
-        images[i] = np.round(img * 255)
-        masks[i] = mask
-    if path is not None:
-        try:
-            atomic_write(path, lambda tmp: _save_npz(tmp, images, masks))
-        except OSError as err:  # a read-only home must not stop a run
-            log.warning("could not cache phantoms at %s (%s)", path, err)
-    return images, masks
+    config = {
+        "version": PHANTOM_VERSION,
+        "size": size,
+        "studies": [(s.study_id, s.labels) for s in studies],
+    }
 
+    def build() -> dict[str, torch.Tensor]:
+        images = np.empty((len(studies), size, size), dtype=np.uint8)
+        masks = np.empty((len(studies), size, size), dtype=np.uint8)
+        for i, study in enumerate(tqdm(studies, desc="rendering phantoms", leave=False)):
+            img, mask = render_phantom(study.labels, study.study_id, size)
+            images[i] = np.round(img * 255)
+            masks[i] = mask
+        return {"images": torch.from_numpy(images), "masks": torch.from_numpy(masks)}
 
-def _save_npz(path: Path, images: np.ndarray, masks: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a name
-        np.savez(f, images=images, masks=masks)
+    entry = cached("phantoms", config, build, app=APP, cache_dir=cache_dir)
+    return entry["images"].numpy(), entry["masks"].numpy()
 
 
 class CxrDataset(Dataset):
@@ -154,31 +145,32 @@ class CxrDataModule(pl.LightningDataModule):
     """Chest X-ray studies (reports, labels, images) split by patient.
 
     Args:
-        dataset: ``"embedded"`` (real IU X-ray reports + synthetic images), ``"iu_xray"``,
-            ``"mimic_cxr"`` or ``"chexpert"``.
+        source: ``"embedded"`` (real IU X-ray reports + synthetic images), ``"iu_xray"``,
+            ``"mimic_cxr"`` or ``"chexpert"`` (on-disk layouts, :mod:`.sources`).
         root: Data folder: the MIMIC-CXR-JPG root, or the CheXpert CSV file.
         reports: IU X-ray report archive/folder (``embedded``: default is the package's).
         images: IU X-ray PNG folder; CheXpert image root.
         sections: Report sections that form the text (``findings``, ``impression``, ...).
-        image_size: Side of the square model input.
+        image_size: Side of the square model input; ``model.image_size`` follows it.
         batch_size: Studies per batch.
         label_fraction: Share of the training patients kept (1.0, 0.1, 0.01: BenchX).
         split_dir: Folder with ``train/val/test.txt`` and ``train_<p>pct.txt``; default: the
             shipped files for ``embedded``, the official split for MIMIC, a patient hash else.
-        uncertain_as: How an uncertain label (-1) counts in the binary targets (0 or 1).
+        uncertain_as: How an uncertain label (-1) counts in the binary targets (0 or 1);
+            ``model.uncertain_as`` follows it (linked in ``train.py``).
         on_error: ``"raise"`` (a one-line error naming the file, line and fix) or ``"skip"``
             (count, log and leave out) for a corrupt image, a report without the needed
             sections or not in UTF-8, a CSV line not in UTF-8 or an invalid label cell.
         check_images: Decode every image once in ``setup`` (finds corrupt files early).
         max_studies: Keep at most this many studies per split (quick runs, tests).
         num_workers: DataLoader worker processes.
-        cache_dir: Where rendered phantoms are cached (``None``: do not cache).
-        seed: Seed of the training shuffle.
+        cache_dir: Where rendered phantoms (and the report tokenizer) are cached; ``None``:
+            the app's cache, ``$SPECIALIST_FINETUNERS_CACHE/medical_cxr``.
     """
 
     def __init__(
         self,
-        dataset: str = "embedded",
+        source: str = "embedded",
         root: str | None = None,
         reports: str | None = None,
         images: str | None = None,
@@ -192,12 +184,11 @@ class CxrDataModule(pl.LightningDataModule):
         check_images: bool = True,
         max_studies: int | None = None,
         num_workers: int = 0,
-        cache_dir: str | None = str(DEFAULT_CACHE),
-        seed: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"data.dataset={dataset!r} must be one of {DATASETS}.")
+        if source not in SOURCES:
+            raise ValueError(f"data.source={source!r} must be one of {SOURCES}.")
         check_on_error(on_error)
         if image_size < 16:
             raise ValueError(f"data.image_size={image_size} must be >= 16.")
@@ -208,7 +199,7 @@ class CxrDataModule(pl.LightningDataModule):
         if uncertain_as not in (0, 1):
             raise ValueError(f"data.uncertain_as={uncertain_as} must be 0 or 1.")
         self.save_hyperparameters()
-        self.dataset = dataset
+        self.source = source
         self.root, self.reports, self.images = root, reports, images
         self.sections = list(sections or ["findings"])
         self.image_size = image_size
@@ -221,24 +212,23 @@ class CxrDataModule(pl.LightningDataModule):
         self.max_studies = max_studies
         self.num_workers = num_workers
         self.cache_dir = cache_dir
-        self.seed = seed
         self.sets: dict[str, CxrDataset] = {}
         self.train_override: Dataset | None = None
 
     # ------------------------------------------------------------------ loading
     def load_studies(self) -> list[Study]:
         """All studies of the configured source (errors follow ``on_error``)."""
-        if self.dataset == "embedded":
+        if self.source == "embedded":
             return load_embedded(self.sections, self.on_error, self.reports)
-        if self.dataset == "iu_xray":
+        if self.source == "iu_xray":
             if not self.reports or not self.images:
-                raise ValueError("data.dataset=iu_xray needs data.reports and data.images.")
+                raise ValueError("data.source=iu_xray needs data.reports and data.images.")
             return load_iu_xray(
                 self.reports, self.images, self.sections, self.on_error, self.check_images
             )
         if not self.root:
-            raise ValueError(f"data.dataset={self.dataset} needs data.root.")
-        if self.dataset == "mimic_cxr":
+            raise ValueError(f"data.source={self.source} needs data.root.")
+        if self.source == "mimic_cxr":
             return load_mimic_cxr(
                 self.root, self.sections, self.on_error, self.check_images, self.reports
             )
@@ -248,7 +238,7 @@ class CxrDataModule(pl.LightningDataModule):
         """Study ids per split, with the label fraction applied to ``train``."""
         patient_of = {s.study_id: s.patient_id for s in studies}
         split_dir = self.split_dir
-        if split_dir is None and self.dataset == "embedded":
+        if split_dir is None and self.source == "embedded":
             split_dir = str(SHIPPED_DIR / "iu_xray")
         if split_dir is not None:
             ids = {name: read_split_file(split_dir, name) for name in ("train", "val", "test")}
@@ -274,7 +264,7 @@ class CxrDataModule(pl.LightningDataModule):
         studies = self.load_studies()
         if not studies:
             raise ValueError(
-                f"data.dataset={self.dataset}: no usable study was found (see the problems "
+                f"data.source={self.source}: no usable study was found (see the problems "
                 "skipped, logged above); check the paths and data.sections."
             )
         by_id = {s.study_id: s for s in studies}
@@ -284,11 +274,11 @@ class CxrDataModule(pl.LightningDataModule):
                 chosen = chosen[: self.max_studies]
             if not chosen:
                 raise ValueError(
-                    f"the {name} split of data.dataset={self.dataset} is empty; check "
+                    f"the {name} split of data.source={self.source} is empty; check "
                     "data.split_dir and data.max_studies."
                 )
             images = masks = None
-            if self.dataset == "embedded":
+            if self.source == "embedded":
                 images, masks = render_all(chosen, self.image_size, self.cache_dir)
             self.sets[name] = CxrDataset(
                 chosen, self.image_size, self.uncertain_as, images=images, masks=masks
@@ -303,7 +293,7 @@ class CxrDataModule(pl.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.sets:
             raise RuntimeError("CxrDataModule.setup() must run before asking for a loader.")
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(run_seed())
         return DataLoader(
             self.sets[name],
             batch_size=self.batch_size,
@@ -326,7 +316,7 @@ class CxrDataModule(pl.LightningDataModule):
                 batch_size=self.batch_size,
                 shuffle=True,
                 collate_fn=collate,
-                generator=torch.Generator().manual_seed(self.seed),
+                generator=torch.Generator().manual_seed(run_seed()),
             )
         return self._loader("train", shuffle=True)
 

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.atomic import atomic_write_text
+from core.training.report import write_figure
 
 from .benchmark import mean_std, write_summary
-from .evaluation import plot_factuality
+from .plots import factuality_figure
 from .train import DEFAULT_CONFIG, main
 
 PREFERENCE = DEFAULT_CONFIG.parent / "preference.yaml"
@@ -46,14 +47,14 @@ def _test_metrics(cli) -> dict[str, float]:
 
 def run_seed(seed: int, out: Path, sft_args: Sequence[str], pref_args: Sequence[str]) -> dict:
     """SFT then preference tuning for one seed; the test metrics of both."""
-    common = ["--seed_everything", str(seed), "--data.seed", str(seed)]
+    common = ["--seed_everything", str(seed)]
     sft = main(
         ["fit", *common, "--trainer.default_root_dir", str(out / f"sft_seed{seed}"), *sft_args]
     )
     sft_metrics = _test_metrics(sft)
     ckpt = Path(sft.trainer.log_dir) / "checkpoints" / "last.ckpt"
     pref = main(
-        ["fit", "--config", str(PREFERENCE), *common, "--model.init_args.sft_checkpoint", str(ckpt),
+        ["fit", "--config", str(PREFERENCE), *common, "--model.init_args.pretrained", str(ckpt),
          "--trainer.default_root_dir", str(out / f"pref_seed{seed}"), *pref_args]
     )  # fmt: skip
     pref_metrics = _test_metrics(pref)
@@ -158,7 +159,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
         "",
         f"{len(records)} seed(s), {(time.time() - start) / 60:.1f} min in this invocation.",
     ]
-    plot = plot_factuality(records, per_label_f1(records), out / "comparison.png")
+    plot = write_figure(factuality_figure(records, per_label_f1(records)), out / "comparison.png")
     lines += ["", f"![SFT vs SFT + DPO]({plot.name})", ""]
     return write_summary(out / "comparison.md", lines, "apps.medical_cxr.factuality", argv)
 

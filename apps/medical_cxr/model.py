@@ -1,20 +1,27 @@
 """Networks: 1-channel image encoders (timm / MONAI), a causal text decoder (transformers),
-the report generator that joins them by a visual prefix, and a multi-label classifier.
+the report generator that joins them by a visual prefix, a multi-label classifier, and the
+report tokenizer.
 
-Nothing is downloaded: encoders are built from their architecture (weights from a local file
-with ``checkpoint``), the decoder from a small ``LlamaConfig`` or from a local checkpoint
-folder (``from_pretrained(path, local_files_only=True)``).
+Nothing is downloaded: encoders are built from their architecture (backbone weights from a
+local file, ``encoder_pretrained``), the decoder from a small ``LlamaConfig`` or from a local
+folder (``decoder_pretrained``: ``from_pretrained(path, local_files_only=True)``); see
+:mod:`.weights` for every kind of local weights.
 
 Report generation conditions the decoder on the image by a *visual prefix*: the encoder's
 patch/feature-map tokens, linearly projected to the decoder width, are placed before the
 report's token embeddings; the decoder attends to them causally like to a prompt. Decoding
 is Hugging Face ``generate`` on ``inputs_embeds``: beam search (3 beams, no repeated token
 trigram: ``no_repeat_ngram_size=3``) or sampling.
+
+The report tokenizer is :mod:`core.tokenizers`' WordPiece (:func:`report_recipe`): the
+special tokens ``[PAD]`` = 0, ``[BOS]`` = 1, ``[EOS]`` = 2, ``[UNK]`` = 3, every character of
+the training reports and their most frequent words, learned deterministically.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +32,17 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
-    PreTrainedTokenizerFast,
+    PreTrainedTokenizerBase,
 )
+
+from core import tokenizers as core_tokenizers
+
+from .reports import normalise_report
+from .weights import load_state
 
 ENCODERS = ("vit_tiny", "densenet121", "monai_densenet121")
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+APP = "medical_cxr"
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -60,7 +73,7 @@ class ImageEncoder(nn.Module):
 def build_encoder(
     name: str = "vit_tiny",
     image_size: int = 64,
-    checkpoint: str | None = None,
+    pretrained: str | None = None,
     vit_dim: int = 128,
     vit_depth: int = 2,
     vit_heads: int = 4,
@@ -73,7 +86,7 @@ def build_encoder(
         name: ``"vit_tiny"`` (a small timm ViT: ``vit_dim``, ``vit_depth``, ``vit_heads``,
             ``patch_size``), ``"densenet121"`` (timm), ``"monai_densenet121"`` (MONAI), or
             any other timm model name (built with ``in_chans=1``, no pretrained download).
-        checkpoint: Optional local state-dict file for the backbone (``.pth``/``.safetensors``).
+        pretrained: Optional local state-dict file for the backbone (``.pth``/``.safetensors``).
     """
     import timm
 
@@ -114,121 +127,94 @@ def build_encoder(
                 "timm model name (timm.list_models())."
             ) from err
         encoder = ImageEncoder(backbone, int(backbone.num_features), "timm")
-    if checkpoint:
-        load_state(encoder.backbone, checkpoint, what="encoder checkpoint")
+    if pretrained:
+        load_state(encoder.backbone, pretrained, what="model.encoder_pretrained")
     return encoder
 
 
-def load_state(module: nn.Module, path: str, what: str) -> None:
-    """Load a local state dict (torch or safetensors) into ``module``; shapes must match."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"{what} {str(file)!r} does not exist.")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, _ = module.load_state_dict(state, strict=False)
-    if len(missing) == len(module.state_dict()):
-        raise ValueError(
-            f"{what} {str(file)!r} matches none of the model's parameters (e.g. it has "
-            f"{list(state)[:3]}); give a checkpoint of the same architecture."
-        )
-
-
 # ---------------------------------------------------------------------------- text side
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 1000) -> PreTrainedTokenizerFast:
-    """A WordPiece tokenizer whose vocabulary is learned from ``texts``, deterministically.
-
-    Texts are split on whitespace and punctuation; the vocabulary holds the special tokens
-    (``[PAD]`` = 0, ``[BOS]`` = 1, ``[EOS]`` = 2, ``[UNK]`` = 3), every character seen (as a
-    word start and as a ``##`` continuation, so no word is ever unknown) and then the most
-    frequent whole words (ties broken alphabetically) up to ``vocab_size``. (The
-    ``tokenizers`` BPE trainer breaks ties in hash order, so it is not reproducible.)
-    """
-    from collections import Counter
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    if not texts:
-        raise ValueError("train_tokenizer needs at least one report text.")
-    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    counts = Counter(w for t in texts for w, _ in pre.pre_tokenize_str(t))
-    chars = sorted({c for w in counts for c in w})
-    vocab = [PAD, BOS, EOS, UNK, *chars, *(f"##{c}" for c in chars)]
-    if len(vocab) > vocab_size:
-        raise ValueError(
-            f"vocab_size={vocab_size} is smaller than the {len(vocab)} special and character "
-            "tokens of the corpus; raise model.vocab_size."
-        )
-    known = set(vocab)
-    for word, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size:
-            break
-        if word not in known:
-            vocab.append(word)
-            known.add(word)
-    tok = Tokenizer(
-        models.WordPiece(
-            {w: i for i, w in enumerate(vocab)}, unk_token=UNK, max_input_chars_per_word=100
-        )
-    )
-    tok.pre_tokenizer = pre
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return wrap_tokenizer(tok)
-
-
-def wrap_tokenizer(tok: Any) -> PreTrainedTokenizerFast:
-    """A ``tokenizers.Tokenizer`` as a transformers fast tokenizer with our special tokens."""
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
+def report_recipe(vocab_size: int = 1000) -> core_tokenizers.TokenizerRecipe:
+    """The report tokenizer's recipe: WordPiece, ``[PAD] [BOS] [EOS] [UNK]`` as ids 0..3."""
+    return core_tokenizers.TokenizerRecipe(
+        "wordpiece",
+        vocab_size,
+        special_tokens=(PAD, BOS, EOS, UNK),
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
     )
 
 
-def tokenizer_from_json(text: str) -> PreTrainedTokenizerFast:
-    """Rebuild a tokenizer saved with ``tokenizer.backend_tokenizer.to_str()``."""
-    from tokenizers import Tokenizer
-
-    return wrap_tokenizer(Tokenizer.from_str(text))
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 1000) -> PreTrainedTokenizerBase:
+    """A report tokenizer learned from ``texts`` (deterministic; see :func:`report_recipe`)."""
+    return core_tokenizers.train_tokenizer(texts, report_recipe(vocab_size))
 
 
-def load_tokenizer(path: str) -> PreTrainedTokenizerFast:
-    """A tokenizer from a local ``tokenizer.json`` file or a Hugging Face tokenizer folder."""
-    file = Path(path)
-    if file.is_file():
-        return tokenizer_from_json(file.read_text())
-    if file.is_dir():
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(str(file), local_files_only=True)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        if tok.bos_token is None:
-            tok.bos_token = tok.eos_token
-        return tok
-    raise FileNotFoundError(
-        f"model.tokenizer {str(file)!r} is neither a tokenizer.json file nor a tokenizer "
-        "folder; leave it empty to train one on the training reports."
+def cached_report_tokenizer(
+    texts: Iterable[str], vocab_size: int, cache_dir: str | Path | None = None
+) -> PreTrainedTokenizerBase:
+    """:func:`train_tokenizer`, kept in the app's cache (keyed by recipe and texts)."""
+    return core_tokenizers.cached_tokenizer(
+        texts, report_recipe(vocab_size), app=APP, cache_dir=cache_dir
     )
+
+
+def load_report_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local ``tokenizer.json`` file or folder (``model.tokenizer``)."""
+    try:
+        return core_tokenizers.load_tokenizer(path, report_recipe())
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"model.tokenizer: {err} Leave it empty to train one on the training reports."
+        ) from err
+
+
+def encode_reports(
+    tok: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int
+) -> tuple[Tensor, Tensor]:
+    """``[BOS] report [EOS]`` ids (at most ``max_tokens``) and attention mask, right-padded."""
+    rows = [
+        [
+            tok.bos_token_id,
+            *tok(t, add_special_tokens=False).input_ids[: max_tokens - 2],
+            tok.eos_token_id,
+        ]
+        for t in texts
+    ]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def decode_reports(tok: PreTrainedTokenizerBase, ids: Tensor) -> list[str]:
+    """Generated ids -> normalised report texts (each cut at its first EOS)."""
+    texts = []
+    for row in ids.tolist():
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        texts.append(normalise_report(tok.decode(row, skip_special_tokens=True)))
+    return texts
 
 
 def build_decoder(
     vocab_size: int,
-    path: str | None = None,
+    pretrained: str | None = None,
     hidden_size: int = 128,
     layers: int = 2,
     heads: int = 4,
     max_positions: int = 256,
 ) -> PreTrainedModel:
     """A causal LM: a small Llama-style model from a config, or a local checkpoint folder."""
-    if path:
-        folder = Path(path)
+    if pretrained:
+        folder = Path(pretrained)
         if not folder.is_dir():
             raise FileNotFoundError(
-                f"model.decoder_path {str(folder)!r} is not a folder holding a causal-LM "
+                f"model.decoder_pretrained {str(folder)!r} is not a folder holding a causal-LM "
                 "checkpoint (config.json + weights); no hub downloads are made."
             )
         return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
@@ -343,8 +329,6 @@ class ReportGenerator(nn.Module):
             kwargs.update(do_sample=False, num_beams=num_beams)
             if num_beams > 1:
                 kwargs["early_stopping"] = True
-        import warnings
-
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no_repeat_ngram_size.*")
             warnings.filterwarnings("ignore", message=".*generation flags are not valid.*")

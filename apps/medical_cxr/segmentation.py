@@ -6,8 +6,8 @@ two lung fields). :class:`SegmentationModule` segments it with a Segment Anythin
 * **Network.** No checkpoint can be downloaded here, so by default a *small* SAM is built
   from ``segment_anything.modeling`` (:func:`build_small_sam`: a 4-block ViT image encoder on
   128x128 inputs with 8x8 patches, SAM's prompt encoder and its two-way-transformer mask
-  decoder). It starts from random weights. ``sam_checkpoint`` (+ ``sam_type`` vit_b/l/h)
-  loads a real local SAM checkpoint through ``segment_anything.sam_model_registry`` instead.
+  decoder). It starts from random weights. ``pretrained`` (+ ``sam_type`` vit_b/l/h) loads
+  a real local SAM checkpoint through ``segment_anything.sam_model_registry`` instead.
 * **Prompts** (``prompt``). ``"lung_boxes"`` (default): one box per lung, from the mask's
   two largest connected components, as MedSAM prompts one box per object; the decoder
   predicts each lung and the lung field is their union. ``"box"``: one box around the
@@ -35,19 +35,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from scipy import ndimage
 from torch import Tensor, nn
 
-from core.adapters import AdapterConfig
-from core.training import FineTuneModule, Regularizer
+from core.training import FineTuneModule, default_loss
 
+from .lung_prompts import PROMPTS, fill_boxes, jitter_boxes, prompt_targets
 from .metrics import dice_score
 
-PROMPTS = ("lung_boxes", "box", "none")
 SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
@@ -137,7 +133,7 @@ def load_sam(sam_type: str, checkpoint: str) -> nn.Module:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(
-            f"model.sam_checkpoint {str(path)!r} does not exist; pass the path of a local SAM "
+            f"model.pretrained {str(path)!r} does not exist; pass the path of a local SAM "
             f"checkpoint matching model.sam_type={sam_type!r} (e.g. sam_vit_b_01ec64.pth), or "
             "leave it empty to build the small SAM."
         )
@@ -145,79 +141,9 @@ def load_sam(sam_type: str, checkpoint: str) -> nn.Module:
         return sam_model_registry[sam_type](checkpoint=str(path))
     except RuntimeError as err:
         raise ValueError(
-            f"model.sam_checkpoint {str(path)!r} does not fit a SAM {sam_type} ({err}); set "
+            f"model.pretrained {str(path)!r} does not fit a SAM {sam_type} ({err}); set "
             "model.sam_type to the checkpoint's size."
         ) from err
-
-
-# ---------------------------------------------------------------------------- prompts
-def lung_components(mask: np.ndarray) -> list[np.ndarray]:
-    """The two lung fields of a binary mask ``(H, W)``, image-left first.
-
-    The two largest 8-connected components; a mask with fewer than two is split at the
-    image's vertical midline instead (either half may then be empty).
-    """
-    labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3), dtype=int))
-    if count >= 2:
-        sizes = np.bincount(labels.ravel())[1:]
-        keep = np.argsort(-sizes, kind="stable")[:2] + 1
-        parts = [labels == k for k in keep]
-        parts.sort(key=lambda p: float(np.nonzero(p)[1].mean()))
-        return parts
-    field = mask > 0
-    half = mask.shape[1] // 2
-    left, right = field.copy(), field.copy()
-    left[:, half:] = False
-    right[:, :half] = False
-    return [left, right]
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Tight box ``(x0, y0, x1, y1)`` of a binary mask, max coordinates inclusive (SAM's
-    ``batched_mask_to_box`` convention); ``(0, 0, 0, 0)`` for an empty mask."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return (0, 0, 0, 0)
-    return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-
-
-def prompt_targets(masks: Tensor, prompt: str) -> tuple[Tensor, Tensor | None]:
-    """Per-prompt targets ``(B, K, H, W)`` float and boxes ``(B, K, 4)`` (mask pixels, max
-    inclusive) for a batch of lung-field masks ``(B, H, W)``; boxes are ``None`` for
-    ``prompt="none"`` (one target: the whole field)."""
-    if prompt not in PROMPTS:
-        raise ValueError(f"model.prompt={prompt!r} must be one of {PROMPTS}.")
-    field = (masks > 0).cpu().numpy()
-    if prompt == "none":
-        return torch.from_numpy(field[:, None].astype(np.float32)), None
-    targets, boxes = [], []
-    for m in field:
-        parts = lung_components(m) if prompt == "lung_boxes" else [m]
-        targets.append(np.stack(parts))
-        boxes.append([mask_box(p) for p in parts])
-    return (
-        torch.from_numpy(np.stack(targets).astype(np.float32)),
-        torch.tensor(boxes, dtype=torch.float32),
-    )
-
-
-def jitter_boxes(boxes: Tensor, size: int, fraction: float, generator: Any = None) -> Tensor:
-    """Widen each box side outwards by a uniform random 0..``fraction * size`` pixels (MedSAM's
-    training perturbation), clipped to the image ``[0, size - 1]``."""
-    if fraction <= 0:
-        return boxes
-    shift = torch.rand(boxes.shape, generator=generator) * fraction * size
-    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0])
-    return (boxes + sign * shift.to(boxes)).clamp(0, size - 1)
-
-
-def fill_boxes(boxes: Tensor, size: int) -> Tensor:
-    """The union of the boxes ``(B, K, 4)`` (pixels, max inclusive) filled, ``(B, size, size)``."""
-    coords = torch.arange(size, dtype=boxes.dtype, device=boxes.device)
-    x0, y0, x1, y1 = (boxes[..., i, None] for i in range(4))
-    inside_x = (coords >= x0.round()) & (coords <= x1.round())  # (B, K, W)
-    inside_y = (coords >= y0.round()) & (coords <= y1.round())  # (B, K, H)
-    return (inside_y[..., :, None] & inside_x[..., None, :]).any(dim=1).to(torch.uint8)
 
 
 def decode_masks(
@@ -256,25 +182,27 @@ class SegmentationModule(FineTuneModule):
         prompt: ``"lung_boxes"`` (one box per lung), ``"box"`` (one box around the lung
             field) or ``"none"`` (no prompt).
         box_jitter: Training boxes grow outwards by up to this fraction of the image side.
-        sam_checkpoint: A local SAM checkpoint (``sam_type`` says which size); empty:
-            build the small SAM below from random weights.
-        sam_type: ``vit_b``, ``vit_l`` or ``vit_h`` (with ``sam_checkpoint``).
+        pretrained: A local SAM checkpoint (``sam_type`` says which size); empty: build the
+            small SAM below from random weights.
+        sam_type: ``vit_b``, ``vit_l`` or ``vit_h`` (with ``pretrained``).
         sam_image_size / sam_patch_size / encoder_dim / encoder_depth / encoder_heads /
             prompt_dim / decoder_depth / decoder_heads / decoder_mlp_dim: Shape of the small
             SAM (:func:`build_small_sam`).
         dice_weight / bce_weight: Weights of the Dice and BCE terms of the loss.
-        adapter: e.g. LoRA on ``image_encoder.blocks.*.attn.qkv`` and ``mlp.lin1/lin2``.
         modules_to_save: Trained in full next to the adapter; default ``["mask_decoder"]``.
             With no adapter: only these train (``[]``: the whole SAM trains).
-        regularizers / optimizer / lr_scheduler: as in :class:`core.training.FineTuneModule`
-            (the loss is fixed: Dice + BCE, weighted as above).
+        monitor: The metric ``ReduceLROnPlateau`` watches (default ``val/dice``).
+        **kwargs: The other :class:`~core.training.FineTuneModule` options, passed through
+            (``adapter``, e.g. LoRA on ``image_encoder.blocks.*.attn.qkv`` and
+            ``mlp.lin1/lin2``; ``regularizers``, ``optimizer``, ...). The loss is fixed
+            (Dice + BCE, weighted as above), so ``loss`` is not an option.
     """
 
     def __init__(
         self,
         prompt: str = "lung_boxes",
         box_jitter: float = 0.05,
-        sam_checkpoint: str | None = None,
+        pretrained: str | None = None,
         sam_type: str = "vit_b",
         sam_image_size: int = 128,
         sam_patch_size: int = 8,
@@ -287,11 +215,9 @@ class SegmentationModule(FineTuneModule):
         decoder_mlp_dim: int = 256,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
-        adapter: AdapterConfig | None = None,
         modules_to_save: list[str] | None = None,
-        regularizers: list[Regularizer] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
+        monitor: str = "val/dice",
+        **kwargs: Any,
     ) -> None:
         if prompt not in PROMPTS:
             raise ValueError(f"model.prompt={prompt!r} must be one of {PROMPTS}.")
@@ -302,8 +228,8 @@ class SegmentationModule(FineTuneModule):
                 f"model.dice_weight={dice_weight} and model.bce_weight={bce_weight} must be "
                 ">= 0 and not both 0."
             )
-        if sam_checkpoint:
-            network = load_sam(sam_type, sam_checkpoint)
+        if pretrained:
+            network = load_sam(sam_type, pretrained)
         else:
             network = build_small_sam(
                 sam_image_size,
@@ -318,12 +244,10 @@ class SegmentationModule(FineTuneModule):
             )
         super().__init__(
             model=network,
-            adapter=adapter,
             modules_to_save=["mask_decoder"] if modules_to_save is None else modules_to_save,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            monitor="val/dice",
+            monitor=monitor,
+            loss=default_loss,
+            **kwargs,
         )
         from monai.losses import DiceLoss
 
@@ -380,6 +304,10 @@ class SegmentationModule(FineTuneModule):
         logits = F.interpolate(logits, (size, size), mode="bilinear", align_corners=False)
         return logits.reshape(batch, per_image, size, size)
 
+    def calibration_forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One training batch through SAM with its tight prompts (data-dependent adapter inits)."""
+        return self.shared_step(batch, "predict")
+
     def predict_field(self, logits: Tensor) -> Tensor:
         """Per-prompt logits ``(B, K, S, S)`` -> the predicted lung field ``(B, S, S)`` uint8
         (union of the prompts' masks)."""
@@ -388,7 +316,7 @@ class SegmentationModule(FineTuneModule):
     def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
         if "mask" not in batch:
             raise ValueError(
-                "SegmentationModule needs lung masks (batch['mask']): use data.dataset=embedded, "
+                "SegmentationModule needs lung masks (batch['mask']): use data.source=embedded, "
                 "whose phantoms come with their lung-field masks."
             )
         images, masks = batch["image"], batch["mask"]

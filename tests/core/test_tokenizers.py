@@ -1,13 +1,14 @@
 """core.tokenizers: training from a recipe, the apps' tokenizers reproduced id for id, the
 cache, checkpoints and local files.
 
-The two ``test_reproduces_*`` tests compare with the apps' own implementations as they are
-now (``apps.medical_cxr.model.train_tokenizer``, ``apps.code.tokenizer.train_bpe``): the
-recipes below are what those apps pass when they switch to this module.
+The two ``test_reproduces_*`` tests pin what the apps' own trainers wrote before the apps
+moved onto this module (hashes computed with the former implementations): the recipes
+below are the ones those apps now pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import lightning.pytorch as pl
@@ -97,35 +98,39 @@ def iu_reports() -> list[str]:
     return [s.text for s in load_embedded()[:400]]
 
 
-def test_reproduces_the_chest_xray_report_tokenizer(iu_reports) -> None:
-    from apps.medical_cxr.model import train_tokenizer as cxr_train_tokenizer
+#: sha256 of ``tokenizer.json`` as the apps' own trainers wrote it before they moved onto
+#: core.tokenizers (computed at commit 6d92005 with ``apps.medical_cxr.model.train_tokenizer``
+#: on the first 300 embedded reports, and ``apps.code.tokenizer.train_bpe`` on CODE_CORPUS).
+FORMER_CXR_SHA256 = {
+    120: "df984d735eddb5733759a324ae653bd1e03865d8ce04a4a3747431df12c17e56",
+    1000: "528e87a304c0e8ea7c6af0fd791850b4e6b5d1c6672640e432e12c3c70eaf05e",
+}
+FORMER_CODE_SHA256 = "9b46e788cb7bc594da75738633d52183ca378f650456ca1e869eb6520d659c91"
+FORMER_CODE_IDS = [84, 71, 134, 114, 92, 75, 227, 134, 127, 84, 134, 114, 73, 134, 121, 74, 134,
+                   109, 227, 165, 235, 247, 227, 179, 260, 245, 242, 361, 376, 14, 71, 18, 316,
+                   267]  # fmt: skip
+CODE_CORPUS = [
+    f"def f{i}(x, y={i}):\n    return x * {i} + y ** {i % 7}  # n{i}\n" for i in range(300)
+] + CODE * 10
 
-    train, held_out = iu_reports[:300], [*iu_reports[300:], "pneumothorax xyzzy ¡unseen!"]
-    for vocab_size in (120, 1000):
-        ours = train_tokenizer(train, cxr_recipe(vocab_size))
-        theirs = cxr_train_tokenizer(train, vocab_size)
-        assert len(ours) == len(theirs)
-        assert_same_tokenizer(ours, theirs, held_out)
-    assert [ours.pad_token_id, ours.bos_token_id, ours.eos_token_id, ours.unk_token_id] == [
-        0,
-        1,
-        2,
-        3,
-    ]
+
+def _sha256(tok) -> str:
+    return hashlib.sha256(tokenizer_to_json(tok).encode()).hexdigest()
+
+
+def test_reproduces_the_chest_xray_report_tokenizer(iu_reports) -> None:
+    train = iu_reports[:300]
+    for vocab_size, digest in FORMER_CXR_SHA256.items():
+        tok = train_tokenizer(train, cxr_recipe(vocab_size))
+        assert _sha256(tok) == digest, vocab_size
+    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2, 3]
 
 
 def test_reproduces_the_code_bpe_tokenizer() -> None:
-    from apps.code.corpus import list_modules, read_source
-    from apps.code.tokenizer import train_bpe
-
-    sources = [read_source(p) for p in list(list_modules().values())[:40]]
-    sources = [s for s in sources if s]
-    train, held_out = sources[:30], [*sources[30:], *CODE, "naïve ünïcödé → 🐍"]
-    ours = train_tokenizer(train, code_recipe(600))
-    theirs = train_bpe(train, 600)
-    assert len(ours) == len(theirs) == 600
-    assert_same_tokenizer(ours, theirs, held_out)
-    assert ours.convert_ids_to_tokens(list(range(7))) == list(code_recipe(600).special_tokens)
+    tok = train_tokenizer(CODE_CORPUS, code_recipe(600))
+    assert len(tok) == 600 and _sha256(tok) == FORMER_CODE_SHA256
+    assert tok("naïve ünïcödé → 🐍 def add(a, b):").input_ids == FORMER_CODE_IDS
+    assert tok.convert_ids_to_tokens(list(range(7))) == list(code_recipe(600).special_tokens)
 
 
 def test_training_is_deterministic_and_sees_the_data() -> None:

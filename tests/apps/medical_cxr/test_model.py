@@ -1,7 +1,12 @@
-"""Encoders, tokenizer, decoder, visual-prefix generator: shapes, log-probabilities against
-a brute-force sum, beam search with trigram blocking, sampling, local checkpoints."""
+"""Encoders, report tokenizer, decoder, visual-prefix generator: shapes, the tokenizer pinned
+to the one the app trained before it moved to core.tokenizers, report encode/decode,
+log-probabilities against a brute-force sum, beam search with trigram blocking, sampling,
+local weights."""
 
 from __future__ import annotations
+
+import hashlib
+import json
 
 import pytest
 import torch
@@ -11,9 +16,13 @@ from apps.medical_cxr.model import (
     ReportGenerator,
     build_decoder,
     build_encoder,
-    load_tokenizer,
+    decode_reports,
+    encode_reports,
+    load_report_tokenizer,
     train_tokenizer,
 )
+from apps.medical_cxr.reports import normalise_report
+from apps.medical_cxr.splits import SHIPPED_DIR, read_split_file
 
 TEXTS = [
     "the heart is normal in size . no pleural effusion or pneumothorax .",
@@ -41,9 +50,38 @@ def test_tokenizer_round_trip_and_special_ids(tok, tmp_path):
     assert train_tokenizer(TEXTS, 120).backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     path = tmp_path / "tokenizer.json"
     path.write_text(tok.backend_tokenizer.to_str())
-    assert load_tokenizer(str(path))(TEXTS[0]).input_ids == tok(TEXTS[0]).input_ids
-    with pytest.raises(FileNotFoundError, match=r"tokenizer"):
-        load_tokenizer(str(tmp_path / "missing.json"))
+    loaded = load_report_tokenizer(str(path))
+    assert loaded(TEXTS[0]).input_ids == tok(TEXTS[0]).input_ids
+    assert (loaded.pad_token_id, loaded.bos_token_id, loaded.eos_token_id) == (0, 1, 2)
+    with pytest.raises(FileNotFoundError, match=r"model\.tokenizer"):
+        load_report_tokenizer(str(tmp_path / "missing.json"))
+
+
+def test_default_run_tokenizer_is_the_one_trained_before_core_tokenizers(embedded_studies):
+    """The default run's tokenizer (1,000 ids on the 2,398 training reports) has the vocabulary
+    the app's own WordPiece trainer gave before it moved to core.tokenizers (same ids, so the
+    same metrics): a hash of the (token, id) list computed with the old code."""
+    by_id = {s.study_id: s for s in embedded_studies}
+    train = read_split_file(SHIPPED_DIR / "iu_xray", "train")
+    texts = [by_id[i].text for i in train if i in by_id]
+    assert len(texts) == 2398
+    vocab = sorted(train_tokenizer(texts, 1000).get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
+    assert digest == "5945c5b2330afab6597817e5a233b4800c72c5de90c2c7181b50f316fc2d9339"
+
+
+def test_encode_and_decode_reports(tok):
+    ids, mask = encode_reports(tok, [TEXTS[0], TEXTS[1]], max_tokens=8)
+    assert ids.shape == mask.shape == (2, 8) and ids.dtype == torch.long
+    assert ids[:, 0].tolist() == [1, 1] and ids[:, -1].tolist() == [2, 2]  # truncated to 8
+    short, short_mask = encode_reports(tok, ["mild cardiomegaly .", TEXTS[0]], max_tokens=40)
+    n = int(short_mask[0].sum())
+    assert short[0, n - 1] == 2 and (short[0, n:] == 0).all() and (short_mask[0, n:] == 0).all()
+    body = tok("mild cardiomegaly .", add_special_tokens=False).input_ids
+    assert short[0, 1 : n - 1].tolist() == body
+    # Decoding stops at the first EOS and drops special tokens.
+    generated = torch.tensor([[*body, 2, *body], [*body, *([0] * (len(body) + 1))]])
+    assert decode_reports(tok, generated) == [normalise_report("Mild cardiomegaly.")] * 2
 
 
 @pytest.mark.parametrize("name", ["vit_tiny", "resnet18"])
@@ -107,8 +145,27 @@ def test_beam_search_blocks_repeated_trigrams_and_sampling_is_seeded(tok):
 
 
 def test_decoder_from_a_local_checkpoint(tmp_path, tok):
-    build_decoder(len(tok), hidden_size=32, layers=1, heads=2).save_pretrained(tmp_path / "lm")
-    loaded = build_decoder(len(tok), path=str(tmp_path / "lm"))
+    torch.manual_seed(0)
+    saved = build_decoder(len(tok), hidden_size=32, layers=1, heads=2)
+    saved.save_pretrained(tmp_path / "lm")
+    loaded = build_decoder(len(tok), pretrained=str(tmp_path / "lm"))
     assert loaded.config.hidden_size == 32
-    with pytest.raises(FileNotFoundError, match=r"no hub downloads"):
-        build_decoder(10, path=str(tmp_path / "nope"))
+    for (name, a), b in zip(saved.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(FileNotFoundError, match=r"model\.decoder_pretrained.*no hub downloads"):
+        build_decoder(10, pretrained=str(tmp_path / "nope"))
+
+
+def test_encoder_backbone_from_a_local_state_dict(tmp_path):
+    torch.manual_seed(0)
+    saved = build_encoder("vit_tiny", 32, vit_dim=32, vit_depth=1, vit_heads=2, patch_size=8)
+    torch.save(saved.backbone.state_dict(), tmp_path / "vit.pt")
+    torch.manual_seed(1)
+    loaded = build_encoder(
+        "vit_tiny", 32, str(tmp_path / "vit.pt"), vit_dim=32, vit_depth=1, vit_heads=2,
+        patch_size=8,
+    )  # fmt: skip
+    images = torch.rand(2, 1, 32, 32)
+    assert torch.equal(saved.eval()(images), loaded.eval()(images))
+    with pytest.raises(FileNotFoundError, match=r"model\.encoder_pretrained"):
+        build_encoder("vit_tiny", 32, str(tmp_path / "none.pt"))

@@ -1,5 +1,6 @@
-"""SAM lung-field segmentation: prompts, SAM's own decoder/forward as the reference, LoRA
-placement, a tiny overfit, Dice against the closed form, and the recipe end to end."""
+"""SAM lung-field segmentation: SAM's own decoder/forward as the reference, LoRA placement,
+a tiny overfit, Dice against the closed form, the base options, and the recipe end to end.
+(The box prompts are tested in test_lung_prompts.py.)"""
 
 from __future__ import annotations
 
@@ -12,16 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from apps.medical_cxr import data as data_mod
+from apps.medical_cxr.lung_prompts import prompt_targets
 from apps.medical_cxr.phantom import render_phantom
-from apps.medical_cxr.segmentation import (
-    SegmentationModule,
-    decode_masks,
-    fill_boxes,
-    jitter_boxes,
-    lung_components,
-    mask_box,
-    prompt_targets,
-)
+from apps.medical_cxr.segmentation import SegmentationModule, decode_masks
 from apps.medical_cxr.train import DEFAULT_CONFIG, main
 from core.adapters import LoraConfig
 
@@ -60,67 +54,6 @@ def closed_form_dice(pred: np.ndarray, true: np.ndarray) -> float:
         total = p.sum() + t.sum()
         scores.append(1.0 if total == 0 else 2.0 * (p & t).sum() / total)
     return float(np.mean(scores))
-
-
-# ---------------------------------------------------------------------------- prompts
-def test_lung_components_and_boxes():
-    mask = np.zeros((10, 12), dtype=np.uint8)
-    mask[2:8, 7:11] = 1  # image-right lung, larger
-    mask[3:6, 1:4] = 1  # image-left lung
-    mask[0, 0] = 1  # a speck: a third component, dropped
-    left, right = lung_components(mask)
-    assert mask_box(left) == (1, 3, 3, 5) and mask_box(right) == (7, 2, 10, 7)
-    assert left.sum() == 9 and right.sum() == 24
-    # One component: split at the vertical midline.
-    one = np.zeros((6, 8), dtype=np.uint8)
-    one[1:5, 2:7] = 1
-    halves = lung_components(one)
-    assert mask_box(halves[0]) == (2, 1, 3, 4) and mask_box(halves[1]) == (4, 1, 6, 4)
-    assert mask_box(np.zeros((4, 4))) == (0, 0, 0, 0)
-
-
-def test_prompt_targets_cover_the_lung_field():
-    batch = phantom_batch(3)
-    masks = batch["mask"]
-    targets, boxes = prompt_targets(masks, "lung_boxes")
-    assert targets.shape == (3, 2, 32, 32) and boxes.shape == (3, 2, 4)
-    assert torch.equal(targets.amax(1).to(torch.uint8), masks)
-    assert (targets.sum(1) <= 1).all()  # the two lungs do not overlap
-    assert (boxes[:, 0, 2] < boxes[:, 1, 0]).all()  # image-left lung first
-    whole, box = prompt_targets(masks, "box")
-    assert whole.shape == (3, 1, 32, 32) and box.shape == (3, 1, 4)
-    assert box[0, 0].tolist() == [
-        min(boxes[0, :, 0].tolist()),
-        min(boxes[0, :, 1].tolist()),
-        max(boxes[0, :, 2].tolist()),
-        max(boxes[0, :, 3].tolist()),
-    ]
-    none, no_box = prompt_targets(masks, "none")
-    assert no_box is None and none.shape == (3, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"model\.prompt"):
-        prompt_targets(masks, "points")
-
-
-def test_fill_boxes_matches_brute_force():
-    boxes = torch.tensor(
-        [[[1.0, 2.0, 3.0, 4.0], [5.0, 0.0, 6.0, 1.0]], [[0, 0, 7, 7], [0, 0, 0, 0]]]
-    )
-    filled = fill_boxes(boxes, 8).numpy()
-    expected = np.zeros((2, 8, 8), dtype=np.uint8)
-    for b in range(2):
-        for x0, y0, x1, y1 in boxes[b].int().tolist():
-            expected[b, y0 : y1 + 1, x0 : x1 + 1] = 1
-    assert np.array_equal(filled, expected)
-
-
-def test_jitter_boxes_only_widens_within_the_image():
-    boxes = torch.tensor([[[4.0, 5.0, 20.0, 25.0], [0.0, 1.0, 31.0, 30.0]]])
-    assert torch.equal(jitter_boxes(boxes, 32, 0.0), boxes)
-    gen = torch.Generator().manual_seed(0)
-    out = jitter_boxes(boxes, 32, 0.1, generator=gen)
-    assert (out[..., :2] <= boxes[..., :2]).all() and (out[..., 2:] >= boxes[..., 2:]).all()
-    assert (out >= 0).all() and (out <= 31).all()
-    assert ((boxes - out).abs() <= 0.1 * 32 + 1e-6).all() and not torch.equal(out, boxes)
 
 
 # ---------------------------------------------------------------------------- network
@@ -240,14 +173,14 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
         SegmentationModule(**TINY, box_jitter=0.7)
     with pytest.raises(ValueError, match="multiple of"):
         SegmentationModule(**{**TINY, "sam_image_size": 60})
-    with pytest.raises(FileNotFoundError, match=r"model\.sam_checkpoint"):
-        SegmentationModule(sam_checkpoint=str(tmp_path / "sam_vit_b.pth"))
+    with pytest.raises(FileNotFoundError, match=r"model\.pretrained"):
+        SegmentationModule(pretrained=str(tmp_path / "sam_vit_b.pth"))
     with pytest.raises(ValueError, match=r"model\.sam_type"):
-        SegmentationModule(sam_checkpoint=str(tmp_path / "x.pth"), sam_type="vit_s")
+        SegmentationModule(pretrained=str(tmp_path / "x.pth"), sam_type="vit_s")
     module = SegmentationModule(**TINY)
     batch = phantom_batch(1)
     del batch["mask"]
-    with pytest.raises(ValueError, match=r"data\.dataset=embedded"):
+    with pytest.raises(ValueError, match=r"data\.source=embedded"):
         module.shared_step(batch, "val")
 
 

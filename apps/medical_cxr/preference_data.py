@@ -1,0 +1,140 @@
+"""Preference pairs for factuality tuning: mined from the SFT model's own samples.
+
+For each training study, :func:`mine_pairs` samples ``num_samples`` reports from the frozen
+SFT model (the report generator with its adapters disabled), scores each by
+:func:`~.metrics.clinical_f1_per_report` against the study's reference, and keeps (best,
+worst) as a (chosen, rejected) pair when their scores differ. The reference model's
+log-probabilities of both reports are computed once, here. :class:`PreferencePairs` serves
+the pairs as a training set; :func:`write_pairs` records them as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from core.adapters import disable_adapters
+from core.atomic import atomic_write_text
+
+from .data import collate
+from .metrics import clinical_f1_per_report
+
+if TYPE_CHECKING:
+    from .report_module import ReportGenModule
+
+#: The fields of a pair written to ``preference_pairs.jsonl``.
+PAIR_FIELDS = ("study_id", "reference", "chosen", "rejected", "chosen_score", "rejected_score")
+
+
+class PreferencePairs(Dataset):
+    """(image, chosen report, rejected report, reference log-probabilities) per study."""
+
+    def __init__(self, pairs: list[dict[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.pairs[index]
+
+
+@torch.no_grad()
+def mine_pairs(
+    module: ReportGenModule,
+    dataset: Dataset,
+    num_samples: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_studies: int | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Sample, score and pair reports for the first ``max_studies`` studies of ``dataset``.
+
+    Args:
+        module: The report generator; sampling and reference log-probabilities use its
+            network with adapters disabled (the frozen SFT model). Its ``uncertain_as``
+            decides how uncertain labels score.
+        dataset: Items with ``image``, ``text`` and ``study_id`` (a ``CxrDataset``).
+        num_samples: Reports sampled per study (>= 2).
+        temperature / top_p: Sampling of the candidates.
+        max_studies: At most this many studies (``None``: all).
+        seed: Seeds the sampling, one seed per batch drawn from it.
+
+    Returns:
+        One dict per pair: ``image``, ``study_id``, ``reference``, ``chosen``, ``rejected``,
+        their scores and ``ref_chosen``/``ref_rejected`` (summed log-probabilities).
+    """
+    was_training = module.model.training
+    module.model.eval()
+    n = len(dataset) if max_studies is None else min(len(dataset), max_studies)
+    batch_size = max(1, 256 // num_samples)
+    gen = torch.Generator().manual_seed(seed)
+    pairs: list[dict[str, Any]] = []
+    for start in tqdm(range(0, n, batch_size), desc="sampling preference pairs"):
+        batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
+        images = batch["image"].to(module.device)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        with disable_adapters(module.model):
+            samples = module.generate_reports(
+                images,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                num_return_sequences=num_samples,
+            )
+        for i, ref in enumerate(batch["text"]):
+            cands = samples[i * num_samples : (i + 1) * num_samples]
+            scores = [clinical_f1_per_report(ref, c, module.uncertain_as) for c in cands]
+            best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+            if scores[best] == scores[worst]:
+                continue
+            pairs.append(
+                {
+                    "image": batch["image"][i],
+                    "study_id": batch["study_id"][i],
+                    "reference": ref,
+                    "chosen": cands[best],
+                    "rejected": cands[worst],
+                    "chosen_score": scores[best],
+                    "rejected_score": scores[worst],
+                }
+            )
+    add_reference_logprobs(module, pairs)
+    module.model.train(was_training)
+    rank_zero_info(f"preference pairs: {len(pairs)} of {n} studies")
+    return pairs
+
+
+def add_reference_logprobs(module: ReportGenModule, pairs: list[dict[str, Any]]) -> None:
+    """Set ``ref_chosen``/``ref_rejected`` of each pair: the reports' summed log-probabilities
+    under the frozen SFT model (``module``'s network with adapters disabled)."""
+    for start in range(0, len(pairs), 64):
+        chunk = pairs[start : start + 64]
+        images = torch.stack([p["image"] for p in chunk]).to(module.device)
+        with disable_adapters(module.model):
+            ref_c = sequence_logprobs(module, images, [p["chosen"] for p in chunk])
+            ref_r = sequence_logprobs(module, images, [p["rejected"] for p in chunk])
+        for p, c, r in zip(chunk, ref_c.tolist(), ref_r.tolist(), strict=True):
+            p["ref_chosen"], p["ref_rejected"] = torch.tensor(c), torch.tensor(r)
+
+
+def sequence_logprobs(
+    module: ReportGenModule, images: torch.Tensor, texts: list[str]
+) -> torch.Tensor:
+    """Summed log-probability of each report given its image under ``module``'s network."""
+    ids, mask = module.encode(texts)
+    return module.model.sequence_logprobs(images, ids, mask)
+
+
+def write_pairs(path: Path, pairs: list[dict[str, Any]]) -> Path:
+    """Write the pairs' text fields (:data:`PAIR_FIELDS`) as JSON lines, atomically."""
+    lines = [json.dumps({k: p[k] for k in PAIR_FIELDS}) for p in pairs]
+    return atomic_write_text(path, "\n".join(lines) + "\n")

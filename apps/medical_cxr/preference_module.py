@@ -1,0 +1,212 @@
+"""Factuality preference tuning of an SFT report generator with a DPO-style loss.
+
+The network is the SFT model of ``model.pretrained``, shape and tokenizer included; only
+an adapter trains, so the frozen reference model is the same network with its adapters
+disabled. Pairs come from :mod:`.preference_data`; the loss is
+:func:`core.training.preference.dpo_loss`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from core.adapters import AdapterConfig
+from core.training.preference import LOSS_TYPES, dpo_loss
+
+from .data import run_seed
+from .preference_data import PreferencePairs, mine_pairs, write_pairs
+from .report_module import ReportGenModule
+from .weights import architecture, read_checkpoint
+
+#: Options that fix the network's shape: read from the SFT checkpoint, never given here.
+ARCH_KEYS = (
+    "encoder",
+    "image_size",
+    "vit_dim",
+    "vit_depth",
+    "vit_heads",
+    "patch_size",
+    "decoder_pretrained",
+    "decoder_hidden",
+    "decoder_layers",
+    "decoder_heads",
+    "vocab_size",
+    "max_text_tokens",
+)
+
+
+def sft_architecture(path: str) -> dict[str, Any]:
+    """The :data:`ARCH_KEYS` an SFT checkpoint was trained with (all of them, or an error)."""
+    arch = architecture(read_checkpoint(path), ARCH_KEYS)
+    missing = [k for k in ARCH_KEYS if k not in arch]
+    if missing:
+        raise ValueError(
+            f"model.pretrained {path!r} is not a report-generation checkpoint (its "
+            f"hyperparameters lack {missing}); give the last.ckpt of a ReportGenModule run."
+        )
+    return arch
+
+
+class PreferenceModule(ReportGenModule):
+    """Factuality preference tuning of an SFT report generator with a DPO-style loss.
+
+    At ``setup("fit")`` the training studies become preference pairs
+    (:func:`~.preference_data.mine_pairs`: best and worst of ``num_samples`` sampled reports
+    by clinical-efficacy F1), written to ``<run_dir>/preference_pairs.jsonl``. Training then
+    minimises :func:`core.training.preference.dpo_loss` (``loss_type``: ``sigmoid`` = DPO,
+    ``ipo``, ``hinge``) plus ``sft_weight`` times the NLL of the chosen report.
+
+    Args:
+        pretrained: Lightning checkpoint of the SFT report generator. Its architecture
+            options (:data:`ARCH_KEYS`), weights and tokenizer are used; values given for the
+            architecture options are replaced by the checkpoint's (``data.image_size`` must
+            equal its ``image_size``; checked at setup).
+        adapter: Required, e.g. LoRA on the decoder's attention projections.
+        beta: Strength of the implicit KL to the reference (> 0).
+        loss_type: ``sigmoid`` (DPO), ``ipo`` or ``hinge`` (SLiC).
+        label_smoothing: Conservative-DPO smoothing in [0, 0.5) (``sigmoid`` only).
+        num_samples: Reports sampled per study (>= 2).
+        sample_temperature: Sampling temperature of the candidates (> 0).
+        sample_top_p: Nucleus sampling of the candidates, in (0, 1].
+        max_pair_studies: Use at most this many training studies for pairs.
+        sft_weight: Weight of the chosen report's NLL added to the loss (0: pure DPO).
+        **kwargs: Decoding, evaluation and optimisation options of
+            :class:`~.report_module.ReportGenModule` and its bases, passed through.
+    """
+
+    def __init__(
+        self,
+        pretrained: str,
+        adapter: AdapterConfig | None = None,
+        beta: float = 0.1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        num_samples: int = 4,
+        sample_temperature: float = 1.0,
+        sample_top_p: float = 1.0,
+        max_pair_studies: int | None = None,
+        sft_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        check_preference_options(
+            adapter,
+            beta=beta,
+            loss_type=loss_type,
+            label_smoothing=label_smoothing,
+            num_samples=num_samples,
+            sample_temperature=sample_temperature,
+            sample_top_p=sample_top_p,
+            max_pair_studies=max_pair_studies,
+            sft_weight=sft_weight,
+        )
+        # The network is the SFT model: its shape and tokenizer come from the checkpoint (the
+        # data's image size is checked against it at setup).
+        kwargs.update(sft_architecture(pretrained), tokenizer=None, encoder_pretrained=None)
+        super().__init__(pretrained=pretrained, adapter=adapter, **kwargs)
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.num_samples = num_samples
+        self.sample_temperature, self.sample_top_p = sample_temperature, sample_top_p
+        self.max_pair_studies = max_pair_studies
+        self.sft_weight = sft_weight
+        self.pairs: list[dict[str, Any]] = []
+
+    def setup(self, stage: str) -> None:
+        """Mine the preference pairs once, before fitting; train on them."""
+        super().setup(stage)
+        if stage != "fit" or self.pairs:
+            return
+        datamodule = self.trainer.datamodule
+        self.pairs = mine_pairs(
+            self,
+            datamodule.sets["train"],
+            self.num_samples,
+            self.sample_temperature,
+            self.sample_top_p,
+            self.max_pair_studies,
+            seed=run_seed(),
+        )
+        if not self.pairs:
+            raise ValueError(
+                "no preference pair could be formed: every sampled report scored the same; "
+                "raise model.num_samples or model.sample_temperature."
+            )
+        datamodule.use_train_dataset(PreferencePairs(self.pairs))
+        if self.trainer.is_global_zero:
+            run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            write_pairs(run_dir / "preference_pairs.jsonl", self.pairs)
+
+    def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        """The preference loss on (chosen, rejected) pairs; other stages as in SFT."""
+        if stage != "train":
+            return super().shared_step(batch, stage)
+        images = batch["image"]
+        n = len(batch["chosen"])
+        ids, mask = self.encode(list(batch["chosen"]) + list(batch["rejected"]))
+        logits = self(torch.cat([images, images]), ids, mask).float()
+        logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        token_mask = mask[:, 1:].float()
+        seq = (logp * token_mask).sum(-1)
+        out = dpo_loss(
+            seq[:n],
+            seq[n:],
+            batch["ref_chosen"].to(seq),
+            batch["ref_rejected"].to(seq),
+            beta=self.beta,
+            loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+        )
+        loss: Tensor = out.loss
+        result: dict[str, Any] = {"batch_size": n}
+        if self.sft_weight:
+            nll = -(logp[:n] * token_mask[:n]).sum() / token_mask[:n].sum()
+            loss = loss + self.sft_weight * nll
+            result["chosen_nll"] = nll
+        result.update(
+            loss=loss,
+            pref_loss=out.loss,
+            reward_acc=(out.chosen_rewards > out.rejected_rewards).float().mean(),
+            reward_margin=(out.chosen_rewards - out.rejected_rewards).mean(),
+        )
+        return result
+
+
+def check_preference_options(
+    adapter: AdapterConfig | None,
+    beta: float,
+    loss_type: str,
+    label_smoothing: float,
+    num_samples: int,
+    sample_temperature: float,
+    sample_top_p: float,
+    max_pair_studies: int | None,
+    sft_weight: float,
+) -> None:
+    """Raise ``ValueError`` naming the first :class:`PreferenceModule` option out of range."""
+    if adapter is None:
+        raise ValueError(
+            "PreferenceModule needs model.adapter (e.g. LoRA on the decoder's q_proj/v_proj): "
+            "the frozen SFT model it is compared to is the network with adapters disabled."
+        )
+    checks = [
+        (beta > 0, f"model.beta={beta} must be > 0"),
+        (loss_type in LOSS_TYPES, f"model.loss_type={loss_type!r} must be one of {LOSS_TYPES}"),
+        (
+            0 <= label_smoothing < 0.5,
+            f"model.label_smoothing={label_smoothing} must lie in [0, 0.5)",
+        ),
+        (num_samples >= 2, f"model.num_samples={num_samples} must be >= 2 to form pairs"),
+        (sample_temperature > 0, f"model.sample_temperature={sample_temperature} must be > 0"),
+        (0 < sample_top_p <= 1, f"model.sample_top_p={sample_top_p} must lie in (0, 1]"),
+        (
+            max_pair_studies is None or max_pair_studies >= 1,
+            f"model.max_pair_studies={max_pair_studies} must be >= 1 (or null: all)",
+        ),
+        (sft_weight >= 0, f"model.sft_weight={sft_weight} must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message + ".")

@@ -1,0 +1,94 @@
+"""Preference pairs: mined from the frozen SFT model's samples (best vs worst clinical F1),
+seeded, with the reference log-probabilities of the network with its adapter disabled."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from apps.medical_cxr.metrics import clinical_f1_per_report
+from apps.medical_cxr.model import train_tokenizer
+from apps.medical_cxr.preference_data import (
+    PAIR_FIELDS,
+    PreferencePairs,
+    mine_pairs,
+    sequence_logprobs,
+    write_pairs,
+)
+from apps.medical_cxr.report_module import ReportGenModule
+from core.adapters import LoraConfig, disable_adapters
+
+from .tiny import TINY_ARCH
+
+REPORTS = [
+    "the heart is normal in size . no pleural effusion or pneumothorax .",
+    "mild cardiomegaly . small left pleural effusion .",
+    "lungs are clear . no acute cardiopulmonary process .",
+    "there is a right upper lobe opacity concerning for pneumonia .",
+]
+
+
+def tiny_module() -> ReportGenModule:
+    torch.manual_seed(0)
+    module = ReportGenModule(
+        **TINY_ARCH, adapter=LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    )
+    module.tokenizer = train_tokenizer(REPORTS * 3, 120)
+    return module
+
+
+def studies(n: int = 6) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    return [
+        {"image": torch.rand(1, 32, 32, generator=gen), "text": REPORTS[i % 4], "study_id": f"S{i}"}
+        for i in range(n)
+    ]
+
+
+def test_pairs_are_best_and_worst_of_the_samples_and_seeded():
+    module = tiny_module()
+    data = studies()
+    pairs = mine_pairs(module, data, num_samples=4, temperature=1.5, seed=3)
+    assert 0 < len(pairs) <= 6
+    for pair in pairs:
+        assert pair["chosen_score"] > pair["rejected_score"]
+        reference = pair["reference"]
+        assert clinical_f1_per_report(reference, pair["chosen"]) == pair["chosen_score"]
+        assert clinical_f1_per_report(reference, pair["rejected"]) == pair["rejected_score"]
+    again = mine_pairs(module, data, num_samples=4, temperature=1.5, seed=3)
+    assert [(p["chosen"], p["rejected"]) for p in again] == [
+        (p["chosen"], p["rejected"]) for p in pairs
+    ]
+    assert len(mine_pairs(module, data, num_samples=4, temperature=1.5, max_studies=2, seed=3)) <= 2
+    assert module.model.training  # left in the mode it was in
+
+
+def test_reference_logprobs_are_the_network_without_its_adapter():
+    module = tiny_module()
+    with torch.no_grad():  # a trained adapter: the policy is no longer the SFT model
+        for name, param in module.model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5)
+    pair = mine_pairs(module, studies(4), num_samples=4, temperature=1.5, seed=0)[0]
+    module.eval()
+    image, text = pair["image"][None], [pair["rejected"]]
+    with torch.no_grad():
+        policy = sequence_logprobs(module, image, text)
+        with disable_adapters(module.model):
+            frozen = sequence_logprobs(module, image, text)
+    assert pair["ref_rejected"].item() == pytest.approx(frozen.item(), abs=1e-4)
+    assert policy.item() != frozen.item()
+
+
+def test_pairs_dataset_and_jsonl(tmp_path):
+    pairs = [
+        {"study_id": "S1", "reference": "a", "chosen": "b", "rejected": "c",
+         "chosen_score": 1.0, "rejected_score": 0.0, "image": torch.zeros(1, 4, 4)},
+    ]  # fmt: skip
+    data = PreferencePairs(pairs)
+    assert len(data) == 1 and data[0] is pairs[0]
+    path = write_pairs(tmp_path / "pairs.jsonl", pairs)
+    (line,) = path.read_text().splitlines()
+    assert json.loads(line) == {k: pairs[0][k] for k in PAIR_FIELDS}
