@@ -55,6 +55,21 @@ def kernel_backend(name: str) -> Iterator[None]:
             os.environ["FINETUNERS_KERNELS"] = previous
 
 
+def _row(
+    op: str, tokens: int, hidden: int, rank: int, ours_ms: float, peer_ms: float, peer: str
+) -> dict:
+    """One row of the sweep: our kernel's time against its peer's, on bf16 ``tokens`` x
+    ``hidden`` inputs with LoRA rank ``rank``; ``speedup`` is peer time / our time."""
+    return {
+        "op": op,
+        "shape": f"{tokens}x{hidden} r{rank} bf16",
+        "ours_ms": ours_ms,
+        "peer_ms": peer_ms,
+        "peer": peer,
+        "speedup": peer_ms / ours_ms,
+    }
+
+
 def fused_lora_rows(hidden: int, rank: int, tokens: int, dev: str = "cuda") -> list[dict]:
     from fused_kernels.lora import lora_linear, lora_linear_reference
 
@@ -75,16 +90,7 @@ def fused_lora_rows(hidden: int, rank: int, tokens: int, dev: str = "cuda") -> l
     with kernel_backend("triton"):
         fused = _cuda_time(run(lora_linear))
         reference = _cuda_time(run(lora_linear_reference))
-    return [
-        {
-            "op": "fused LoRA fwd+bwd",
-            "shape": f"{tokens}x{hidden} r{rank} bf16",
-            "ours_ms": fused,
-            "peer_ms": reference,
-            "peer": "PyTorch LoRA",
-            "speedup": reference / fused,
-        }
-    ]
+    return [_row("fused LoRA fwd+bwd", tokens, hidden, rank, fused, reference, "PyTorch LoRA")]
 
 
 def multi_adapter_rows(
@@ -106,16 +112,8 @@ def multi_adapter_rows(
     with kernel_backend("triton"), torch.inference_mode():
         base = _cuda_time(lambda: x @ w.T)
         both = _cuda_time(lambda: multi_lora_accumulate_(x @ w.T, x, ids, sa, sb, s, seg))
-    return [
-        {
-            "op": f"multi-adapter fwd ({adapters} adapters)",
-            "shape": f"{tokens}x{hidden} r{rank} bf16",
-            "ours_ms": both,
-            "peer_ms": base,
-            "peer": "base GEMM alone",
-            "speedup": base / both,
-        }
-    ]
+    op = f"multi-adapter fwd ({adapters} adapters)"
+    return [_row(op, tokens, hidden, rank, both, base, "base GEMM alone")]
 
 
 def multi_adapter_train_rows(
@@ -140,15 +138,9 @@ def multi_adapter_train_rows(
     for backend in ("triton", "reference"):
         with kernel_backend(backend):
             times[backend] = _cuda_time(step)
+    op = f"multi-adapter fwd+bwd ({adapters} adapters)"
     return [
-        {
-            "op": f"multi-adapter fwd+bwd ({adapters} adapters)",
-            "shape": f"{tokens}x{hidden} r{rank} bf16",
-            "ours_ms": times["triton"],
-            "peer_ms": times["reference"],
-            "peer": "grouped bmm reference",
-            "speedup": times["reference"] / times["triton"],
-        }
+        _row(op, tokens, hidden, rank, times["triton"], times["reference"], "grouped bmm reference")
     ]
 
 

@@ -23,6 +23,37 @@ from .triton_dtypes import dot_precision, upcast_tiles
 
 
 @triton.jit
+def _tile_product(
+    a_ptr, b_ptr, rm, rn, M, N, K, stride_am, stride_ak, stride_bk, stride_bn,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """``A[rm, :] @ B[:, rn]`` for one (BLOCK_M, BLOCK_N) output tile, A (M, K) and B (K, N),
+    accumulated in fp32 over ``K`` in steps of ``BLOCK_K`` (out-of-range entries read as 0).
+
+    Both products of the fused GEMM run through it: x W^T over the features and the
+    low-rank L R over the rank. Triton inlines it into the kernel."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(
+            a_ptr + rm[:, None] * stride_am + rk[None, :] * stride_ak,
+            mask=(rm[:, None] < M) & (rk[None, :] < K),
+            other=0.0,
+        )
+        b = tl.load(
+            b_ptr + rk[:, None] * stride_bk + rn[None, :] * stride_bn,
+            mask=(rk[:, None] < K) & (rn[None, :] < N),
+            other=0.0,
+        )
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc += tl.dot(a, b, input_precision=PRECISION, out_dtype=tl.float32)
+    return acc
+
+
+@triton.jit
 def _gemm_lowrank_kernel(
     x_ptr, w_ptr, l_ptr, r_ptr, bias_ptr, mask_ptr, out_ptr,
     M, N, K, RANK, scale,
@@ -43,40 +74,14 @@ def _gemm_lowrank_kernel(
     pid_n = (pid % per_group) // group_rows
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(
-            x_ptr + rm[:, None] * stride_xm + rk[None, :] * stride_xk,
-            mask=(rm[:, None] < M) & (rk[None, :] < K),
-            other=0.0,
-        )
-        w = tl.load(
-            w_ptr + rk[:, None] * stride_wk + rn[None, :] * stride_wn,
-            mask=(rk[:, None] < K) & (rn[None, :] < N),
-            other=0.0,
-        )
-        if UPCAST:
-            x = x.to(tl.float32)
-            w = w.to(tl.float32)
-        acc += tl.dot(x, w, input_precision=PRECISION, out_dtype=tl.float32)
-    low = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for r0 in range(0, RANK, BLOCK_R):
-        rr = r0 + tl.arange(0, BLOCK_R)
-        lo = tl.load(
-            l_ptr + rm[:, None] * stride_lm + rr[None, :] * stride_lr,
-            mask=(rm[:, None] < M) & (rr[None, :] < RANK),
-            other=0.0,
-        )
-        ro = tl.load(
-            r_ptr + rr[:, None] * stride_rr + rn[None, :] * stride_rn,
-            mask=(rr[:, None] < RANK) & (rn[None, :] < N),
-            other=0.0,
-        )
-        if UPCAST:
-            lo = lo.to(tl.float32)
-            ro = ro.to(tl.float32)
-        low += tl.dot(lo, ro, input_precision=PRECISION, out_dtype=tl.float32)
+    acc = _tile_product(
+        x_ptr, w_ptr, rm, rn, M, N, K, stride_xm, stride_xk, stride_wk, stride_wn,
+        UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_K,
+    )  # fmt: skip
+    low = _tile_product(
+        l_ptr, r_ptr, rm, rn, M, N, RANK, stride_lm, stride_lr, stride_rr, stride_rn,
+        UPCAST, PRECISION, BLOCK_M, BLOCK_N, BLOCK_R,
+    )  # fmt: skip
     out_mask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_MASK:
         drop = tl.load(

@@ -48,22 +48,25 @@ SAM_TYPES = ("vit_b", "vit_l", "vit_h")
 
 
 def build_small_sam(
-    image_size: int = 128,
-    patch_size: int = 8,
-    encoder_dim: int = 128,
-    encoder_depth: int = 4,
-    encoder_heads: int = 4,
-    prompt_dim: int = 64,
-    decoder_depth: int = 2,
-    decoder_heads: int = 4,
-    decoder_mlp_dim: int = 256,
+    *,
+    image_size: int,
+    patch_size: int,
+    encoder_dim: int,
+    encoder_depth: int,
+    encoder_heads: int,
+    prompt_dim: int,
+    decoder_depth: int,
+    decoder_heads: int,
+    decoder_mlp_dim: int,
 ) -> nn.Module:
     """A small, randomly initialised SAM made of ``segment_anything``'s building blocks.
 
     Same layout as ``segment_anything.build_sam`` (ViT encoder with relative positions and a
     conv neck, prompt encoder, two-way-transformer mask decoder with 3+1 mask tokens), scaled
     down so it trains on a CPU: every encoder block attends globally (``window_size=0``; the
-    token grid is only ``image_size / patch_size`` wide).
+    token grid is only ``image_size / patch_size`` wide). The shape arguments are the
+    :class:`SegmentationModule` options of the same names (``sam_image_size`` and
+    ``sam_patch_size`` for the first two), whose defaults give the default small SAM.
     """
     from segment_anything.modeling import (
         ImageEncoderViT,
@@ -232,15 +235,15 @@ class SegmentationModule(FineTuneModule):
             network = load_sam(sam_type, pretrained)
         else:
             network = build_small_sam(
-                sam_image_size,
-                sam_patch_size,
-                encoder_dim,
-                encoder_depth,
-                encoder_heads,
-                prompt_dim,
-                decoder_depth,
-                decoder_heads,
-                decoder_mlp_dim,
+                image_size=sam_image_size,
+                patch_size=sam_patch_size,
+                encoder_dim=encoder_dim,
+                encoder_depth=encoder_depth,
+                encoder_heads=encoder_heads,
+                prompt_dim=prompt_dim,
+                decoder_depth=decoder_depth,
+                decoder_heads=decoder_heads,
+                decoder_mlp_dim=decoder_mlp_dim,
             )
         super().__init__(
             model=network,

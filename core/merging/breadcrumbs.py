@@ -17,12 +17,11 @@ from torch import Tensor
 from . import checks, ops
 from .engine import TensorJob, merge_state_dicts
 from .registry import MergeMethod, register_method
+from .task_arithmetic import merge_task_vectors
 
 
 def _kernel(job: TensorJob) -> None:
     n = job.numel
-    scaling = job.params["scaling"]
-    weights = job.weights
     tops = [ops.magnitude_rank(n, p["top"]) for p in job.model_params]
     bottoms = [ops.magnitude_rank(n, p["bottom"]) for p in job.model_params]
     # 0-based ranks in ascending magnitude: the first dropped "top" entry, the first kept.
@@ -42,14 +41,13 @@ def _kernel(job: TensorJob) -> None:
         high = found[2 * k] if 0 < top < n else (float("inf") if top == 0 else 0.0)
         low = found[2 * k + 1] if 0 < bottom < n else (0.0 if bottom == 0 else float("inf"))
         bounds.append((low, high))
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        total = torch.zeros_like(b)
-        for k, (w, (low, high)) in enumerate(zip(weights, bounds, strict=True)):
-            tau = job.model_at(k, sl) - b
-            mag = tau.abs()
-            total += torch.where((mag >= low) & (mag < high), tau * w, 0.0)
-        job.write(sl, b + scaling * total)
+
+    def middle_band(k: int, sl: slice, tau: Tensor, w: float) -> Tensor:
+        low, high = bounds[k]
+        mag = tau.abs()
+        return torch.where((mag >= low) & (mag < high), tau * w, 0.0)
+
+    merge_task_vectors(job, job.params["scaling"], middle_band)
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:

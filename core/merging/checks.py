@@ -3,7 +3,11 @@ the valid range."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+#: A merge method's ``check(params, model_params)`` (see ``registry.MergeMethod``).
+Check = Callable[[dict[str, Any], list[dict[str, Any]]], None]
 
 
 def number(method: str, name: str, value: Any) -> float:
@@ -14,6 +18,17 @@ def number(method: str, name: str, value: Any) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError(f"{method}: {name}={value!r} must be finite.")
     return value
+
+
+def numbers(method: str, *names: str) -> Check:
+    """The ``check`` of a method whose only constraint is that the parameters ``names`` are
+    finite numbers (each checked with :func:`number`, in order)."""
+
+    def check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
+        for name in names:
+            number(method, name, params[name])
+
+    return check
 
 
 def in_range(
@@ -33,6 +48,17 @@ def in_range(
         hi = ")" if high_open else "]"
         raise ValueError(f"{method}: {name}={value!r} must lie in {lo}{low}, {high}{hi}.")
     return v
+
+
+def per_model_in_range(
+    method: str, name: str, model_params: list[dict[str, Any]], low: float, high: float
+) -> list[float]:
+    """Every model's own ``name`` within [low, high]; an error names the model
+    (``density of model 1``)."""
+    return [
+        in_range(method, f"{name} of model {i}", p[name], low, high)
+        for i, p in enumerate(model_params)
+    ]
 
 
 def positive_weights(method: str, model_params: list[dict[str, Any]]) -> None:

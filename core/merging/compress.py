@@ -33,6 +33,7 @@ from . import checks, ops
 from .engine import TensorJob, merge_state_dicts, parse_dtype
 from .registry import MergeMethod, register_method
 from .sources import MemoryReader
+from .task_arithmetic import merge_task_vectors
 
 FORMAT = "compeft-ternary-v1"
 
@@ -193,9 +194,6 @@ def load_compressed(path: str | Path) -> CompressedTaskVector:
 
 # ------------------------------------------------------------------ as a registered method
 def _kernel(job: TensorJob) -> None:
-    scaling = job.params["scaling"]
-    weights = job.weights
-
     def read_tau(sl: slice) -> list[Tensor]:
         b = job.base_at(sl)
         return [job.model_at(k, sl) - b for k in range(len(job.models))]
@@ -203,21 +201,19 @@ def _kernel(job: TensorJob) -> None:
     parts = ternary_parameters(
         read_tau, job.numel, [p["density"] for p in job.model_params], job.params["alpha"]
     )
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        total = torch.zeros_like(b)
-        for k, (w, (threshold, scale)) in enumerate(zip(weights, parts, strict=True)):
-            tau = job.model_at(k, sl) - b
-            total += torch.where(tau.abs() >= threshold, torch.sign(tau) * (scale * w), 0.0)
-        job.write(sl, b + scaling * total)
+
+    def ternary(k: int, sl: slice, tau: Tensor, w: float) -> Tensor:
+        threshold, scale = parts[k]
+        return torch.where(tau.abs() >= threshold, torch.sign(tau) * (scale * w), 0.0)
+
+    merge_task_vectors(job, job.params["scaling"], ternary)
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.number("compress", "scaling", params["scaling"])
     if params["alpha"] is not None:
         checks.number("compress", "alpha", params["alpha"])
-    for i, p in enumerate(model_params):
-        checks.in_range("compress", f"density of model {i}", p["density"], 0.0, 1.0)
+    checks.per_model_in_range("compress", "density", model_params, 0.0, 1.0)
 
 
 _COMPRESS = register_method(

@@ -25,6 +25,7 @@ from torch import Tensor
 from . import checks, ops
 from .engine import TensorJob, merge_state_dicts
 from .registry import MergeMethod, register_method
+from .task_arithmetic import merge_task_vectors
 from .ties import disjoint_mean
 
 
@@ -38,26 +39,26 @@ def rescale_factor(drop_rate: float, rescale: str | float) -> float:
 
 
 def _kernel(job: TensorJob) -> None:
-    scaling = job.params["scaling"]
     weights = job.weights
     rates = [p["drop_rate"] for p in job.model_params]
     factors = [rescale_factor(p, job.params["rescale"]) for p in rates]
     seeds = [job.model_seed(k) for k in range(len(job.models))]
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        kept = []
-        for k, w in enumerate(weights):
-            tau = job.model_at(k, sl) - b
-            keep = ops.uniform_noise(seeds[k], job.numel, sl).to(b.dtype) >= rates[k]
-            kept.append(tau * keep * (w * factors[k]))
-        merged = disjoint_mean(kept, weights) if job.params["sign_election"] else sum(kept)
-        job.write(sl, b + scaling * merged)
+
+    def kept(k: int, sl: slice, tau: Tensor, w: float) -> Tensor:
+        keep = ops.uniform_noise(seeds[k], job.numel, sl).to(tau.dtype) >= rates[k]
+        return tau * keep * (w * factors[k])
+
+    def elect(terms: list[Tensor]) -> Tensor:
+        return disjoint_mean(terms, weights)
+
+    merge_task_vectors(
+        job, job.params["scaling"], kept, elect if job.params["sign_election"] else None
+    )
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.number("dare", "scaling", params["scaling"])
-    for i, p in enumerate(model_params):
-        checks.in_range("dare", f"drop_rate of model {i}", p["drop_rate"], 0.0, 1.0)
+    checks.per_model_in_range("dare", "drop_rate", model_params, 0.0, 1.0)
     rescale = params["rescale"]
     if isinstance(rescale, str):
         if rescale not in ("standard", "none"):

@@ -15,6 +15,7 @@ floating point (step counters, index buffers) are copied from the reference unch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,10 +84,7 @@ class TensorJob:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= int(s)
-        return n
+        return math.prod(int(s) for s in self.shape)
 
     @property
     def weights(self) -> list[float]:

@@ -165,10 +165,6 @@ def _wise_kernel(job: TensorJob) -> None:
         job.write(sl, (1.0 - alpha) * job.base_at(sl) + alpha * job.model_at(0, sl))
 
 
-def _check_wise(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
-    checks.number("wise_ft", "alpha", params["alpha"])
-
-
 _WISE_FT = register_method(
     MergeMethod(
         name="wise_ft",
@@ -177,7 +173,7 @@ _WISE_FT = register_method(
         per_model=(),
         max_models=1,
         kernel=_wise_kernel,
-        check=_check_wise,
+        check=checks.numbers("wise_ft", "alpha"),
     )
 )
 

@@ -12,6 +12,7 @@ whole-model code such as a greedy soup's score function can take it as a state d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -30,10 +31,7 @@ class TensorReader:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= int(s)
-        return n
+        return math.prod(int(s) for s in self.shape)
 
     def read(self, start: int, stop: int) -> Tensor:  # pragma: no cover - interface
         """Elements ``start:stop`` of the flattened tensor, as a 1-D tensor."""

@@ -7,8 +7,7 @@ merges the tasks; a negative weight removes one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -55,23 +54,50 @@ def apply_task_vector(
     return out
 
 
-def write_scaled_task_sum(job: TensorJob, scaling: float) -> None:
-    """Write base + scaling * sum_k w_k (model_k - base) for one tensor, chunk by chunk."""
+#: ``term(k, sl, tau_k, w_k)``: model ``k``'s contribution to the merged task vector on the
+#: flat positions ``sl``, from its task vector ``tau_k`` there and its weight ``w_k``.
+TaskTerm = Callable[[int, slice, Tensor, float], Tensor]
+
+
+def merge_task_vectors(
+    job: TensorJob,
+    scaling: float,
+    term: TaskTerm,
+    combine: Callable[[list[Tensor]], Tensor] | None = None,
+) -> None:
+    """Write ``base + scaling * merged`` for one tensor, chunk by chunk: the task-vector merge
+    shared by task arithmetic, LiNeS, TIES, DARE, Breadcrumbs and ComPEFT.
+
+    ``merged`` is ``sum_k term(k, sl, tau_k, w_k)`` (added up one model at a time), or, with
+    ``combine``, ``combine([term(0, ...), term(1, ...), ...])`` (TIES's disjoint mean, which
+    needs every model's term at once). ``tau_k`` is ``model_k - base`` on the chunk, in the
+    compute dtype.
+    """
     weights = job.weights
     for sl in job.chunks():
         b = job.base_at(sl)
-        total = torch.zeros_like(b)
-        for k, w in enumerate(weights):
-            total += w * (job.model_at(k, sl) - b)
-        job.write(sl, b + scaling * total)
+        if combine is None:
+            merged = torch.zeros_like(b)
+            for k, w in enumerate(weights):
+                merged += term(k, sl, job.model_at(k, sl) - b, w)
+        else:
+            merged = combine(
+                [term(k, sl, job.model_at(k, sl) - b, w) for k, w in enumerate(weights)]
+            )
+        job.write(sl, b + scaling * merged)
+
+
+def _weighted(k: int, sl: slice, tau: Tensor, w: float) -> Tensor:
+    return w * tau
+
+
+def write_scaled_task_sum(job: TensorJob, scaling: float) -> None:
+    """Write base + scaling * sum_k w_k (model_k - base) for one tensor, chunk by chunk."""
+    merge_task_vectors(job, scaling, _weighted)
 
 
 def _kernel(job: TensorJob) -> None:
     write_scaled_task_sum(job, job.params["scaling"])
-
-
-def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
-    checks.number("task_arithmetic", "scaling", params["scaling"])
 
 
 _TASK_ARITHMETIC = register_method(
@@ -80,7 +106,7 @@ _TASK_ARITHMETIC = register_method(
         summary="theta_pre + scaling * sum_k weight_k (theta_k - theta_pre)",
         params={"scaling": 1.0},
         kernel=_kernel,
-        check=_check,
+        check=checks.numbers("task_arithmetic", "scaling"),
     )
 )
 

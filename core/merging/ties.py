@@ -21,6 +21,7 @@ from torch import Tensor
 from . import checks, ops
 from .engine import TensorJob, merge_state_dicts
 from .registry import MergeMethod, register_method
+from .task_arithmetic import merge_task_vectors
 
 
 def disjoint_mean(values: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
@@ -50,23 +51,21 @@ def magnitude_thresholds(job: TensorJob, densities: Sequence[float]) -> list[flo
 
 
 def _kernel(job: TensorJob) -> None:
-    scaling = job.params["scaling"]
     weights = job.weights
     thresholds = magnitude_thresholds(job, [p["density"] for p in job.model_params])
-    for sl in job.chunks():
-        b = job.base_at(sl)
-        trimmed = []
-        for k, (w, thr) in enumerate(zip(weights, thresholds, strict=True)):
-            tau = job.model_at(k, sl) - b
-            trimmed.append(torch.where(tau.abs() >= thr, tau * w, 0.0))
-        job.write(sl, b + scaling * disjoint_mean(trimmed, weights))
+
+    def trimmed(k: int, sl: slice, tau: Tensor, w: float) -> Tensor:
+        return torch.where(tau.abs() >= thresholds[k], tau * w, 0.0)
+
+    merge_task_vectors(
+        job, job.params["scaling"], trimmed, lambda terms: disjoint_mean(terms, weights)
+    )
 
 
 def _check(params: dict[str, Any], model_params: list[dict[str, Any]]) -> None:
     checks.number("ties", "scaling", params["scaling"])
     checks.positive_weights("ties", model_params)
-    for i, p in enumerate(model_params):
-        checks.in_range("ties", f"density of model {i}", p["density"], 0.0, 1.0)
+    checks.per_model_in_range("ties", "density", model_params, 0.0, 1.0)
 
 
 _TIES = register_method(

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,43 @@ def _is_sharded(trainer: pl.Trainer) -> bool:
 
 
 # ---------------------------------------------------------------------------- callbacks
-class AdapterExport(Callback):
+class RunDirCallback(Callback):
+    """Base of the callbacks that write into the run directory.
+
+    ``setup`` finds the run directory, :attr:`run_dir` (on every rank: under DDP it is
+    broadcast from rank zero); subclasses write their files there, shared files from global
+    rank zero only (:meth:`write_on_rank_zero`).
+    """
+
+    run_dir: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Find the run directory (a collective call under DDP)."""
+        self.run_dir = _run_dir(trainer)
+
+    def write_on_rank_zero(self, trainer: pl.Trainer, hook: str, write: Callable[[], Any]) -> None:
+        """Call ``write()`` on global rank zero, then hold every rank at a barrier (named
+        ``<class>.<hook>``) until it is done, so no rank goes on before the file exists."""
+        if trainer.is_global_zero:
+            write()
+        trainer.strategy.barrier(f"{type(self).__name__}.{hook}")
+
+
+class RunFileCallback(RunDirCallback):
+    """Base of the callbacks that keep one file in the run directory, ``<run_dir>/<filename>``;
+    :attr:`path` is where it goes."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.run_dir = None
+
+    @property
+    def path(self) -> Path | None:
+        """Where the file goes (known after ``setup``)."""
+        return None if self.run_dir is None else self.run_dir / self.filename
+
+
+class AdapterExport(RunDirCallback):
     """After ``fit``, write the trained adapter to ``<run_dir>/<dirname>/`` in PEFT layout.
 
     Uses ``core.adapters.save_adapter`` on ``pl_module.model`` (``adapter_config.json`` +
@@ -128,15 +164,10 @@ class AdapterExport(Callback):
     def __init__(self, dirname: str = "adapter", adapter_name: str = "default") -> None:
         self.dirname = dirname
         self.adapter_name = adapter_name
-        self.run_dir: Path | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.run_dir = _run_dir(trainer)
+        self.run_dir = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            self.export(trainer, pl_module)
-        trainer.strategy.barrier("AdapterExport.on_fit_end")
+        self.write_on_rank_zero(trainer, "on_fit_end", lambda: self.export(trainer, pl_module))
 
     def export(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
         """Write the adapter; return its directory (None when there is nothing to write)."""
@@ -164,7 +195,7 @@ class AdapterExport(Callback):
         return adapter_dir
 
 
-class MetricsJson(Callback):
+class MetricsJson(RunFileCallback):
     """Keep ``<run_dir>/metrics.json`` up to date with the logged scalar metrics.
 
     One section per finished stage (``fit``, ``validate``, ``test``), each holding the
@@ -174,16 +205,7 @@ class MetricsJson(Callback):
     """
 
     def __init__(self, filename: str = "metrics.json") -> None:
-        self.filename = filename
-        self.run_dir: Path | None = None
-
-    @property
-    def path(self) -> Path | None:
-        """Where the file goes (known after ``setup``)."""
-        return None if self.run_dir is None else self.run_dir / self.filename
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.run_dir = _run_dir(trainer)
+        super().__init__(filename)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.write(trainer, "fit")
@@ -216,7 +238,7 @@ class MetricsJson(Callback):
         append_manifest(self.run_dir, "metrics", self.path, rank=trainer.global_rank, stage=section)
 
 
-class PredictionsWriter(BasePredictionWriter):
+class PredictionsWriter(RunDirCallback, BasePredictionWriter):
     """After ``predict``, save what ``predict_step`` returned to ``<run_dir>/predictions.pt``.
 
     Each rank holds its own share of the data under DDP, so each writes its own file
@@ -226,10 +248,7 @@ class PredictionsWriter(BasePredictionWriter):
     def __init__(self, filename: str = "predictions.pt") -> None:
         super().__init__(write_interval="epoch")
         self.filename = filename
-        self.run_dir: Path | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.run_dir = _run_dir(trainer)
+        self.run_dir = None
 
     def write_on_epoch_end(
         self,

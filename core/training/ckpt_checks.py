@@ -23,6 +23,7 @@ import torch
 import yaml
 from jsonargparse import Namespace
 
+from .config_checks import option_values
 from .errors import UsageError
 
 #: Top-level checkpoint key holding ``<module>.<class>`` of the LightningModule that saved it.
@@ -205,11 +206,7 @@ def explicit_model_options(
     """
     default = Path(default_config).resolve() if default_config is not None else None
     found: list[tuple[str, str]] = []
-    for i, token in enumerate(argv):
-        if not token.startswith("--"):
-            continue
-        name, eq, inline = token[2:].partition("=")
-        value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    for name, value in option_values(argv):
         if name == "config":
             path = Path(value)
             if path.is_file() and path.resolve() != default:

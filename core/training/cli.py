@@ -6,13 +6,19 @@ model, in one run directory: with no arguments on the app's default config, with
 config with those layered over it. With a subcommand it is a plain LightningCLI: subcommands
 ``fit``/``validate``/``test``/``predict``, ``--config`` files layered over the app's
 default config, dotted overrides (``--model.adapter.init_args.r 4``, ``--trainer.max_epochs
-3``) and ``--help`` (``--model.adapter.help LoraConfig`` lists one adapter's options).
+3``) and ``--help`` (``--model.adapter.help LoraConfig`` lists one adapter's options). The
+help of the model's adapter option lists every adapter method with its options; where the
+config picks the module class (``subclass_mode``) so does ``--model`` in ``fit --help``, and
+``fit --model.help <Class>`` shows that class's adapter option with the list
+(:class:`FineTuneParser`).
 
 An app's module passes the ``FineTuneModule`` arguments through (``def __init__(self,
 own_args..., **kwargs)`` and ``super().__init__(model=net, **kwargs)``); jsonargparse follows
 the ``**kwargs`` into the base class, so every base option is on the command line and in
 ``--help``. Options model and data share are linked (``run_cli(..., links={"data.image_size":
-"model.image_size"})``, :mod:`core.training.links`): the user sets the source only.
+"model.image_size"})``, :mod:`core.training.links`): the user sets the source only. A link
+whose target the module takes through ``**kwargs`` jsonargparse cannot follow is an error
+naming the link and the class, not a link dropped silently.
 
 Each run writes one directory, ``<trainer.default_root_dir>/version_<n>`` (the default root
 is ``runs/<app>``), every file atomically (``core.training.run_files``, ``core.atomic``)::
@@ -79,8 +85,11 @@ from .errors import (
 )
 from .links import (
     check_links,
+    check_links_reach,
     check_targets_not_given,
     given_keys,
+    jsonargparse_options,
+    link_error,
     lookup_plain,
     parser_key,
     plain_key,
@@ -123,6 +132,53 @@ def _default_repr(f: dataclasses.Field) -> str:
     return "required"
 
 
+#: The model's adapter option: where the module class is fixed, and in ``--model.help <Class>``.
+ADAPTER_OPTIONS = ("model.adapter", "model.init_args.adapter")
+#: How the adapter is picked and set, on the command line.
+ADAPTER_USAGE = (
+    "Pick one with --model.adapter <Name> and set options with --model.adapter.init_args.<option>."
+)
+
+
+def _methods_help() -> str:
+    """:func:`adapter_methods_help` for an argparse help string (which ``%``-formats it)."""
+    return adapter_methods_help().replace("%", "%%")
+
+
+def adapter_option_help(help_text: str | None) -> str:
+    """The help of the model's adapter option, with the methods and their options."""
+    return (
+        f"{help_text or 'Adapter to inject.'} {ADAPTER_USAGE} "
+        f"Methods and options: {_methods_help()}."
+    )
+
+
+def module_choice_help(help_text: str | None) -> str:
+    """The help of ``--model`` where the config picks the class: the adapter methods too."""
+    return (
+        f"{help_text or ''} A module class's adapter: --model.adapter <Name>, its options: "
+        "--model.adapter.init_args.<option> (--model.help <Class> lists all options of a "
+        f"class). Adapter methods and options: {_methods_help()}."
+    ).strip()
+
+
+class FineTuneParser(ShortErrorParser):
+    """The parser of the command line: one-line errors, and the adapter methods in the help.
+
+    Wherever its help shows the model's adapter option, that option's help lists every
+    registered adapter method with its options (:func:`adapter_methods_help`): in ``fit
+    --help`` where the module class is fixed, and in ``fit --model.help <Class>`` where the
+    config picks it (jsonargparse builds that help with a new parser of this class).
+    """
+
+    def format_help(self, *args: Any, **kwargs: Any) -> str:
+        """The help text, with the adapter methods added to the model's adapter option."""
+        for action in self._actions:
+            if action.dest in ADAPTER_OPTIONS and ADAPTER_USAGE not in (action.help or ""):
+                action.help = adapter_option_help(action.help)
+        return super().format_help(*args, **kwargs)
+
+
 class FineTuneCLI(LightningCLI):
     """LightningCLI with the core's run directory: CSV logs, checkpoints, adapter, metrics.
 
@@ -161,7 +217,7 @@ class FineTuneCLI(LightningCLI):
         cli_args = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
         self._cli_args = [str(a) for a in cli_args] if isinstance(cli_args, list | tuple) else []
         self._run_dir_guard: RunDirGuard | None = None
-        kwargs.setdefault("parser_class", ShortErrorParser)
+        kwargs.setdefault("parser_class", FineTuneParser)
         try:
             super().__init__(*args, **kwargs)
         except Exception as exc:
@@ -171,21 +227,47 @@ class FineTuneCLI(LightningCLI):
             raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Add the ``checkpoint`` group and the links; list the adapter methods in the help.
+
+        Where the module class is fixed, jsonargparse refuses a link whose target is not an
+        option of the class; the error names the link (and, where the class takes the option
+        through ``**kwargs`` jsonargparse cannot follow, the ``__init__`` to change). Where
+        the config picks the class, ``--model``'s help lists the adapter methods (the adapter
+        option itself is in ``--model.help <Class>``, see :class:`FineTuneParser`).
+        """
         parser.add_lightning_class_args(LastStepCheckpoint, "checkpoint")
         parser.set_defaults(CHECKPOINT_DEFAULTS)
         for source, target in self.links.items():
-            parser.link_arguments(
-                parser_key(source, self.subclass_mode_model),
-                parser_key(target, self.subclass_mode_model),
-                apply_on="parse",
-            )
-        for action in parser._actions:
-            if action.dest == "model.adapter":
-                action.help = (
-                    f"{action.help or 'Adapter to inject.'} Pick one with --model.adapter "
-                    "<Name> and set options with --model.adapter.init_args.<option>. "
-                    f"Methods and options: {adapter_methods_help()}."
+            try:
+                parser.link_arguments(
+                    parser_key(source, self.subclass_mode_model),
+                    parser_key(target, self.subclass_mode_model),
+                    apply_on="parse",
                 )
+            except ValueError as err:
+                raise link_error(source, target, self._model_class, err) from err
+        if self.subclass_mode_model and self._takes_adapter():
+            for action in parser._actions:
+                if action.dest == "model" and "--model" in action.option_strings:
+                    action.help = module_choice_help(action.help)
+
+    def _takes_adapter(self) -> bool:
+        """Whether the module class (the base, where the config picks one) has ``adapter``."""
+        return "adapter" in jsonargparse_options(self._model_class)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse like LightningCLI, then check that every model link reached the class.
+
+        Where the config picks the class, jsonargparse skips a link whose target the class
+        lacks without a word; :func:`~core.training.links.check_links_reach` makes that an
+        error where the class does take the option, through ``**kwargs`` jsonargparse could
+        not follow.
+        """
+        super().parse_arguments(parser, args)
+        if self.subclass_mode_model and self.links:
+            subcommand = self.config.get("subcommand")
+            config = self.config[subcommand] if subcommand else self.config
+            check_links_reach(self.links, config.get("model"))
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})

@@ -8,7 +8,7 @@ the option's name. These checks run earlier and say which file/line or option to
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,19 +30,28 @@ _OPTIMIZER_ARG_WORDS = {
 }
 
 
+def option_values(argv: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """``(name, value)`` for every option of a command line, in order.
+
+    An option is a token ``--<name>=<value>`` or ``--<name>`` followed by its value (the next
+    token, whatever it is: a flag's next token is read as its value); ``name`` is without the
+    dashes, ``value`` is ``""`` for a last token without ``=``. Callers decide what a value
+    means (a YAML file, a key); positional tokens are skipped.
+    """
+    for i, token in enumerate(argv):
+        if not token.startswith("--"):
+            continue
+        name, eq, inline = token[2:].partition("=")
+        yield name, inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+
+
 def yaml_files_in(argv: Sequence[str]) -> list[Path]:
     """The YAML files named on a command line: ``--config`` values and other ``*.yaml`` values.
 
     ``--config`` may also hold inline YAML (not a file); such values are left to jsonargparse.
     """
     files: list[Path] = []
-    for i, token in enumerate(argv):
-        if token.startswith("--") and "=" in token:
-            value: str | None = token.split("=", 1)[1]
-        elif token.startswith("--") and i + 1 < len(argv):
-            value = argv[i + 1]
-        else:
-            continue
+    for _, value in option_values(argv):
         path = Path(value)
         if path.suffix.lower() in YAML_SUFFIXES and path.is_file() and path not in files:
             files.append(path)

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from core.atomic import atomic_write, atomic_write_text
 
-from .callbacks import _run_dir, append_manifest
+from .callbacks import RunFileCallback, append_manifest
 
 __all__ = ["REPORT_NAME", "ReportWriter", "TestReport", "metrics_table"]
 
@@ -116,7 +115,7 @@ def write_figure(figure: Any, path: Path) -> Path:
     )
 
 
-class ReportWriter(Callback):
+class ReportWriter(RunFileCallback):
     """At the end of ``test``, write the module's :class:`TestReport` into the run directory.
 
     The module's ``test_report()`` is asked on global rank zero only; a module without the
@@ -126,18 +125,8 @@ class ReportWriter(Callback):
     """
 
     def __init__(self, filename: str = REPORT_NAME) -> None:
-        self.filename = filename
-        self.run_dir: Path | None = None
+        super().__init__(filename)
         self._before: tuple[int, ...] | None = None
-
-    @property
-    def path(self) -> Path | None:
-        """Where ``report.md`` goes (known after ``setup``)."""
-        return None if self.run_dir is None else self.run_dir / self.filename
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Find the run directory (on every rank: under DDP it is broadcast from rank zero)."""
-        self.run_dir = _run_dir(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Note the report file's state, to see whether another writer changes it."""
@@ -147,9 +136,7 @@ class ReportWriter(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Ask the module for its report and write it (global rank zero)."""
-        if trainer.is_global_zero:
-            self.write(trainer, pl_module)
-        trainer.strategy.barrier("ReportWriter.on_test_end")
+        self.write_on_rank_zero(trainer, "on_test_end", lambda: self.write(trainer, pl_module))
 
     def write(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Path | None:
         """Write figures and ``report.md``; return its path (``None`` when there is none)."""

@@ -48,6 +48,7 @@ from core.adapters import ADAPTER_REGISTRY
 from core.cache import CACHE_ENV
 from core.training import FineTuneCLI, FineTuneModule
 from core.training.cli import TINY_CONFIG, tiny_config
+from tests.core.training.toys import quiet_trainer
 from tests.threads import one_thread  # noqa: F401  (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -307,17 +308,11 @@ def one_training_step(cli: FineTuneCLI, root: Path) -> list[float]:
     module's hooks (``setup``, ``configure_optimizers``) and ``training_step`` once.
     """
     catcher = LossCatcher()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
+    trainer = quiet_trainer(
         max_steps=1,
         limit_train_batches=1,
         limit_val_batches=0,
         num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=root,
         callbacks=[catcher],
     )

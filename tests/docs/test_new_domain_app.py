@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.runs import REPO, assert_files, run_python
+
 GUIDE = REPO / "docs" / "new_domain_app.md"
 BLOCK = re.compile(r"```(?:python|yaml)\n# file: (?P<path>\S+)\n(?P<body>.*?)```", re.DOTALL)
 
@@ -51,23 +50,10 @@ def test_guide_names_the_pieces() -> None:
 @pytest.mark.slow
 def test_guide_app_runs_with_no_arguments(tmp_path: Path) -> None:
     env = write_app(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "wine_app.train"],  # no arguments: fit, then test
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_python(["-m", "wine_app.train"], cwd=tmp_path, env=env)  # no arguments: fit, then test
     run_dir = tmp_path / "runs" / "wine_app" / "version_0"
-    for name in [
-        "adapter/adapter_model.safetensors",
-        "checkpoints/last.ckpt",
-        "metrics.csv",
-        "report.md",
-    ]:
-        assert (run_dir / name).is_file(), name
+    assert_files(run_dir, "checkpoints/last.ckpt", "metrics.csv", "report.md")
+    assert_files(run_dir, "adapter/adapter_model.safetensors")  # the guide's config sets LoRA
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["fit"]["epoch"] == 20
     assert metrics["test"]["test/acc"] > 0.8  # wines are easy; chance is about 0.4
@@ -89,25 +75,12 @@ try:
 except SystemExit as exit:
     assert exit.code == 0
 """
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_python(["-c", script], cwd=tmp_path, env=env)
     assert "LoraConfig" in proc.stdout and "--model.monitor" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["version_0"]
     run_dir = tmp_path / "D" / "version_0"
-    for name in [
-        "config.yaml",
-        "checkpoints/last.ckpt",
-        "report.md",
-        "adapter/adapter_config.json",
-    ]:
-        assert (run_dir / name).is_file(), name
+    assert_files(run_dir, "config.yaml", "checkpoints/last.ckpt", "report.md")
+    assert_files(run_dir, "adapter/adapter_config.json")  # the guide's config sets LoRA
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"fit", "test"} and metrics["fit"]["global_step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [

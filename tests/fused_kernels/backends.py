@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 import torch
 
@@ -31,3 +33,17 @@ def assert_close_for(dtype: torch.dtype, got: torch.Tensor, expected: torch.Tens
     torch.testing.assert_close(
         got.float(), expected, atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}"
     )
+
+
+def assert_all_close_for(
+    dtype: torch.dtype,
+    names: Sequence[str],
+    got: Sequence[torch.Tensor],
+    expected: Sequence[torch.Tensor],
+) -> None:
+    """:func:`assert_close_for` on each pair of ``got`` (which must all be in ``dtype``) and
+    ``expected``, named by the first ``len(got)`` of ``names``."""
+    assert len(got) == len(expected) <= len(names), (len(got), len(expected), names)
+    for name, g, e in zip(names, got, expected, strict=False):
+        assert g.dtype == dtype, name
+        assert_close_for(dtype, g, e, name)

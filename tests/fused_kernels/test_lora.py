@@ -7,7 +7,7 @@ import torch
 
 from fused_kernels.lora import dora_linear, dora_weight_norm, lora_linear, lora_linear_reference
 
-from .backends import BACKENDS, DEVICE, assert_close_for
+from .backends import BACKENDS, DEVICE, assert_all_close_for, assert_close_for
 
 # (rows, in_features, out_features, rank): odd sizes on purpose.
 SHAPES = [
@@ -52,9 +52,7 @@ def test_lora_linear_matches_reference(backend, dtype, shape, dropout, force_bac
     ref = lora_linear_reference(*ref_in, 0.75, None if mask is None else mask.float())
     ref.backward(grad.float())
     expected = (ref.detach(), ref_in[0].grad, ref_in[3].grad, ref_in[4].grad)
-    for name, g, e in zip(("out", "dx", "dA", "dB"), got, expected, strict=True):
-        assert g.dtype == dtype, name
-        assert_close_for(dtype, g, e, name)
+    assert_all_close_for(dtype, ("out", "dx", "dA", "dB"), got, expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,34 +39,34 @@ def _mlp() -> nn.Module:
     )
 
 
-def _llama() -> nn.Module:
+def tiny_llama(width: int = 32, **fields: Any) -> nn.Module:
+    """A two-layer Llama of hidden size ``width``: ``width // 8`` attention heads sharing
+    ``width // 16`` key/value heads, MLP and vocabulary of ``2 * width``; ``fields`` set other
+    ``LlamaConfig`` values. Weights come from torch's global generator: seed it first.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=64,
-        max_position_embeddings=32,
+        num_attention_heads=width // 8,
+        num_key_value_heads=width // 16,
+        vocab_size=2 * width,
+        **fields,
     )
     return LlamaForCausalLM(config)
+
+
+def _llama() -> nn.Module:
+    return tiny_llama(32, max_position_embeddings=32)
 
 
 def _gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        vocab_size=64,
-        n_positions=32,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    return GPT2LMHeadModel(config)
+    sizes = dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64, n_positions=32)
+    return GPT2LMHeadModel(GPT2Config(**sizes, bos_token_id=0, eos_token_id=0))
 
 
 def _vit() -> nn.Module:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +25,20 @@ from .models import MODEL_CASES
 
 def _mlp() -> nn.Module:
     return MODEL_CASES["mlp"].build()
+
+
+def _saved_adapter(folder: Path, r: int = 2, targets: tuple[str, ...] = ("0",)) -> nn.Module:
+    """The MLP with a LoRA adapter (rank ``r`` on ``targets``), saved to ``folder``."""
+    model = _mlp()
+    inject(model, LoraConfig(r=r, target_modules=list(targets)))
+    save_adapter(model, folder)
+    return model
+
+
+def _edit_saved_config(folder: Path, **changes: Any) -> None:
+    """Change fields of the ``adapter_config.json`` saved in ``folder``."""
+    path = folder / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
 
 
 def test_unknown_method_name_lists_close_matches() -> None:
@@ -92,12 +108,8 @@ def test_duplicate_adapter_name() -> None:
 
 
 def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path) -> None:
-    model = _mlp()
-    inject(model, LoraConfig(r=4, target_modules=["0", "2"]))
-    save_adapter(model, tmp_path / "a")
-    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    config["r"] = 2  # the saved tensors are rank 4
-    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(config))
+    _saved_adapter(tmp_path / "a", r=4, targets=("0", "2"))
+    _edit_saved_config(tmp_path / "a", r=2)  # the saved tensors are rank 4
     fresh = _mlp()
     before = {k: v.clone() for k, v in fresh.state_dict().items()}
     with pytest.raises(
@@ -111,20 +123,14 @@ def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path) -> None:
 
 
 def test_adapter_for_another_model_names_missing_tensors(tmp_path) -> None:
-    model = _mlp()
-    inject(model, LoraConfig(r=2, target_modules=["0"]))
-    save_adapter(model, tmp_path / "a")
-    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
-    config["target_modules"] = ["0", "2"]
-    (tmp_path / "a" / "adapter_config.json").write_text(json.dumps(config))
+    _saved_adapter(tmp_path / "a")
+    _edit_saved_config(tmp_path / "a", target_modules=["0", "2"])
     with pytest.raises(ValueError, match=r"missing tensors \['2\.lora_A\.weight'"):
         load_adapter(_mlp(), tmp_path / "a")
 
 
 def test_truncated_safetensors_file(tmp_path) -> None:
-    model = _mlp()
-    inject(model, LoraConfig(r=2, target_modules=["0"]))
-    save_adapter(model, tmp_path / "a")
+    _saved_adapter(tmp_path / "a")
     weights = tmp_path / "a" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-20])
     fresh = _mlp()
@@ -142,9 +148,7 @@ def test_missing_files(tmp_path) -> None:
 
 
 def test_save_is_atomic_and_overwrites(tmp_path) -> None:
-    model = _mlp()
-    inject(model, LoraConfig(r=2, target_modules=["0"]))
-    save_adapter(model, tmp_path / "a")
+    model = _saved_adapter(tmp_path / "a")
     with torch.no_grad():
         model[0].adapters["default"].lora_B.weight.fill_(1.0)
     save_adapter(model, tmp_path / "a")

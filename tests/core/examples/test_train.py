@@ -5,44 +5,24 @@ adapter methods in ``--help``, and its report."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from core.examples.module import DigitsClassifier
 from core.examples.train import DEFAULT_CONFIG, main
 from core.training.cli import tiny_config
+from tests.runs import REPO, assert_files, run_python
 
-REPO = Path(__file__).resolve().parents[3]
 RECIPES = sorted(DEFAULT_CONFIG.parent.glob("*.yaml"))
 
 
 def test_tiny_fit_and_test_from_the_command_line(tmp_path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.examples.train",
-            "--config",
-            "core/examples/configs/tiny.yaml",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tiny = ["--config", "core/examples/configs/tiny.yaml"]
+    root = ["--trainer.default_root_dir", str(tmp_path)]
+    proc = run_python(["-m", "core.examples.train", *tiny, *root], cwd=REPO)
     run_dir = tmp_path / "version_0"
     assert [p.name for p in tmp_path.iterdir()] == ["version_0"]
-    for name in ["config.yaml", "metrics.json", "report.md", "adapter/adapter_config.json"]:
-        assert (run_dir / name).is_file(), name
+    assert_files(run_dir, "config.yaml", "metrics.json", "report.md", "adapter/adapter_config.json")
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert set(json.loads((run_dir / "metrics.json").read_text())) == {"fit", "test"}
     assert f"report: {run_dir / 'report.md'}" in proc.stdout + proc.stderr

@@ -22,6 +22,7 @@ from core.adapters import LoraConfig, inject, load_adapter, save_adapter
 from core.merging import fisher_merge, greedy_soup, merge_adapter_into_base, ties, uniform_soup
 from core.merging.cli import MANIFEST_NAME, load_config, main, merge_config_from_dict, run
 from core.merging.io import OutputWriteError, SafetensorsWriter, sha256_file
+from tests.core.adapters.models import tiny_llama
 
 from .helpers import make_inputs
 
@@ -209,20 +210,12 @@ def test_fisher_files(tmp_path: Path) -> None:
 
 
 def test_hf_directory_keeps_its_config(tmp_path: Path) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=32,
-    )
     dirs = []
     for seed in range(3):
         torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(tmp_path / f"m{seed}")
+        tiny_llama(16).save_pretrained(tmp_path / f"m{seed}")
         dirs.append(tmp_path / f"m{seed}")
     out = _run(
         tmp_path,
@@ -419,14 +412,19 @@ def test_run_refuses_an_overlap_before_reading_anything(tmp_path: Path) -> None:
     assert _snapshot(tmp_path) == before
 
 
-def test_adapter_merge_cannot_overwrite_an_input_adapter(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _write_two_adapters(tmp_path: Path) -> None:
+    """LoRA adapters ``a0`` and ``a1`` (rank 2 on layer ``0`` of one small MLP) in ``tmp_path``."""
     net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     for i in range(2):
         model = torch.nn.Sequential(*net)
         inject(model, LoraConfig(r=2, target_modules=["0"]), name=f"a{i}")
         save_adapter(model, tmp_path / f"a{i}", name=f"a{i}")
+
+
+def test_adapter_merge_cannot_overwrite_an_input_adapter(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_two_adapters(tmp_path)
     config_path = tmp_path / "merge.yaml"
     config_path.write_text(
         yaml.safe_dump(
@@ -510,11 +508,7 @@ def test_a_full_disk_is_one_line_naming_the_output_and_leaves_nothing(
 def test_a_full_disk_during_an_adapter_merge(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-    for i in range(2):
-        model = torch.nn.Sequential(*net)
-        inject(model, LoraConfig(r=2, target_modules=["0"]), name=f"a{i}")
-        save_adapter(model, tmp_path / f"a{i}", name=f"a{i}")
+    _write_two_adapters(tmp_path)
 
     def half_then_full(adapter: Any, folder: Path) -> None:
         (folder / "adapter_config.json").write_text("{}")

@@ -27,6 +27,7 @@ from core.merging.io import (
     open_source,
     plan_bytes,
 )
+from tests.core.adapters.models import tiny_llama
 
 TENSORS = {
     "f32": torch.randn(3, 5),
@@ -84,20 +85,8 @@ def test_a_truncated_file_is_named(tmp_path: Path) -> None:
 
 
 def _llama() -> nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        vocab_size=32,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(16, max_position_embeddings=16, tie_word_embeddings=False).eval()
 
 
 def test_hf_directories_sharded_and_not(tmp_path: Path) -> None:

@@ -13,15 +13,8 @@ from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 
 from core.adapters import LoraConfig, adapter_state_dict, load_adapter
-from core.training import (
-    AdapterExport,
-    MetricsJson,
-    PredictionsWriter,
-    append_manifest,
-    atomic_write,
-    atomic_write_text,
-    read_manifest,
-)
+from core.training import AdapterExport, MetricsJson, PredictionsWriter
+from core.training.callbacks import append_manifest, atomic_write, atomic_write_text, read_manifest
 from core.training.checkpointing import AtomicCheckpointIO, LastStepCheckpoint
 
 from .toys import ToyData, ToyModule, ToyNet, quiet_trainer

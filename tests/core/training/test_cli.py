@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,8 +23,8 @@ from core.training.cli import (
     with_default_config,
 )
 from core.training.run_files import AtomicCSVLogger
-
-REPO = Path(__file__).resolve().parents[3]
+from tests.core.training.toys import trainer_args
+from tests.runs import REPO, assert_files, run_python
 
 
 def fast(root: Path, epochs: int = 1) -> list[str]:
@@ -55,17 +52,9 @@ def test_no_argument_run_fits_then_tests_into_one_run_dir(tmp_path, monkeypatch)
     assert [p.name for p in (tmp_path / "runs" / "examples").iterdir()] == ["version_0"]
     run_dir = tmp_path / "runs" / "examples" / "version_0"
     assert Path(cli.trainer.log_dir).resolve() == run_dir.resolve()
-    for name in [
-        "checkpoints/last.ckpt",
-        "checkpoints/best.ckpt",
-        "adapter/adapter_config.json",
-        "adapter/adapter_model.safetensors",
-        "metrics.json",
-        "metrics.csv",
-        "hparams.yaml",
-        "config.yaml",
-    ]:
-        assert (run_dir / name).is_file(), name
+    assert_files(run_dir, "checkpoints/last.ckpt", "checkpoints/best.ckpt")
+    assert_files(run_dir, "adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+    assert_files(run_dir, "metrics.json", "metrics.csv", "hparams.yaml", "config.yaml")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics) == {"fit", "test"}
     assert metrics["fit"]["epoch"] == 8  # the default config's max_epochs
@@ -285,33 +274,9 @@ def test_predict_subcommand_writes_predictions(tmp_path) -> None:
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_write_the_adapter_once(tmp_path) -> None:
     root = tmp_path / "runs"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "core.examples.train",
-            "fit",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
-            "--trainer.accelerator",
-            "cpu",
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.default_root_dir",
-            str(root),
-            "--trainer.enable_progress_bar",
-            "false",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ddp = trainer_args(strategy="ddp", devices=2, accelerator="cpu", max_epochs=1)
+    quiet = trainer_args(default_root_dir=root, enable_progress_bar=False)
+    proc = run_python(["-m", "core.examples.train", "fit", *ddp, *quiet], tmp_path, timeout=600)
     output = proc.stdout + proc.stderr
     assert "MEMBER: 2/2" in output  # two processes joined the gloo group
     assert [p.name for p in root.iterdir()] == ["version_0"]
@@ -339,3 +304,34 @@ def test_ddp_two_cpu_processes_write_the_adapter_once(tmp_path) -> None:
     assert torch.equal(
         written["base_model.model.head.weight"], ckpt["state_dict"]["model.head.weight"]
     )
+
+
+def test_help_lists_the_adapter_methods_where_the_config_picks_the_class(
+    tmp_path, capsys, monkeypatch
+) -> None:
+    from core.training import FineTuneModule, run_cli
+    from core.training.cli import adapter_methods_help
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no option name or default broken across lines
+    config = tmp_path / "picked.yaml"
+    config.write_text("model:\n  class_path: core.examples.module.DigitsClassifier\n")
+    summary = " ".join(adapter_methods_help().split())
+
+    def option_help(args: list[str], option: str) -> str:
+        """The help ``args`` print for ``option`` (up to the next option), on one line."""
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(FineTuneModule, DigitsDataModule, config, args=args, subclass_mode=True)
+        assert exit_info.value.code == 0
+        out = capsys.readouterr().out
+        assert " ".join(out.split()).count(summary) == 1, "the methods are listed once"
+        start = out.index(f"\n  {option} ")
+        return " ".join(out[start : out.index("\n  --", start + 1)].split())
+
+    # fit --help: the option that picks the class lists the methods and how to set them.
+    picker = option_help(["fit", "--help"], "--model")
+    assert summary in picker and "--model.adapter <Name>" in picker
+    assert "--model.adapter.init_args.<option>" in picker and "--model.help <Class>" in picker
+    # fit --model.help <Class>: the class's adapter option lists them, as where it is fixed.
+    class_help = ["fit", "--model.help", "core.examples.module.DigitsClassifier"]
+    adapter = option_help(class_help, "--model.adapter")
+    assert summary in adapter and "Pick one with --model.adapter <Name>" in adapter

@@ -35,19 +35,12 @@ from core.training.errors import (
     pop_debug_flag,
 )
 from core.training.run_dirs import RunDirGuard, holds_nothing_of_use
-from tests.core.training.toys import ToyData, ToyModule
+from tests.core.training.toys import ToyData, ToyModule, trainer_args
 
 REPO = Path(__file__).resolve().parents[3]
-FAST = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-]
+FAST = trainer_args(
+    max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_progress_bar=False
+)
 
 
 def digits(args: list[str], **kwargs) -> object:

@@ -16,7 +16,7 @@ from jsonargparse import ArgumentParser
 
 from core.training import FineTuneModule, run_cli
 from core.training.module import default_loss
-from tests.core.training.toys import ToyData, ToyNet
+from tests.core.training.toys import ToyData, ToyNet, toy_app_configs, trainer_args
 
 #: FineTuneModule's own arguments (all but ``model``, which the subclasses build).
 BASE_OPTIONS = (
@@ -73,32 +73,13 @@ class FixedLossModule(PassModule):
         super().__init__(loss=default_loss, **kwargs)
 
 
-def write_configs(tmp_path: Path) -> tuple[Path, Path]:
-    """A plain config (class fixed) and a subclass-mode config (class picked)."""
-    plain = tmp_path / "plain.yaml"
-    plain.write_text("model:\n  hidden: 8\ndata:\n  batch_size: 16\n")
-    picked = tmp_path / "picked.yaml"
-    picked.write_text(
-        "model:\n  class_path: tests.core.training.test_passthrough.PassModule\n"
-        "  init_args:\n    hidden: 8\ndata:\n  batch_size: 16\n"
-    )
-    return plain, picked
+def write_configs(tmp_path: Path) -> dict[bool, Path]:
+    """``{subclass_mode: default config}``: the class fixed, or picked (``class_path``)."""
+    return toy_app_configs(tmp_path, "tests.core.training.test_passthrough.PassModule", hidden=8)
 
 
-FAST = [
-    "--trainer.max_epochs",
-    "1",
-    "--trainer.limit_train_batches",
-    "2",
-    "--trainer.limit_val_batches",
-    "1",
-    "--trainer.limit_test_batches",
-    "1",
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.enable_model_summary",
-    "false",
-]
+FAST = trainer_args(max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1)
+FAST += trainer_args(enable_progress_bar=False, enable_model_summary=False)
 
 #: Base options set on the command line, and how each shows on the module.
 GIVEN = [
@@ -134,8 +115,7 @@ def run(subclass_mode: bool, config: Path, args: list[str]) -> Any:
 
 @pytest.mark.parametrize("subclass_mode", [False, True], ids=["class-fixed", "class-picked"])
 def test_base_options_reach_the_module_and_the_checkpoint(tmp_path, subclass_mode) -> None:
-    plain, picked = write_configs(tmp_path)
-    config = picked if subclass_mode else plain
+    config = write_configs(tmp_path)[subclass_mode]
     cli = run(
         subclass_mode, config, ["fit", *FAST, "--trainer.default_root_dir", str(tmp_path), *GIVEN]
     )
@@ -166,8 +146,7 @@ def test_base_options_reach_the_module_and_the_checkpoint(tmp_path, subclass_mod
 
 @pytest.mark.parametrize("subclass_mode", [False, True], ids=["class-fixed", "class-picked"])
 def test_resume_keeps_the_base_options(tmp_path, subclass_mode) -> None:
-    plain, picked = write_configs(tmp_path)
-    config = picked if subclass_mode else plain
+    config = write_configs(tmp_path)[subclass_mode]
     root = ["--trainer.default_root_dir", str(tmp_path / "runs")]
     first = run(subclass_mode, config, ["fit", *FAST, *root, *GIVEN[:6]])
     last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
@@ -181,13 +160,13 @@ def test_resume_keeps_the_base_options(tmp_path, subclass_mode) -> None:
 
 @pytest.mark.parametrize("subclass_mode", [False, True], ids=["class-fixed", "class-picked"])
 def test_help_lists_the_base_options(tmp_path, capsys, subclass_mode) -> None:
-    plain, picked = write_configs(tmp_path)
+    config = write_configs(tmp_path)[subclass_mode]
     if subclass_mode:
         args = ["fit", "--model.help", "tests.core.training.test_passthrough.PassModule"]
     else:
         args = ["fit", "--help"]
     with pytest.raises(SystemExit) as exit_info:
-        run(subclass_mode, picked if subclass_mode else plain, args)
+        run(subclass_mode, config, args)
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for name in ("hidden", *BASE_OPTIONS):

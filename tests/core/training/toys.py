@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from core.adapters import AdapterConfig
-from core.training import FineTuneModule, Regularizer, default_loss
+from core.training import FineTuneModule
 
 
 def quiet_trainer(**kwargs: Any) -> pl.Trainer:
@@ -32,6 +31,36 @@ def quiet_trainer(**kwargs: Any) -> pl.Trainer:
     return pl.Trainer(**{**defaults, **kwargs})
 
 
+def trainer_args(**options: Any) -> list[str]:
+    """``--trainer.<name> <value>`` for each option, as typed on a command line (booleans as
+    ``true``/``false``): ``trainer_args(max_epochs=1)`` is ``["--trainer.max_epochs", "1"]``.
+    """
+    args: list[str] = []
+    for name, value in options.items():
+        args += [f"--trainer.{name}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return args
+
+
+def toy_app_configs(folder: Path, module: str, **model: Any) -> dict[bool, Path]:
+    """``{subclass_mode: default config}`` of a toy app, written in ``folder``: ``plain.yaml``
+    for an app that fixes its module class, ``picked.yaml`` for one whose config picks it
+    (``class_path: <module>``). Both hold the ``model`` options (``init_args`` when picked),
+    if any, and a data batch size of 16.
+    """
+    data = {"batch_size": 16}
+    picked_model: dict[str, Any] = {"class_path": module}
+    if model:
+        picked_model["init_args"] = model
+    contents = {
+        False: {"model": model, "data": data} if model else {"data": data},
+        True: {"model": picked_model, "data": data},
+    }
+    paths = {False: folder / "plain.yaml", True: folder / "picked.yaml"}
+    for mode, path in paths.items():
+        path.write_text(yaml.safe_dump(contents[mode], sort_keys=False))
+    return paths
+
+
 class ToyNet(nn.Module):
     def __init__(self, in_features: int = 6, hidden: int = 8, classes: int = 3) -> None:
         super().__init__()
@@ -44,30 +73,17 @@ class ToyNet(nn.Module):
 
 
 class ToyModule(FineTuneModule):
-    """A FineTuneModule over :class:`ToyNet` (seeded init)."""
+    """A FineTuneModule over :class:`ToyNet` (seeded init).
 
-    def __init__(
-        self,
-        seed: int = 0,
-        adapter: AdapterConfig | None = None,
-        modules_to_save: list[str] | None = None,
-        regularizers: list[Regularizer] | None = None,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        loss: Callable[..., Any] = default_loss,
-        calibration_batches: int = 8,
-    ) -> None:
+    Args:
+        seed: Seeds the network's initial weights.
+        **kwargs: The :class:`~core.training.FineTuneModule` options (``adapter``,
+            ``regularizers``, ``optimizer``, ...), passed through unchanged.
+    """
+
+    def __init__(self, seed: int = 0, **kwargs: Any) -> None:
         torch.manual_seed(seed)
-        super().__init__(
-            ToyNet(),
-            adapter=adapter,
-            modules_to_save=modules_to_save,
-            regularizers=regularizers,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            loss=loss,
-            calibration_batches=calibration_batches,
-        )
+        super().__init__(ToyNet(), **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
