@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 from jsonargparse import Namespace
 
+from .config_checks import YAML_SUFFIXES, option_values
 from .errors import UsageError
 
 __all__ = [
@@ -106,13 +107,9 @@ def given_keys(argv: Sequence[str]) -> list[tuple[str, str]]:
     YAML files given as an option's value (``--model model.yaml``).
     """
     found: list[tuple[str, str]] = []
-    for i, token in enumerate(argv):
-        if not token.startswith("--"):
-            continue
-        name, eq, inline = token[2:].partition("=")
-        value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+    for name, value in option_values(argv):
         path = Path(value)
-        is_yaml = path.suffix.lower() in (".yaml", ".yml") and path.is_file()
+        is_yaml = path.suffix.lower() in YAML_SUFFIXES and path.is_file()
         if name == "config":
             if is_yaml:
                 found += [(k, f"in {value}") for k in _yaml_keys(path)]
