@@ -153,7 +153,9 @@ class AdapterExport(RunDirCallback):
     """After ``fit``, write the trained adapter to ``<run_dir>/<dirname>/`` in PEFT layout.
 
     Uses ``core.adapters.save_adapter`` on ``pl_module.model`` (``adapter_config.json`` +
-    ``adapter_model.safetensors``); modules trained in full through ``modules_to_save`` (a
+    ``adapter_model.safetensors``); a module that serves several adapters through an
+    ``adapter_bank`` attribute (:class:`core.adapters.AdapterBank`) gets one such folder per
+    adapter, ``<dirname>/<name>/`` (PEFT's layout for several adapters). Modules trained in full through ``modules_to_save`` (a
     new head, say) are inside that file, as in PEFT. Only global rank zero writes; all
     ranks wait for it before ``fit`` returns. The manifest line names the partner
     checkpoint, the checkpoint callback's ``last.ckpt``: with
@@ -173,7 +175,8 @@ class AdapterExport(RunDirCallback):
         """Write the adapter; return its directory (None when there is nothing to write)."""
         assert self.run_dir is not None, "setup() sets run_dir before fit ends"
         config = getattr(pl_module, "adapter_config", None)
-        if config is None:
+        bank = getattr(pl_module, "adapter_bank", None)
+        if config is None and bank is None:
             rank_zero_info("AdapterExport: the model has no adapter; nothing to export.")
             return None
         if _is_sharded(trainer):
@@ -187,9 +190,14 @@ class AdapterExport(RunDirCallback):
         last = getattr(trainer.checkpoint_callback, "last_model_path", "")
         if last:
             extra["checkpoint"] = last if "://" in last else str(Path(last).resolve())
-        adapter_dir = save_adapter(
-            pl_module.model, self.run_dir / self.dirname, name=self.adapter_name
-        )
+        if bank is not None:  # an AdapterBank: one PEFT folder per adapter, adapter/<name>/
+            adapter_dir = self.run_dir / self.dirname
+            bank.save(adapter_dir)
+            extra["adapters"] = list(bank.names)
+        else:
+            adapter_dir = save_adapter(
+                pl_module.model, self.run_dir / self.dirname, name=self.adapter_name
+            )
         append_manifest(self.run_dir, "adapter", adapter_dir, rank=trainer.global_rank, **extra)
         rank_zero_info(f"AdapterExport: adapter written to {adapter_dir}")
         return adapter_dir

@@ -268,10 +268,21 @@ def test_tiny_run_exports_the_configured_adapter(tiny_run: TinyRun) -> None:
         return
     module, _, name = class_path.rpartition(".")
     config_cls = getattr(importlib.import_module(module), name)
-    saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert saved["peft_type"] == config_cls.peft_type
-    tensors = load_file(run_dir / "adapter" / "adapter_model.safetensors")
-    assert tensors and all(t.isfinite().all() for t in tensors.values())
+    for folder in exported_adapter_dirs(run_dir / "adapter"):
+        saved = json.loads((folder / "adapter_config.json").read_text())
+        assert saved["peft_type"] == config_cls.peft_type
+        tensors = load_file(folder / "adapter_model.safetensors")
+        assert tensors and all(t.isfinite().all() for t in tensors.values())
+
+
+def exported_adapter_dirs(adapter_dir: Path) -> list[Path]:
+    """The PEFT folders under ``adapter/``: itself, or one per adapter of a bank
+    (``adapter/<name>/``, how an app serving one adapter per language or task exports)."""
+    if (adapter_dir / "adapter_config.json").is_file():
+        return [adapter_dir]
+    folders = sorted(p.parent for p in adapter_dir.glob("*/adapter_config.json"))
+    assert folders, f"{adapter_dir} holds no adapter_config.json, at the top or per adapter"
+    return folders
 
 
 # ----------------------------------------------------------------------------- recipes

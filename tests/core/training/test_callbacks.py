@@ -12,7 +12,13 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 
-from core.adapters import LoraConfig, adapter_state_dict, load_adapter
+from core.adapters import (
+    AdapterBank,
+    BottleneckConfig,
+    LoraConfig,
+    adapter_state_dict,
+    load_adapter,
+)
 from core.training import AdapterExport, MetricsJson, PredictionsWriter
 from core.training.callbacks import append_manifest, atomic_write, atomic_write_text, read_manifest
 from core.training.checkpointing import AtomicCheckpointIO, LastStepCheckpoint
@@ -34,6 +40,27 @@ def _fit(tmp_path: Path, module: pl.LightningModule, stages=("fit",)) -> tuple[p
     for stage in stages:
         getattr(trainer, stage)(module, datamodule=data)
     return trainer, Path(trainer.log_dir)
+
+
+def test_adapter_export_writes_one_peft_folder_per_bank_adapter(tmp_path: Path) -> None:
+    """A module serving an ``adapter_bank`` exports ``adapter/<name>/`` for each adapter."""
+    module = ToyModule()
+    bank = AdapterBank(module.model, BottleneckConfig(target_modules=["fc1"]), names=["a", "b"])
+    module.__dict__["adapter_bank"] = bank  # the bank injected into module.model in place
+    with torch.no_grad():
+        for unit in (layer.adapters["b"] for layer in bank.layers):
+            unit.adapter_up.weight.fill_(0.25)
+    _, run_dir = _fit(tmp_path, module)
+    adapter_dir = run_dir / "adapter"
+    assert sorted(p.name for p in adapter_dir.iterdir()) == ["a", "b"]
+    for name in ("a", "b"):
+        written = load_file(adapter_dir / name / "adapter_model.safetensors")
+        expected, _ = adapter_state_dict(module.model, name=name)
+        assert set(written) == set(expected) and written
+        for key, tensor in expected.items():
+            assert torch.equal(written[key], tensor), key
+    exports = [r for r in read_manifest(run_dir) if r["artifact"] == "adapter"]
+    assert len(exports) == 1 and exports[0]["adapters"] == ["a", "b"]
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
