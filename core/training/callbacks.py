@@ -155,8 +155,9 @@ class AdapterExport(RunDirCallback):
     Uses ``core.adapters.save_adapter`` on ``pl_module.model`` (``adapter_config.json`` +
     ``adapter_model.safetensors``); a module that serves several adapters through an
     ``adapter_bank`` attribute (:class:`core.adapters.AdapterBank`) gets one such folder per
-    adapter, ``<dirname>/<name>/`` (PEFT's layout for several adapters). Modules trained in full through ``modules_to_save`` (a
-    new head, say) are inside that file, as in PEFT. Only global rank zero writes; all
+    adapter, ``<dirname>/<name>/`` (PEFT's layout for several adapters). Modules trained in
+    full through ``modules_to_save`` (a new head, say) are inside that file, as in PEFT.
+    Only global rank zero writes; all
     ranks wait for it before ``fit`` returns. The manifest line names the partner
     checkpoint, the checkpoint callback's ``last.ckpt``: with
     :class:`core.training.checkpointing.LastStepCheckpoint` it holds the same step and the
