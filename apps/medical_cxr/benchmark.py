@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from core.atomic import atomic_write_text
+from core.benchmarking import mean_std, write_summary
 
 from .train import DEFAULT_CONFIG, main
 
 CLASSIFICATION = DEFAULT_CONFIG.parent / "classification.yaml"
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for a single value) of finite values."""
-    vals = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if vals.size == 0:
-        return float("nan"), float("nan")
-    return float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0
 
 
 def summary_table(records: list[dict]) -> str:
@@ -95,19 +84,6 @@ def run_one(fraction: float, seed: int, epochs: int, out: Path, extra: Sequence[
         "auroc_excluded": float(metrics["test/auroc_excluded"]),
         "run_dir": str(cli.trainer.log_dir),
     }
-
-
-def write_summary(
-    path: Path, lines: Sequence[str], module: str, argv: Sequence[str] | None
-) -> Path:
-    """Write a markdown summary atomically, ending with the command that reproduces it (the
-    real command line when ``argv`` is None), print it and its path; return the path."""
-    command = " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join([*lines, f"Command: python -m {module} {command}".rstrip(), ""])
-    atomic_write_text(path, text)
-    print(text)
-    print(f"summary: {path.resolve()}")
-    return path
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
