@@ -287,3 +287,17 @@ def test_gpu_session_script_refuses_without_cuda(tmp_path) -> None:
     assert done.returncode == 3
     assert "no CUDA device" in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_speech_streaming_bench(tmp_path, capsys) -> None:
+    from bench import speech_streaming
+
+    out = tmp_path / "rtf.csv"
+    rows = speech_streaming.main(
+        ["--seconds", "0.5", "--streams", "3", "--repeats", "1", "--csv", str(out)]
+    )
+    assert [r["streams"] for r in rows] == [1, 3]
+    assert all(r["rtf_per_stream"] > 0 for r in rows)
+    assert rows[0]["look_ahead_ms"] == 40 and rows[0]["algorithmic_latency_ms"] == 215
+    assert [r["streams"] for r in _rows(out)] == ["1", "3"]
+    assert "| 3 |" in capsys.readouterr().out
