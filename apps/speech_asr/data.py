@@ -105,7 +105,13 @@ class SpeechDataModule(pl.LightningDataModule):
         batch_size: Training batch size (mixed languages).
         eval_batch_size: Validation and test batch size.
         max_seconds: Longest clip read from disk; longer ones are an error naming the file.
+        root_language: The language of every row of an on-disk corpus that names none (a
+            Common Voice folder without a ``locale`` column, a FLEURS folder not named by its
+            language); otherwise each row's own language, or its folder's name, is used.
         cache_dir: Folder for the embedded corpus instead of the user cache.
+        stride: Feature frames per network frame (the foundation's ``stride``): a
+            transcript with more characters than network frames cannot be aligned by CTC,
+            so such utterances are skipped (logged with their count).
     """
 
     def __init__(
@@ -121,7 +127,9 @@ class SpeechDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         eval_batch_size: int = 32,
         max_seconds: float = 20.0,
+        root_language: str | None = None,
         cache_dir: str | None = None,
+        stride: int = 4,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -156,6 +164,8 @@ class SpeechDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.max_seconds, self.cache_dir = max_seconds, cache_dir
+        self.root_language = root_language
+        self.stride = stride
         self.vocabulary = CharVocabulary.for_languages(sorted(LANGUAGES))
         self.frontend = LogMel()
         self.splits: dict[str, ExampleSet] = {}
@@ -169,8 +179,22 @@ class SpeechDataModule(pl.LightningDataModule):
 
         wanted = self.languages if split != "test" else [*self.languages, *self.head_languages]
         rows = read_source(
-            self.source, self.root, split, languages=wanted, max_seconds=self.max_seconds
+            self.source,
+            self.root,
+            split,
+            languages=wanted,
+            language=self.root_language,
+            max_seconds=self.max_seconds,
         )
+        missing = sorted(set(wanted) - {u.language for u in rows})
+        if missing:
+            log.warning(
+                "speech_asr: the %s split of %s has no utterance of %s; those languages are "
+                "left out of its scores.",
+                split,
+                self.root,
+                missing,
+            )
         return [load(u, max_seconds=self.max_seconds) for u in rows]
 
     def _embedded(self, split: str) -> list[Utterance]:
@@ -185,18 +209,29 @@ class SpeechDataModule(pl.LightningDataModule):
         return embedded_corpus(counts, split, seed=self.split_seed, cache_dir=self.cache_dir)
 
     def examples(self, utterances: Sequence[Utterance]) -> list[Example]:
-        """Features and token ids for each utterance."""
-        out = []
+        """Features and token ids for each utterance; an utterance whose transcript has more
+        characters than the network has frames is skipped (CTC cannot align it), logged."""
+        out, too_fast = [], []
         for u in utterances:
             assert u.audio is not None, "utterances() loads the audio"
-            out.append(
-                Example(
-                    features=self.frontend(torch.from_numpy(u.audio)),
-                    tokens=torch.tensor(self.vocabulary.encode(u.text), dtype=torch.long),
-                    language=u.language,
-                    text=u.text,
-                    id=u.id,
-                )
+            features = self.frontend(torch.from_numpy(u.audio))
+            tokens = torch.tensor(self.vocabulary.encode(u.text), dtype=torch.long)
+            if tokens.numel() > -(-features.shape[0] // self.stride):
+                too_fast.append(u.id)
+                continue
+            out.append(Example(features, tokens, u.language, u.text, u.id))
+        if too_fast:
+            log.warning(
+                "speech_asr: skipped %d utterances whose transcript has more characters "
+                "than network frames (feature frames / data.stride = %d), e.g. %s.",
+                len(too_fast),
+                self.stride,
+                too_fast[0],
+            )
+        if utterances and not out:
+            raise ValueError(
+                "speech_asr: every utterance was skipped (transcripts longer than the audio "
+                "allows at data.stride frames per character); check the transcripts."
             )
         return out
 
