@@ -99,6 +99,7 @@ class EspeakSynthesizer:
         self.data = data
         # A private copy: dlclose unloads it for sure (nobody else holds this path), which
         # is what resets the library's static state between utterances.
+        self._source = library
         self._folder = Path(tempfile.mkdtemp(prefix="espeak-ng-"))
         self._library = self._folder / library.name
         shutil.copyfile(library, self._library)
@@ -119,6 +120,9 @@ class EspeakSynthesizer:
     def _load(self) -> int:
         """(Re)load the private library copy and initialise it; return its sample rate."""
         self._unload()
+        if not self._library.is_file():  # a temp-folder cleaner removed the private copy
+            self._folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self._source, self._library)
         try:
             lib = ctypes.CDLL(str(self._library))
         except OSError as err:

@@ -140,3 +140,13 @@ def test_resample_int16() -> None:
     np.testing.assert_allclose(out, reference.numpy(), atol=2e-5)  # float32 rounding
     same = resample_int16(tone, SAMPLE_RATE)
     np.testing.assert_allclose(same, tone / 32768.0, atol=1e-7)
+
+
+def test_a_removed_private_copy_is_restored(engine: EspeakSynthesizer) -> None:
+    """A temp-folder cleaner may delete the private library copy mid-run; the next
+    utterance copies it back and speaks the same as before."""
+    import shutil
+
+    before = engine.speak("labas rytas", "lt")
+    shutil.rmtree(engine._folder)
+    assert np.array_equal(engine.speak("labas rytas", "lt"), before)
