@@ -25,6 +25,8 @@ from apps.speech_asr.model import (
 from apps.speech_asr.streaming import greedy_decode
 from core.adapters import AdapterBank, BottleneckConfig, LoraConfig
 
+from .reference import collapse_path
+
 ATOL = 1e-5
 NAMES = ["lt", "lv", "is"]
 
@@ -179,15 +181,6 @@ def test_batch_first_feed_forward_equals_torchaudio_emformer() -> None:
 
 
 # ---------------------------------------------------------------------- losses
-def _collapse(path: tuple[int, ...]) -> list[int]:
-    out, prev = [], None
-    for label in path:
-        if label != prev and label != BLANK:
-            out.append(label)
-        prev = label
-    return out
-
-
 def test_ctc_loss_equals_brute_force_over_alignments() -> None:
     """Per-sample loss x transcript length = -log of the summed probability of every frame
     labelling that collapses to the transcript (all 4^4 paths enumerated)."""
@@ -203,7 +196,7 @@ def test_ctc_loss_equals_brute_force_over_alignments() -> None:
         terms = [
             sum(log_probs[b, t, label] for t, label in enumerate(path))
             for path in itertools.product(range(4), repeat=frames)
-            if _collapse(path) == target
+            if collapse_path(path) == target
         ]
         nll = -torch.logsumexp(torch.stack(terms), 0)
         torch.testing.assert_close(per_sample[b] * target_lengths[b], nll, atol=1e-4, rtol=1e-5)

@@ -28,6 +28,8 @@ from apps.speech_asr.streaming import (
 )
 from core.adapters import AdapterBank, BottleneckConfig, LoraConfig
 
+from .reference import collapse_path
+
 ATOL = 1e-5
 LENGTHS = [83, 50, 17, 64, 3]
 
@@ -158,21 +160,12 @@ def test_decoding_restores_training_mode() -> None:
 
 
 # ---------------------------------------------------------------------- greedy pieces
-def _reference_collapse(labels: list[int]) -> list[int]:
-    out, prev = [], BLANK
-    for label in labels:
-        if label != BLANK and label != prev:
-            out.append(label)
-        prev = label
-    return out
-
-
 def test_ctc_collapse_carries_the_previous_label_across_chunks() -> None:
     gen = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (4, 30), generator=gen)  # many repeats and blanks
     lengths = torch.tensor([30, 22, 1, 9])
     valid = torch.arange(30)[None] < lengths[:, None]
-    expected = [_reference_collapse(labels[b, : lengths[b]].tolist()) for b in range(4)]
+    expected = [collapse_path(labels[b, : lengths[b]].tolist()) for b in range(4)]
     whole, _ = ctc_collapse(labels, valid)
     assert whole == expected
     for cut in range(1, 30):
