@@ -53,11 +53,11 @@ class PretrainConfig:
     languages: list[str] = field(default_factory=lambda: ["es", "de"])
     utterances: int = 600
     dev_utterances: int = 40
-    steps: int = 1500
+    steps: int = 2400
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 150
-    eval_every: int = 250
+    eval_every: int = 300
     seed: int = 0
 
     def __post_init__(self) -> None:
