@@ -284,13 +284,14 @@ class SpeechAdapterModule(FineTuneModule):
         return [AssembledAdapterExport()] if self.assemble_best else []
 
     def configure_optimizers(self) -> Any:
-        """The base optimizer with a per-step warm-up + cosine schedule (unless the recipe
-        sets its own ``lr_scheduler``)."""
+        """The base optimizer with a per-step warm-up + cosine schedule over the run's steps
+        (unless the recipe sets its own ``lr_scheduler``)."""
         configured = super().configure_optimizers()
         if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
             return configured
         optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured[0]
-        total = max(self.warmup_steps + 1, int(self.trainer.max_steps or 0))
+        # max_steps, or the steps max_epochs amounts to (capped by limit_train_batches).
+        total = max(self.warmup_steps + 1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_cosine(s, self.warmup_steps, total)
         )

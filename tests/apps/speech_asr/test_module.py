@@ -203,3 +203,15 @@ def test_a_file_that_is_not_a_foundation_is_refused(tmp_path) -> None:
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match="not a speech foundation"):
         load_foundation(path)
+
+
+def test_the_schedule_spans_the_run_whether_set_by_steps_or_epochs(tmp_path) -> None:
+    """Warm-up, then a cosine over every step of the run: by max_steps or by max_epochs."""
+    for options in (["--trainer.max_steps", "8"],
+                    ["--trainer.max_steps", "-1", "--trainer.max_epochs", "2",
+                     "--trainer.limit_train_batches", "4"]):  # fmt: skip
+        cli = tiny_fit_test(tmp_path / options[1], "--model.warmup_steps", "2", *options)
+        scheduler = cli.trainer.lr_scheduler_configs[0].scheduler
+        base = scheduler.base_lrs[0]
+        assert cli.trainer.global_step == 8
+        assert scheduler.get_last_lr()[0] == pytest.approx(0.1 * base, rel=0.05)
