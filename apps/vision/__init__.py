@@ -6,8 +6,9 @@ the ID / OOD table printed and in ``report.md``. ``python -m apps.vision.benchma
 the whole method table over 3 seeds. See docs/vision.md.
 
 Modules, one job each: ``prompts`` (class names, templates, zero-shot weights), ``towers``
-(image and text towers from local weights), ``alignment`` (LiT heads, cached), ``model``
-(the image-text classifier and its builder), ``losses`` (contrastive objectives),
+(open_clip models from local weights; the image and text towers shared with other apps are
+``core.towers``), ``alignment`` (LiT heads, cached), ``model`` (the image-text classifier
+and its builder), ``losses`` (contrastive objectives),
 ``shifts`` (named distribution shifts), ``embedded`` / ``formats`` (the packaged benchmark,
 on-disk images), ``data`` (the data module), ``module`` (``VisionModule``), ``robust``
 (evaluation under shift, WiSE-FT, soups), ``metrics``, ``plots``, ``report`` (what

@@ -25,12 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.cache import cached
+from core.towers import TextTower, efficientnet_lite0, encode_pixels
 
 from .embedded import CACHE_APP, load_sklearn_digits
 from .losses import contrastive_loss
 from .prompts import DEFAULT_TEMPLATES, DIGIT_NAMES, check_templates, prompts
 from .shifts import augment_for_alignment, render
-from .towers import TextTower, efficientnet_lite0, encode_pixels
 
 __all__ = [
     "AlignmentConfig",

@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from core.cache import cached
+from core.towers import efficientnet_lite0, encode_pixels
 
 from .shifts import SHIFT_CLASSES, apply_shift, render, shift_names
-from .towers import efficientnet_lite0, encode_pixels
 
 __all__ = [
     "CACHE_APP",

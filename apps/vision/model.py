@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.towers import build_timm, efficientnet_lite0
+
 from .alignment import AlignmentConfig, lit_alignment, prompt_features_for
 from .prompts import DEFAULT_TEMPLATES, DIGIT_NAMES, check_templates, prompts
-from .towers import build_open_clip, build_timm, efficientnet_lite0
+from .towers import build_open_clip
 
 __all__ = ["ImageTextClassifier", "build_classifier"]
 
