@@ -3,7 +3,16 @@ import math
 import numpy as np
 import pytest
 
-from apps.robotics.envs import ENVS, FAMILIES, TASKS, VectorEnv, make_env, parse_task, tasks_for
+from apps.robotics.envs import (
+    ENVS,
+    FAMILIES,
+    TASKS,
+    PandaPushEnv,
+    VectorEnv,
+    make_env,
+    parse_task,
+    tasks_for,
+)
 from apps.robotics.envs.instructions import PARAPHRASE_TEMPLATES, TRAIN_TEMPLATES
 from apps.robotics.envs.render import Disc, Square, rasterize
 from apps.robotics.envs.tabletop import (
@@ -282,8 +291,8 @@ def test_the_success_step_rewards_one_and_terminates():
 
 
 def test_bad_input_raises_a_clear_error():
-    with pytest.raises(ValueError, match=r"unknown env 'pusht'.*tabletop"):
-        make_env("pusht")
+    with pytest.raises(ValueError, match=r"unknown env 'push_t'.*pusht.*tabletop"):
+        make_env("push_t")
     with pytest.raises(ValueError, match=r"unknown task family 'stack'.*which_target"):
         make_env(families=["stack"])
     with pytest.raises(ValueError, match="families is empty"):
@@ -305,7 +314,8 @@ def test_bad_input_raises_a_clear_error():
         env.step(np.array([np.nan, 0.0]))
     with pytest.raises(ValueError, match="'which_target'"):
         env.expert_action(tasks_for("which_object")[0])
-    assert sorted(ENVS) == ["tabletop"]
+    assert sorted(ENVS) == ["panda", "pusht", "tabletop"]
+    assert isinstance(make_env("panda"), PandaPushEnv)
 
 
 # ------------------------------------------------------------------ VectorEnv
