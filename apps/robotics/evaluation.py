@@ -371,12 +371,20 @@ def rollout(
             while not vec.done.all():
                 chunks = None
                 if _needs(batch_executor):
-                    proprio = np.ascontiguousarray(obs["state"][:, :2], dtype=np.float32)
+                    # A learned policy predicts for the running envs only (finished ones get
+                    # zero chunks, played into a done env), so a batch's long tail costs one
+                    # env each; the privileged baselines (bind_env) answer for the whole batch.
+                    alive = np.arange(n) if callable(bind) else np.flatnonzero(~vec.done)
+                    proprio = np.ascontiguousarray(obs["state"][alive, :2], dtype=np.float32)
                     tick = time.perf_counter()
-                    raw = policy.predict_chunk(obs["image"], proprio, list(instructions))
+                    raw = policy.predict_chunk(
+                        obs["image"][alive], proprio, [instructions[i] for i in alive]
+                    )
                     result.predict_s += time.perf_counter() - tick
                     result.predict_calls += 1
-                    chunks = _check_chunks(policy, raw, n, vec.action_dim)
+                    alive_chunks = _check_chunks(policy, raw, len(alive), vec.action_dim)
+                    chunks = np.zeros((n, *alive_chunks.shape[1:]), dtype=alive_chunks.dtype)
+                    chunks[alive] = alive_chunks
                 actions = batch_executor.act(chunks)
                 running = ~vec.done
                 result.env_steps += int(running.sum())

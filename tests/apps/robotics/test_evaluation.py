@@ -321,3 +321,34 @@ def test_first_action_executor():
     np.testing.assert_array_equal(executor.act(chunks), chunks[:, 0])
     with pytest.raises(RuntimeError):
         executor.act(None)
+
+
+def test_a_learned_policy_is_asked_only_about_running_envs(monkeypatch):
+    """No bind_env: only the envs still running are predicted, rows mapped back in order."""
+    import apps.robotics.evaluation as evaluation
+
+    made = []
+
+    class RecordingVectorEnv(evaluation.VectorEnv):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    class Learned:
+        chunk_size = 1
+
+        def __init__(self):
+            self.sizes = []
+
+        def predict_chunk(self, images, proprio, instructions):
+            running = ~made[-1].done
+            assert len(images) == len(proprio) == len(instructions) == running.sum()
+            self.sizes.append(len(images))
+            return made[-1].expert_actions()[running][:, None, :]
+
+    monkeypatch.setattr(evaluation, "VectorEnv", RecordingVectorEnv)
+    policy = Learned()
+    result = rollout(policy, SEEDS[:8], num_envs=8, progress=False)
+    expert = rollout(ExpertPolicy(), SEEDS[:8], num_envs=8, progress=False)
+    assert [e.to_dict() for e in result.episodes] == [e.to_dict() for e in expert.episodes]
+    assert policy.sizes[0] == 8 and min(policy.sizes) < 8
