@@ -189,6 +189,8 @@ def run(argv: Sequence[str] | None = None) -> Path:
             print(f"[benchmark] {recipe}, seed {seed}", flush=True)
             records.append(run_one(recipe, seed, out, extra))
             atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
+    # Kept runs after the last new one are in the file too.
+    atomic_write_text(out / "results.json", json.dumps(records, indent=2) + "\n")
     languages = records[0]["languages"]
     cer_figure(records, languages, out / "cer_per_language.png")
     minutes = (time.time() - start) / 60
