@@ -32,6 +32,7 @@ from core.atomic import atomic_write_text
 from core.training import FineTuneModule
 from core.training.module import coerce_adapter_config
 from core.training.report import TestReport
+from core.training.schedules import with_warmup_cosine
 
 from .chunking import MODES as CHUNK_MODES
 from .chunking import ChunkExecutor
@@ -80,6 +81,8 @@ class PolicyModule(FineTuneModule):
             ``language_blind``).
         gif_episodes: Rollout GIFs written per condition.
         hz_steps: Control steps timed per speed measurement (0: no speed test).
+        warmup_steps: Linear warm-up steps of the per-step warm-up + cosine schedule over the
+            run (``core.training.schedules``; 0, or a recipe's own ``lr_scheduler``: none).
         adapter: The adapter on the image tower's top (the default config: LoRA r = 8); its unset
             ``target_modules`` become the top's layers the method supports.
         **base: The other ``FineTuneModule`` arguments (optimizer, scheduler, regularizers).
@@ -104,6 +107,7 @@ class PolicyModule(FineTuneModule):
         eval_baselines: list[str] | None = None,
         gif_episodes: int = 2,
         hz_steps: int = 20,
+        warmup_steps: int = 100,
         adapter: AdapterConfig | None = None,
         **base: Any,
     ) -> None:
@@ -147,6 +151,7 @@ class PolicyModule(FineTuneModule):
             "hz_steps": int(hz_steps),
         }
         self.gif_episodes = int(gif_episodes)
+        self.warmup_steps = int(warmup_steps)
         self.evaluation: dict[str, Any] | None = None
         self._gifs: list[tuple[str, Any, str]] = []
 
@@ -170,6 +175,16 @@ class PolicyModule(FineTuneModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         self._normalizer_from_data()
+
+    def configure_optimizers(self) -> Any:
+        """The base optimizer with a per-step warm-up + cosine schedule over the run's steps
+        (behaviour cloning gains from the decay at the end; measured in docs/robotics.md)."""
+        configured = super().configure_optimizers()
+        if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
+            return configured
+        return with_warmup_cosine(
+            configured, self.warmup_steps, self.trainer.estimated_stepping_batches
+        )
 
     # ------------------------------------------------------------------ steps
     def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ written by :func:`save_foundation` (or a cache entry) instead.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from core.atomic import atomic_write
 from core.cache import cached
+from core.training.schedules import warmup_cosine
 
 from .features import spec_augment
 from .metrics import character_error_rate
@@ -72,14 +72,6 @@ def vocabulary() -> CharVocabulary:
     """The output alphabet every foundation uses: the letters of every known language, so a
     tail language's letters have an output row even where the head languages never use them."""
     return CharVocabulary.for_languages(sorted(LANGUAGES))
-
-
-def warmup_cosine(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
-    """LR multiplier: linear warm-up to 1 over ``warmup`` steps, then cosine down to ``floor``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def embedded_foundation(

@@ -27,6 +27,7 @@ from core.adapters import AdapterBank, AdapterConfig, adapter_layers
 from core.training import FineTuneModule
 from core.training.module import coerce_adapter_config, default_loss
 from core.training.report import TestReport
+from core.training.schedules import with_warmup_cosine
 
 from .assembly import AssembledAdapterExport
 from .evaluation import Evaluation, evaluate, summarize
@@ -36,7 +37,6 @@ from .foundation import (
     build_foundation,
     embedded_foundation,
     load_foundation,
-    warmup_cosine,
 )
 from .model import FoundationConfig
 from .report import speech_report
@@ -289,10 +289,7 @@ class SpeechAdapterModule(FineTuneModule):
         configured = super().configure_optimizers()
         if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
             return configured
-        optimizer = configured if isinstance(configured, torch.optim.Optimizer) else configured[0]
         # max_steps, or the steps max_epochs amounts to (capped by limit_train_batches).
-        total = max(self.warmup_steps + 1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: warmup_cosine(s, self.warmup_steps, total)
+        return with_warmup_cosine(
+            configured, self.warmup_steps, self.trainer.estimated_stepping_batches
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

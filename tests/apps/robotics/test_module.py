@@ -69,6 +69,10 @@ def test_a_checkpoint_restores_the_normaliser_and_the_policy_acts_the_same(tmp_p
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
     assert module.policy.normalizer is not None
+    # the default per-step warm-up (100 steps) + cosine schedule: 2 steps taken
+    scheduler = trainer.lr_scheduler_configs[0]
+    assert scheduler.interval == "step"
+    assert scheduler.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * 3 / 100)
     path = tmp_path / "policy.ckpt"
     trainer.save_checkpoint(path)
 
