@@ -27,6 +27,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from core.adapters import AdapterConfig
 from core.atomic import atomic_write_text
 from core.training import FineTuneModule
@@ -49,6 +51,24 @@ EVALUATION_FILE = "evaluation.json"
 #: The policy's configuration and normalisation, beside ``adapter/`` (what a user needs to
 #: rebuild the policy from the adapter alone).
 POLICY_FILE = "policy.json"
+
+
+def drop_words(
+    instructions: list[str], p: float, generator: torch.Generator | None = None
+) -> list[str]:
+    """Each instruction with every word dropped with probability ``p`` (torch's RNG, so the
+    run's seed decides); an instruction never loses all its words (one is kept at random)."""
+    out = []
+    for text in instructions:
+        words = text.split()
+        if not words:
+            out.append(text)
+            continue
+        keep = torch.rand(len(words), generator=generator) >= p
+        if not keep.any():
+            keep[torch.randint(len(words), (1,), generator=generator)] = True
+        out.append(" ".join(w for w, k in zip(words, keep.tolist(), strict=True) if k))
+    return out
 
 
 class PolicyModule(FineTuneModule):
@@ -83,6 +103,9 @@ class PolicyModule(FineTuneModule):
         hz_steps: Control steps timed per speed measurement (0: no speed test).
         warmup_steps: Linear warm-up steps of the per-step warm-up + cosine schedule over the
             run (``core.training.schedules``; 0, or a recipe's own ``lr_scheduler``: none).
+        word_dropout: Training-time instruction augmentation: each word of an instruction is
+            dropped with this probability (random deletion, re-embedded by the text tower), so
+            the policy cannot lean on one exact wording; 0 turns it off.
         adapter: The adapter on the image tower's top (the default config: LoRA r = 8); its unset
             ``target_modules`` become the top's layers the method supports.
         **base: The other ``FineTuneModule`` arguments (optimizer, scheduler, regularizers).
@@ -108,6 +131,7 @@ class PolicyModule(FineTuneModule):
         gif_episodes: int = 2,
         hz_steps: int = 20,
         warmup_steps: int = 100,
+        word_dropout: float = 0.0,
         adapter: AdapterConfig | None = None,
         **base: Any,
     ) -> None:
@@ -152,6 +176,9 @@ class PolicyModule(FineTuneModule):
         }
         self.gif_episodes = int(gif_episodes)
         self.warmup_steps = int(warmup_steps)
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"model.word_dropout={word_dropout} must lie in [0, 1)")
+        self.word_dropout = float(word_dropout)
         self.evaluation: dict[str, Any] | None = None
         self._gifs: list[tuple[str, Any, str]] = []
 
@@ -188,6 +215,8 @@ class PolicyModule(FineTuneModule):
 
     # ------------------------------------------------------------------ steps
     def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        if stage == "train" and self.word_dropout > 0:
+            batch = {**batch, "instruction": drop_words(batch["instruction"], self.word_dropout)}
         return {"loss": self.policy.loss(batch), "batch_size": len(batch["instruction"])}
 
     def on_test_epoch_end(self) -> None:
