@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from apps.robotics.data import RoboticsDataModule
 from apps.robotics.module import PolicyModule
@@ -104,3 +105,23 @@ def test_a_run_without_a_logger_writes_no_files(tmp_path, monkeypatch):
     trainer.test(module, datamodule=data)
     assert "success/trained" in {k.removeprefix("test/") for k in trainer.callback_metrics}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def test_word_dropout_keeps_an_ordered_nonempty_subset_of_the_words():
+    from apps.robotics.module import drop_words
+
+    text = "push the red block to the target zone then the blue block"
+    gen = torch.Generator().manual_seed(0)
+    outs = drop_words([text] * 200, 0.5, gen)
+    assert drop_words([text], 0.0) == [text] and drop_words([""], 0.5) == [""]
+    words = text.split()
+    for out in outs:
+        kept = out.split()
+        assert kept, "an instruction never loses every word"
+        it = iter(words)
+        assert all(w in it for w in kept), "a subsequence, in order"
+    mean_kept = sum(len(o.split()) for o in outs) / len(outs) / len(words)
+    assert 0.4 < mean_kept < 0.6
+    assert drop_words([text] * 5, 0.999, torch.Generator().manual_seed(1)) != [text] * 5
+    with pytest.raises(ValueError, match=r"model\.word_dropout"):
+        PolicyModule(word_dropout=1.0, **SMALL)
