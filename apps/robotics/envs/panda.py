@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 
+from apps.robotics.envs.base import EpisodeEnv
 from apps.robotics.envs.instructions import COLOURS
 
 CUBE_HALF = 0.02
@@ -245,7 +246,7 @@ def push_delta(ee: np.ndarray, cube: np.ndarray, goal: np.ndarray) -> np.ndarray
     return np.clip(delta, -MAX_DELTA, MAX_DELTA).astype(np.float32)
 
 
-class PandaPushEnv:
+class PandaPushEnv(EpisodeEnv):
     """Push the named cube onto the target with a pybullet Panda (see the module docstring).
 
     Args:
@@ -363,14 +364,7 @@ class PandaPushEnv:
             ValueError: the action's shape is not ``(2,)`` or it holds NaN / inf.
             RuntimeError: no episode is running (call ``reset`` first, or again after the end).
         """
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (self.action_dim,):
-            raise ValueError(
-                f"action must have shape ({self.action_dim},) (dx, dy) in metres, "
-                f"got {action.shape}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action holds NaN or inf: {action.tolist()}")
+        action = self.checked_action(action, "(dx, dy) in metres")
         if self._done or self._client is None:
             raise RuntimeError("the episode is over or never started: call reset(seed) first")
         delta = np.clip(action, self.action_low, self.action_high)
@@ -453,21 +447,6 @@ class PandaPushEnv:
     def family(self) -> str:
         """The task family (always ``"push_cube"``)."""
         return FAMILY
-
-    @property
-    def instruction(self) -> str:
-        """The instruction the policy sees this episode."""
-        return self._instruction
-
-    @property
-    def success(self) -> bool:
-        """Whether the episode has succeeded."""
-        return self._success
-
-    @property
-    def steps(self) -> int:
-        """Control steps taken this episode."""
-        return self._steps
 
     def ee_position(self) -> np.ndarray:
         """The measured gripper point ``(x, y, z)`` in metres."""

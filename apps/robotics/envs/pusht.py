@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from apps.robotics.envs.base import EpisodeEnv
+
 INSTALL = "pip install gym-pusht==0.1.8"
 ENV_ID = "gym_pusht/PushT-v0"
 OBS_TYPES: tuple[str, ...] = ("pixels_agent_pos", "state")
@@ -100,7 +102,7 @@ def _tee_edges() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return edges
 
 
-class PushTEnv:
+class PushTEnv(EpisodeEnv):
     """gym-pusht's Push-T with the tabletop interface (see the module docstring).
 
     Args:
@@ -172,14 +174,7 @@ class PushTEnv:
             ValueError: the action's shape is not ``(2,)`` or it holds NaN / inf.
             RuntimeError: no episode is running (call ``reset`` first, or again after the end).
         """
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (self.action_dim,):
-            raise ValueError(
-                f"action must have shape ({self.action_dim},) (the agent's target x, y in "
-                f"[0, 512]), got {action.shape}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action holds NaN or inf: {action.tolist()}")
+        action = self.checked_action(action, "(the agent's target x, y in [0, 512])")
         if self._done or not self._started:
             raise RuntimeError("the episode is over or never started: call reset(seed) first")
         raw, reward, terminated, _, info = self._env.step(np.clip(action, 0.0, TABLE))
@@ -253,11 +248,6 @@ class PushTEnv:
     def family(self) -> str:
         """The task family (always ``"pusht"``)."""
         return FAMILY
-
-    @property
-    def instruction(self) -> str:
-        """The instruction the policy sees this episode."""
-        return self._instruction
 
     @property
     def success(self) -> bool:

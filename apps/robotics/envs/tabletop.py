@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pymunk
 
+from apps.robotics.envs.base import EpisodeEnv
 from apps.robotics.envs.instructions import (
     COLOURS,
     FAMILIES,
@@ -221,7 +222,7 @@ def _on_table(point: np.ndarray, margin: float = PUSHER_RADIUS + 1.0) -> bool:
     return bool(np.all(point >= margin) and np.all(point <= WORLD - margin))
 
 
-class TabletopEnv:
+class TabletopEnv(EpisodeEnv):
     """The language-conditioned tabletop (see the module docstring for world, state, success).
 
     Args:
@@ -342,13 +343,7 @@ class TabletopEnv:
             ValueError: the action's shape is not ``(2,)`` or it holds NaN / inf.
             RuntimeError: no episode is running (call ``reset`` first, or again after the end).
         """
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (self.action_dim,):
-            raise ValueError(
-                f"action must have shape ({self.action_dim},) (vx, vy), got {action.shape}"
-            )
-        if not np.all(np.isfinite(action)):
-            raise ValueError(f"action holds NaN or inf: {action.tolist()}")
+        action = self.checked_action(action, "(vx, vy)")
         if self._done or self._space is None:
             raise RuntimeError("the episode is over or never started: call reset(seed) first")
         velocity = np.clip(action, self.action_low, self.action_high)
@@ -395,21 +390,6 @@ class TabletopEnv:
     def family(self) -> str:
         """The episode's task family."""
         return self._require_spec().family
-
-    @property
-    def instruction(self) -> str:
-        """The instruction the policy sees this episode."""
-        return self._instruction
-
-    @property
-    def success(self) -> bool:
-        """Whether the episode has succeeded."""
-        return self._success
-
-    @property
-    def steps(self) -> int:
-        """Control steps taken this episode."""
-        return self._steps
 
     def state(self) -> np.ndarray:
         """The privileged state vector (float32, ``STATE_NAMES`` order; absent objects 0)."""
