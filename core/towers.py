@@ -241,7 +241,12 @@ class TextTower(nn.Module):
         return int(self.encoder.config.hidden_size)
 
     @torch.no_grad()
-    def forward(self, texts: Sequence[str]) -> Tensor:
+    def token_states(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Contextual token states ``(B, L, D)`` and their mask ``(B, L)`` (True = a token).
+
+        What the sentence embedding pools; a model that learns its own pooling (attention
+        over tokens) starts from here.
+        """
         tokens = self.tokenizer(
             list(texts),
             padding=True,
@@ -250,6 +255,11 @@ class TextTower(nn.Module):
             return_tensors="pt",
         )
         hidden = self.encoder(**tokens).last_hidden_state
-        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return hidden, tokens["attention_mask"].bool()
+
+    @torch.no_grad()
+    def forward(self, texts: Sequence[str]) -> Tensor:
+        hidden, mask = self.token_states(texts)
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return F.normalize(pooled, dim=-1)

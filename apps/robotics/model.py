@@ -26,6 +26,7 @@ encoder call each. Tests inject a tiny callable instead (``text_tower=``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -57,6 +58,7 @@ class TextEmbedder:
         self.tower = tower
         self.max_cache = max_cache
         self.cache: dict[str, Tensor] = {}
+        self.token_cache: dict[str, Tensor] = {}
         self.calls = 0  # encoder calls made (a cache hit makes none)
         dim = getattr(tower, "dim", None)
         self.dim = int(dim) if isinstance(dim, int) else int(self._encode([""]).shape[1])
@@ -90,6 +92,35 @@ class TextEmbedder:
             return torch.zeros(0, self.dim)
         return torch.stack([self.cache[s] for s in instructions])
 
+    def tokens(self, instructions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token states ``(B, L, D)`` (zero-padded) and mask ``(B, L)`` of ``instructions``.
+
+        From the tower's ``token_states`` where it has one (MiniLM); a tower with only
+        sentence embeddings gives each instruction as one token (its embedding).
+        """
+        if isinstance(instructions, str):
+            raise TypeError("instructions must be a list of strings, not one string")
+        missing = sorted({s for s in instructions if s not in self.token_cache})
+        if missing:
+            if len(self.token_cache) + len(missing) > self.max_cache:
+                self.token_cache.clear()
+            states = getattr(self.tower, "token_states", None)
+            if callable(states):
+                self.calls += 1
+                hidden, mask = states(missing)
+                for i, text in enumerate(missing):
+                    self.token_cache[text] = hidden[i, mask[i]].detach().float().cpu()
+            else:
+                for text, emb in zip(missing, self(missing), strict=True):
+                    self.token_cache[text] = emb[None]
+        rows = [self.token_cache[s] for s in instructions]
+        length = max((r.shape[0] for r in rows), default=1)
+        out = torch.zeros(len(rows), length, self.dim)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            out[i, : row.shape[0]], mask[i, : row.shape[0]] = row, True
+        return out, mask
+
 
 def build_text_embedder(tower: TextFn | TextEmbedder | None = None) -> TextEmbedder:
     """A :class:`TextEmbedder` around ``tower`` (MiniLM when None; an embedder as is)."""
@@ -97,6 +128,34 @@ def build_text_embedder(tower: TextFn | TextEmbedder | None = None) -> TextEmbed
 
 
 # ----------------------------------------------------------------------------- layers
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling of token states by learned queries, L2-normalised.
+
+    Each of ``heads`` heads weighs the tokens by ``softmax(q_h . k_t / sqrt(d))`` on its
+    slice of the width. The queries start at zero, so at initialisation every token weighs
+    the same and the output is exactly the sentence encoder's mean pooling; training can
+    then turn the attention to the words that decide the task (the colours), which carries
+    over to wording never seen in training (the held-out paraphrases).
+    """
+
+    def __init__(self, dim: int, heads: int = 4) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"text width {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.query = nn.Parameter(torch.zeros(heads, dim // heads))
+
+    def forward(self, states: Tensor, mask: Tensor) -> Tensor:
+        """``states`` ``(B, L, D)``, ``mask`` ``(B, L)`` True at tokens -> ``(B, D)``."""
+        b, length, dim = states.shape
+        split = states.view(b, length, self.heads, dim // self.heads)
+        scores = torch.einsum("blhd,hd->bhl", split, self.query) / math.sqrt(dim // self.heads)
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        weights = scores.softmax(dim=-1)
+        pooled = torch.einsum("bhl,blhd->bhd", weights, split).reshape(b, dim)
+        return F.normalize(pooled, dim=-1)
+
+
 class FiLM(nn.Module):
     """``x * (1 + gamma(c)) + beta(c)`` per channel of a ``(B, C, h, w)`` map.
 
@@ -152,6 +211,8 @@ class VisionLanguageEncoder(nn.Module):
         text_tower: ``list[str] -> (B, D)`` callable or :class:`TextEmbedder`; None = MiniLM.
         seed: Seed of the random initialisation when ``pretrained=False``.
         image_tower: A ready ``SplitEncoder`` to use instead of building one (tests).
+        text_heads: Heads of the attention pooling over the instruction's tokens
+            (:class:`AttentionPool`; zero-initialised, so training starts from mean pooling).
     """
 
     def __init__(
@@ -166,6 +227,7 @@ class VisionLanguageEncoder(nn.Module):
         text_tower: TextFn | TextEmbedder | None = None,
         seed: int = 0,
         image_tower: SplitEncoder | None = None,
+        text_heads: int = 4,
     ) -> None:
         super().__init__()
         if image_tower is None:
@@ -175,6 +237,7 @@ class VisionLanguageEncoder(nn.Module):
         # Held outside the module tree (object.__setattr__): not trained, not saved.
         object.__setattr__(self, "text", build_text_embedder(text_tower))
         self.text_dim = self.text.dim
+        self.text_pool = AttentionPool(self.text_dim, heads=text_heads)
         self.film = FiLM(self.text_dim, self.channels)
         self.keypoints = SpatialSoftmax(self.channels, num_keypoints)
         self.mlp = nn.Sequential(
@@ -197,6 +260,7 @@ class VisionLanguageEncoder(nn.Module):
             "proprio_dim": proprio_dim,
             "hidden_dim": hidden_dim,
             "seed": seed,
+            "text_heads": text_heads,
         }
 
     @staticmethod
@@ -253,9 +317,11 @@ class VisionLanguageEncoder(nn.Module):
         return self.image.feature_map(self.prepare_image(image))
 
     def embed(self, instructions: Sequence[str], device: torch.device | None = None) -> Tensor:
-        """Cached instruction embeddings ``(B, D)`` on ``device``."""
-        emb = self.text(list(instructions))
-        return emb.to(device) if device is not None else emb
+        """Instruction embeddings ``(B, D)``: the cached token states, pooled by the learned
+        :class:`AttentionPool`, on ``device`` (default: the pooling's)."""
+        states, mask = self.text.tokens(list(instructions))
+        device = device if device is not None else self.text_pool.query.device
+        return self.text_pool(states.to(device), mask.to(device))
 
     def keypoints_of(self, image: Tensor, text: Tensor) -> Tensor:
         """``(B, K, 2)`` keypoints of the FiLM-conditioned map (``text``: embeddings)."""
@@ -270,7 +336,8 @@ class VisionLanguageEncoder(nn.Module):
         Args:
             image: ``(B, 3, H, W)`` pixels or ``(B, C, h, w)`` trunk features.
             proprio: ``(B, proprio_dim)`` normalised proprioception.
-            instructions: ``B`` strings, or their ``(B, D)`` embeddings.
+            instructions: ``B`` strings, or ready ``(B, D)`` embeddings (used as they are,
+                without the attention pooling).
         """
         if isinstance(instructions, Tensor):
             text = instructions.float()

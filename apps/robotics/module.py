@@ -14,7 +14,7 @@ MiniLM towers, FiLM, spatial softmax, one action head) in the core's ``FineTuneM
   the tables (:func:`apps.robotics.report.add_evaluation`).
 
 What trains: ``adapter`` (default LoRA on the image tower's top block) plus the new layers
-(FiLM, keypoints, MLP, action head) as the adapter's ``modules_to_save``; with
+(instruction pooling, FiLM, keypoints, MLP, action head) as the adapter's ``modules_to_save``; with
 ``adapter: null``, ``train_top`` picks full fine-tuning of the top block (True) or only the
 new layers (False). The trunk is always frozen, which is what lets the data module cache its
 features.

@@ -15,9 +15,9 @@ What trains is chosen by ``finetune``:
 
 - ``"adapter"``: an adapter from ``core.adapters`` on the image tower's ``top`` (``"lora"``,
   ``"dora"``, ``"ssf"``, or any ``AdapterConfig``); every pretrained weight is frozen, and
-  the new layers (FiLM, keypoints, MLP, action head) train in full as the adapter's
-  ``modules_to_save``, so ``core.adapters.save_adapter(policy, dir)`` writes exactly what
-  was trained (the text tower is never part of it).
+  the new layers (instruction pooling, FiLM, keypoints, MLP, action head) train in full as
+  the adapter's ``modules_to_save``, so ``core.adapters.save_adapter(policy, dir)`` writes
+  exactly what was trained (the text tower is never part of it).
 - ``"top"``: the top block(s) train in full (the prototype's setting), plus the new layers.
 - ``"frozen"``: only the new layers train.
 
@@ -41,7 +41,7 @@ FINETUNE_MODES = ("adapter", "top", "frozen")
 #: Adapter methods with a ready configuration (:func:`adapter_config`).
 ADAPTER_METHODS = ("lora", "dora", "ssf", "bottleneck")
 #: The policy's layers that are new (not pretrained): trained in full in every mode.
-NEW_MODULES = ("encoder.film", "encoder.keypoints", "encoder.mlp", "head")
+NEW_MODULES = ("encoder.text_pool", "encoder.film", "encoder.keypoints", "encoder.mlp", "head")
 #: Where the image tower's top sits in the policy's module names.
 TOP_PREFIX = "encoder.image.top."
 BATCH_KEYS = ("image", "proprio", "instruction", "action")
@@ -220,8 +220,8 @@ class VLAPolicy(nn.Module):
                 self.get_submodule(name).requires_grad_(True)
 
     def parameter_counts(self) -> dict[str, int]:
-        """Parameter counts: ``trainable``, ``adapter``, ``new`` (FiLM + keypoints + MLP +
-        head), ``top`` (trainable top weights), ``frozen`` (text tower not included)."""
+        """Parameter counts: ``trainable``, ``adapter``, ``new`` (pooling + FiLM + keypoints +
+        MLP + head), ``top`` (trainable top weights), ``frozen`` (text tower not included)."""
         from core.adapters import adapter_layers
 
         adapter = sum(

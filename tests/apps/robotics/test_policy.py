@@ -74,6 +74,25 @@ def batch(n: int = 3) -> dict:
 
 
 # ----------------------------------------------------------------------------- encoder
+def test_attention_pooling_starts_as_the_sentence_encoders_mean_pooling():
+    from apps.robotics.model import AttentionPool
+
+    g = torch.Generator().manual_seed(0)
+    states, mask = torch.randn(3, 5, 8, generator=g), torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    pool = AttentionPool(8, heads=2)
+    mean = torch.stack([states[i, mask[i]].mean(0) for i in range(3)])
+    torch.testing.assert_close(pool(states, mask), torch.nn.functional.normalize(mean, dim=-1))
+    with torch.no_grad():
+        pool.query[0, 0] = 50.0  # head 0 now looks at the token with the largest first entry
+    out = pool(states, mask)
+    top = states[0, mask[0], 0].argmax()
+    head0 = torch.nn.functional.normalize(out[0], dim=-1)[:4]
+    assert torch.allclose(head0 / head0.norm(), states[0, top, :4] / states[0, top, :4].norm(),
+                          atol=1e-3)  # fmt: skip
+    assert not torch.isnan(pool(states, mask)).any()
+
+
 def test_pixels_and_cached_trunk_features_give_the_same_output(tower):
     encoder = make_encoder(tower).eval()
     images = pixels()
@@ -144,7 +163,9 @@ def test_text_embeddings_are_cached_frozen_and_not_saved(tower):
     encoder = make_encoder(tower, text_tower=embedder)
     assert encoder.text is embedder
     names = [n for n, _ in encoder.named_parameters()] + list(encoder.state_dict())
-    assert not any("text" in n for n in names)
+    # the tower is neither trained nor saved; only the learned pooling over its tokens is
+    assert not any(n.split(".")[0] == "text" for n in names)
+    assert {n for n in names if n.startswith("text_pool")} == {"text_pool.query"}
 
 
 # ----------------------------------------------------------------------------- finetune modes
@@ -200,7 +221,8 @@ def test_adapters_attach_to_the_top_and_only_they_and_the_new_layers_train(tower
 
     keys = load_file(str(tmp_path / method / "adapter_model.safetensors")).keys()
     assert any("head." in k for k in keys) and any("encoder.film" in k for k in keys)
-    assert not any("text" in k or "trunk" in k for k in keys)
+    assert any("text_pool.query" in k for k in keys)  # the learned pooling: a new layer
+    assert not any(".text." in k or "text.tower" in k or "trunk" in k for k in keys)
 
 
 def test_bottleneck_needs_linear_layers_the_conv_top_lacks(tower):
