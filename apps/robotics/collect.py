@@ -65,8 +65,22 @@ SEED_STRIDE = 1_000_003
 
 
 def episode_seed(seed: int, i: int) -> int:
-    """The env seed of candidate episode ``i`` of a collection run with ``seed``."""
-    return seed * SEED_STRIDE + i
+    """The env seed of candidate episode ``i`` of a collection run with ``seed``.
+
+    Raises:
+        ValueError: the seed would reach the held-out evaluation seeds
+            (``apps.robotics.evaluation.EVAL_SEED_BASE``): use a smaller run seed.
+    """
+    from apps.robotics.evaluation import EVAL_SEED_BASE
+
+    env_seed = seed * SEED_STRIDE + i
+    if env_seed >= EVAL_SEED_BASE:
+        raise ValueError(
+            f"collection seed {seed} (candidate {i}) gives env seed {env_seed}, inside the "
+            f"held-out evaluation seeds (from {EVAL_SEED_BASE}); use a run seed below "
+            f"{EVAL_SEED_BASE // SEED_STRIDE}"
+        )
+    return env_seed
 
 
 @dataclass

@@ -26,9 +26,10 @@ and scenes:
 - ``paraphrase``: drawn from the held-out paraphrases (the env built with ``paraphrase=True``);
 - ``blank``: the instruction is ``""``; a policy that still succeeds is not using language.
 
-Seeds: evaluation seeds are ``EVAL_SEED_BASE + i`` (``EVAL_SEED_BASE`` = 1,000,000), while the
-demonstration collector uses small seeds (``0 .. episodes - 1``), so no evaluated scene is a
-training scene. Use :func:`eval_seeds` rather than building seed lists by hand.
+Seeds: evaluation seeds are ``EVAL_SEED_BASE + i`` (``EVAL_SEED_BASE`` = 10**9), while the
+demonstration collector uses ``seed * 1_000_003 + i`` (``apps.robotics.collect.episode_seed``),
+which stays below it for every run seed under 999 and refuses to reach it, so no evaluated
+scene is a training scene. Use :func:`eval_seeds` rather than building seed lists by hand.
 
 Baselines (:func:`baseline_policies`), computed by the same :func:`rollout` on the same seeds
 with the trained wording (none of them reads the instruction, so the other conditions would
@@ -84,7 +85,7 @@ __all__ = [
 ]
 
 #: First evaluation seed; the collector's demonstration seeds stay far below it.
-EVAL_SEED_BASE = 1_000_000
+EVAL_SEED_BASE = 1_000_000_000
 #: Instruction conditions ``rollout`` / ``evaluate`` know (see the module docstring).
 INSTRUCTION_MODES: tuple[str, ...] = ("trained", "paraphrase", "blank")
 #: Baseline names, in report order.

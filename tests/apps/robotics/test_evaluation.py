@@ -88,7 +88,15 @@ class OpenLoopExecutor:
 
 
 def test_eval_seeds_are_held_out():
+    from apps.robotics.collect import episode_seed
+
     assert EVAL_SEED_BASE >= 1_000_000
+    held_out = set(eval_seeds(1000))
+    # the benchmark's seeds 0-2 (and any run seed below 999) record other scenes
+    for seed in (0, 1, 2, 998):
+        assert not held_out & {episode_seed(seed, i) for i in range(5000)}
+    with pytest.raises(ValueError, match="held-out evaluation seeds"):
+        episode_seed(EVAL_SEED_BASE // 1_000_003, 10**6)
     assert eval_seeds(3) == [EVAL_SEED_BASE, EVAL_SEED_BASE + 1, EVAL_SEED_BASE + 2]
     with pytest.raises(ValueError, match="num_episodes"):
         eval_seeds(0)
