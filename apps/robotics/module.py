@@ -205,7 +205,7 @@ class PolicyModule(FineTuneModule):
 
     def configure_optimizers(self) -> Any:
         """The base optimizer with a per-step warm-up + cosine schedule over the run's steps
-        (behaviour cloning gains from the decay at the end; measured in docs/robotics.md)."""
+        (``max_steps`` or what ``max_epochs`` amounts to), unless the recipe sets its own."""
         configured = super().configure_optimizers()
         if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
             return configured
