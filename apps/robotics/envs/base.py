@@ -13,7 +13,8 @@ import numpy as np
 class EpisodeEnv:
     """Base of the envs: ``instruction``, ``success``, ``steps`` and :meth:`checked_action`.
 
-    Subclasses set ``action_dim`` and keep ``self._instruction``, ``self._success`` and
+    Subclasses provide ``reset(seed)``, ``step(action)`` and ``expert_action()``, set
+    ``action_dim`` and keep ``self._instruction``, ``self._success`` and
     ``self._steps`` up to date in ``reset`` and ``step``.
     """
 
@@ -36,6 +37,16 @@ class EpisodeEnv:
     def steps(self) -> int:
         """Control steps taken this episode."""
         return self._steps
+
+    def expert_episode(self, seed: int) -> dict:
+        """Play one episode from ``reset(seed)`` with the env's scripted expert; return the
+        last step's ``info`` (its ``success``, ``step``, ...)."""
+        self.reset(seed)
+        done = False
+        while not done:
+            _, _, terminated, truncated, info = self.step(self.expert_action())
+            done = terminated or truncated
+        return info
 
     def checked_action(self, action: np.ndarray, meaning: str) -> np.ndarray:
         """``action`` as float64 after checking its shape and values.

@@ -609,11 +609,7 @@ def expert_success_rate(seeds: Iterable[int], camera: bool = False) -> dict[str,
     wins, steps, episodes = 0, 0, 0
     try:
         for seed in seeds:
-            env.reset(seed)
-            done = False
-            while not done:
-                _, _, terminated, truncated, info = env.step(env.expert_action())
-                done = terminated or truncated
+            info = env.expert_episode(seed)
             wins += int(info["success"])
             steps += info["step"]
             episodes += 1

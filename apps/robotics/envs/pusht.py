@@ -315,11 +315,7 @@ def expert_coverage(seeds: Iterable[int], max_steps: int = MAX_STEPS) -> dict[st
     env = PushTEnv(obs_type="state", max_steps=max_steps)
     final, best, wins, episodes = 0.0, 0.0, 0, 0
     for seed in seeds:
-        env.reset(seed)
-        done = False
-        while not done:
-            _, _, terminated, truncated, info = env.step(env.expert_action())
-            done = terminated or truncated
+        info = env.expert_episode(seed)
         final += info["coverage"]
         best += info["max_coverage"]
         wins += int(info["success"])
