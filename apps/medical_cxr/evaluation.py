@@ -134,6 +134,7 @@ def write_eval_files(ev: Evaluation) -> Path:
     atomic_write_text(out / "hyps.txt", "".join(f"{t}\n" for t in ev.hyps))
     atomic_write_text(out / "ids.txt", "".join(f"{r['study_id']}\n" for r in ev.records))
     payload = {"split": ev.split, "seed": ev.seed, "n": len(ev.records)}
+    payload["distinct_reports"] = len(set(ev.hyps))
     payload["uncertain_as"] = ev.uncertain_as
     text = json.dumps({**payload, **ev.metrics}, indent=2) + "\n"
     atomic_write_text(out / "metrics.json", text)
@@ -147,9 +148,18 @@ def write_eval_files(ev: Evaluation) -> Path:
 
 
 def example_order(refs: Sequence[str]) -> list[int]:
-    """Indices of the reports to show first: those with a finding (not "no acute ...", not
-    short), then the others, each group in test order."""
-    return sorted(range(len(refs)), key=lambda i: "no acute" in refs[i] or len(refs[i]) < 60)
+    """Indices of the reports to show, abnormal studies first: one study per finding in
+    turn (the first reference positive for it; findings in :data:`CHEXPERT_LABELS` order,
+    "No Finding" last), then the remaining studies in test order."""
+    labels = [label_report(text) for text in refs]
+    chosen: list[int] = []
+    for name in [*CHEXPERT_LABELS[1:], CHEXPERT_LABELS[0]]:
+        first = next(
+            (i for i, lab in enumerate(labels) if lab.get(name) == 1 and i not in chosen), None
+        )
+        if first is not None:
+            chosen.append(first)
+    return chosen + [i for i in range(len(refs)) if i not in set(chosen)]
 
 
 def evaluation_report(
@@ -172,7 +182,10 @@ def evaluation_report(
     if shown and all("image" in records[i] for i in shown):
         figures[f"examples_{split}"] = examples_figure([records[i]["image"] for i in shown])
     intro = [SYNTHETIC_NOTE] if source == "embedded" else []
-    intro.append(f"{len(records)} studies; uncertain labels count as {ev.uncertain_as}.")
+    intro.append(
+        f"{len(records)} studies, {len(set(hyps))} distinct generated reports; uncertain "
+        f"labels count as {ev.uncertain_as}."
+    )
     per_label = [
         "| observation | ref + | hyp + | P | R | F1 |",
         "|---|---|---|---|---|---|",

@@ -150,6 +150,38 @@ def precision_recall_f1(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
+#: Candidate decision thresholds of :func:`best_f1_thresholds`.
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def best_f1_thresholds(
+    probs: np.ndarray | Tensor,
+    targets: np.ndarray | Tensor,
+    grid: Sequence[float] = THRESHOLD_GRID,
+    default: float = 0.5,
+) -> np.ndarray:
+    """Per label, the threshold of ``grid`` with the highest F1 of ``probs > t``.
+
+    Ties go to the highest threshold (fewer false alarms); a label without a positive in
+    ``targets`` keeps ``default`` (no F1 to maximise). Used on the validation split to turn a
+    finding classifier's probabilities into the states of a label prompt.
+    """
+    p = _as_numpy(probs, "probs").astype(float)
+    y = _as_numpy(targets, "targets").astype(bool)
+    if p.shape != y.shape or p.ndim != 2:
+        raise ValueError(f"probs {p.shape} and targets {y.shape} must be equal 2-D shapes")
+    out = np.full(p.shape[1], default, dtype=float)
+    for j in range(p.shape[1]):
+        if not y[:, j].any():
+            continue
+        scores = [
+            precision_recall_f1(y[:, j : j + 1], p[:, j : j + 1] > t)["ce_f1_macro"] for t in grid
+        ]
+        best = max(scores)
+        out[j] = max(t for t, f in zip(grid, scores, strict=True) if f == best)
+    return out
+
+
 def clinical_efficacy(
     references: Sequence[str], hypotheses: Sequence[str], uncertain_as: int = 0
 ) -> dict[str, float]:
@@ -236,6 +268,8 @@ __all__ = [
     "CE_KEYS",
     "CHEXPERT_LABELS",
     "NLG_KEYS",
+    "THRESHOLD_GRID",
+    "best_f1_thresholds",
     "clinical_efficacy",
     "clinical_f1_per_report",
     "dice_score",

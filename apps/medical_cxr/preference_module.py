@@ -36,13 +36,17 @@ ARCH_KEYS = (
     "decoder_heads",
     "vocab_size",
     "max_text_tokens",
+    "label_prompt",
 )
+#: Of :data:`ARCH_KEYS`, those a checkpoint written before they existed may lack (their
+#: default then holds).
+OPTIONAL_ARCH_KEYS = ("label_prompt",)
 
 
 def sft_architecture(path: str) -> dict[str, Any]:
     """The :data:`ARCH_KEYS` an SFT checkpoint was trained with (all of them, or an error)."""
     arch = architecture(read_checkpoint(path), ARCH_KEYS)
-    missing = [k for k in ARCH_KEYS if k not in arch]
+    missing = [k for k in ARCH_KEYS if k not in arch and k not in OPTIONAL_ARCH_KEYS]
     if missing:
         raise ValueError(
             f"model.pretrained {path!r} is not a report-generation checkpoint (its "

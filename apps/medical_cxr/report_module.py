@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -21,7 +23,13 @@ from core.training.report import TestReport
 from .data import run_seed
 from .encoder_module import EncoderModule
 from .evaluation import Evaluation, evaluation_report, write_eval_files
-from .metrics import clinical_efficacy, nlg_metrics
+from .metrics import (
+    best_f1_thresholds,
+    clinical_efficacy,
+    macro_auroc,
+    nlg_metrics,
+    precision_recall_f1,
+)
 from .model import (
     ImageEncoder,
     ReportGenerator,
@@ -44,6 +52,14 @@ def given_tokenizer(
     if decoder_pretrained and (Path(decoder_pretrained) / "tokenizer.json").is_file():
         return load_report_tokenizer(decoder_pretrained)
     return None
+
+
+def balanced_pos_weight(targets: Tensor, cap: float = 20.0) -> Tensor:
+    """Per observation ``sqrt(negatives / positives)`` of binary ``targets`` ``(N, 14)``,
+    clipped to ``[1, cap]`` (an observation without positives gets ``cap``)."""
+    positives = targets.float().sum(0)
+    ratio = (len(targets) - positives) / positives.clamp(min=1e-9)
+    return ratio.sqrt().clamp(min=1.0, max=cap)
 
 
 class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
@@ -76,8 +92,23 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         meteor: Compute METEOR at test (it starts a Java process; skipped with a warning
             where Java is missing).
         label_loss_weight: Weight of an auxiliary BCE loss that predicts the report's 14
-            CheXpert labels from the pooled image tokens (0: off). It teaches the encoder the
-            findings early, so the decoder learns to read them from the visual prefix.
+            CheXpert labels from the pooled image tokens (0: off): the finding classifier.
+            It teaches the encoder the findings early, so the decoder learns to read them
+            from the visual prefix.
+        balance_label_loss: Weigh each observation's positives in that BCE by
+            ``sqrt(negatives / positives)`` of the training split (at most 20): rare
+            findings are not drowned by "No Finding".
+        label_prompt: Condition the decoder on the finding classifier's predictions, one
+            prompt token per observation (:class:`~.model.ReportGenerator`). Each
+            observation's decision threshold is the one with the best F1 on the validation
+            split, re-chosen after every validation and saved with the weights.
+        prompt_teacher_forcing: Share of training batches whose label prompt holds the
+            reference report's labels (positive / uncertain / negative) instead of the
+            classifier's predictions (1: always the reference's; 0: always the predictions).
+        encoder_epochs: Train the encoder and the finding classifier for this many epochs,
+            then freeze them (batch-norm statistics included) and train the rest on their
+            outputs, computed once per study and kept in memory: the decoder gets many
+            cheap epochs after a few costly joint ones. ``None``: never freeze.
         **kwargs: The encoder's options and ``pretrained`` (:class:`EncoderModule`) and the
             :class:`~core.training.FineTuneModule` options, passed through.
     """
@@ -98,10 +129,25 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         num_examples: int = 6,
         meteor: bool = True,
         label_loss_weight: float = 0.0,
+        balance_label_loss: bool = False,
+        label_prompt: bool = False,
+        prompt_teacher_forcing: float = 1.0,
+        encoder_epochs: int | None = None,
         **kwargs: Any,
     ) -> None:
         if label_loss_weight < 0:
             raise ValueError(f"model.label_loss_weight={label_loss_weight} must be >= 0.")
+        if not 0 <= prompt_teacher_forcing <= 1:
+            raise ValueError(
+                f"model.prompt_teacher_forcing={prompt_teacher_forcing} must lie in [0, 1]."
+            )
+        if encoder_epochs is not None and encoder_epochs < 0:
+            raise ValueError(f"model.encoder_epochs={encoder_epochs} must be >= 0 (or null).")
+        if label_prompt and label_loss_weight == 0 and not kwargs.get("pretrained"):
+            raise ValueError(
+                "model.label_prompt needs a trained finding classifier: set "
+                "model.label_loss_weight > 0 (e.g. 1.0)."
+            )
         if max_text_tokens < 4 or max_new_tokens < 1 or num_beams < 1:
             raise ValueError(
                 f"model.max_text_tokens={max_text_tokens} (>= 4), model.max_new_tokens="
@@ -119,7 +165,7 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
             decoder = build_decoder(
                 vocab, decoder_pretrained, decoder_hidden, decoder_layers, decoder_heads
             )
-            return ReportGenerator(encoder, decoder)
+            return ReportGenerator(encoder, decoder, label_prompt=label_prompt)
 
         super().__init__(network=network, **kwargs)
         self.tokenizer = tok
@@ -134,6 +180,14 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         self.num_examples = num_examples
         self.meteor = meteor
         self.label_loss_weight = label_loss_weight
+        self.balance_label_loss = balance_label_loss
+        self.label_prompt = label_prompt
+        self.prompt_teacher_forcing = prompt_teacher_forcing
+        self.label_pos_weight: Tensor | None = None
+        self.encoder_epochs = encoder_epochs
+        self.encoder_frozen = False
+        self._token_cache: dict[str, Tensor] = {}
+        self._val_labels: list[tuple[Tensor, Tensor]] = []
         self._records: list[dict[str, Any]] = []
         self._evaluation: Evaluation | None = None
 
@@ -150,6 +204,14 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
             self.tokenizer = cached_report_tokenizer(
                 datamodule.train_texts(), self.vocab_size, getattr(datamodule, "cache_dir", None)
             )
+        if self.balance_label_loss and stage == "fit" and self.label_pos_weight is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            train = getattr(datamodule, "sets", {}).get("train")
+            if train is None:
+                raise ValueError(
+                    "model.balance_label_loss needs the training labels of a CxrDataModule."
+                )
+            self.label_pos_weight = balanced_pos_weight(train.targets)
         super().setup(stage)
 
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
@@ -163,18 +225,77 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         """Next-token logits of the reports ``input_ids`` given the images."""
         return self.model(images, input_ids, attention_mask)
 
+    # ------------------------------------------------------------------ frozen encoder
+    def train(self, mode: bool = True) -> ReportGenModule:
+        """As ``nn.Module.train``, but a frozen encoder stays in eval mode."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.model.encoder.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        """Freeze the encoder and the finding classifier once ``encoder_epochs`` are done."""
+        done = self.encoder_epochs is not None and self.current_epoch >= self.encoder_epochs
+        if done and not self.encoder_frozen:
+            self.freeze_encoder()
+
+    def freeze_encoder(self) -> None:
+        """Stop training the encoder and the finding classifier; cache their outputs."""
+        self.model.encoder.requires_grad_(False).eval()
+        self.model.label_head.requires_grad_(False)
+        self.encoder_frozen = True
+        self._token_cache = {}
+
+    def image_tokens(self, batch: dict[str, Any]) -> Tensor | None:
+        """The frozen encoder's tokens of the batch's studies (computed once per study id),
+        or ``None`` while the encoder trains."""
+        if not self.encoder_frozen:
+            return None
+        ids = batch["study_id"]
+        new = [i for i, study in enumerate(ids) if study not in self._token_cache]
+        if new:
+            with torch.no_grad():
+                tokens = self.model.encoder(batch["image"][new])
+            if not self._token_cache:
+                self._warn_if_cache_is_large(tokens[0])
+            self._token_cache.update((ids[i], t) for i, t in zip(new, tokens, strict=True))
+        return torch.stack([self._token_cache[study] for study in ids])
+
+    def _warn_if_cache_is_large(self, one: Tensor, limit_gib: float = 4.0) -> None:
+        """Warn when caching every study's tokens would take more than ``limit_gib``."""
+        sets = getattr(getattr(self.trainer, "datamodule", None), "sets", {})
+        studies = sum(len(split) for split in sets.values())
+        gib = studies * one.numel() * one.element_size() / 2**30
+        if gib > limit_gib:
+            rank_zero_warn(
+                f"the frozen encoder's tokens of {studies} studies take {gib:.1f} GiB of "
+                "memory; set model.encoder_epochs=null on large data sets (the encoder then "
+                "runs on every batch)."
+            )
+
     def calibration_forward(self, batch: dict[str, Any]) -> Tensor:
         """One training batch through the network (for data-dependent adapter inits)."""
         ids, mask = self.encode(batch["text"])
         return self(batch["image"].to(self.device), ids, mask)
 
     def token_loss(
-        self, images: Tensor, texts: list[str], labels: Tensor | None = None
+        self,
+        images: Tensor,
+        texts: list[str],
+        labels: Tensor | None = None,
+        states: Tensor | None = None,
+        tokens: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Mean next-token cross-entropy over report tokens (``token_loss``), token accuracy
-        and, with ``labels`` and ``label_loss_weight``, the auxiliary label BCE."""
+        and, with ``labels`` and ``label_loss_weight``, the auxiliary label BCE.
+
+        ``states``: the label prompt to condition on (``None``: the classifier's);
+        ``tokens``: the images' encoder outputs when known (:meth:`image_tokens`).
+        """
         ids, mask = self.encode(texts)
-        logits, label_logits = self.model(images, ids, mask, return_label_logits=True)
+        logits, label_logits = self.model(
+            images, ids, mask, return_label_logits=True, states=states, tokens=tokens
+        )
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
         valid = targets != -100
@@ -183,11 +304,18 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
             "token_acc": (logits.argmax(-1) == targets)[valid].float().mean(),
         }
         if labels is not None and self.label_loss_weight > 0:
-            out["label_loss"] = F.binary_cross_entropy_with_logits(label_logits.float(), labels)
+            weight = self.label_pos_weight
+            out["label_loss"] = F.binary_cross_entropy_with_logits(
+                label_logits.float(),
+                labels,
+                pos_weight=None if weight is None else weight.to(labels.device),
+            )
+        out["label_probs"] = torch.sigmoid(label_logits.detach().float())
         return out
 
     def generate_reports(self, images: Tensor, **overrides: Any) -> list[str]:
-        """Reports for a batch of images (beam search unless ``do_sample=True``)."""
+        """Reports for a batch of images (beam search unless ``do_sample=True``); the
+        overrides are :meth:`~.model.ReportGenerator.generate` options."""
         tok = self.tokenizer
         assert tok is not None
         options = {**self.decoding, **overrides}
@@ -201,7 +329,16 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         images = batch["image"]
         if stage == "predict":
             return {"study_id": batch["study_id"], "report": self.generate_reports(images)}
-        parts = self.token_loss(images, batch["text"], batch.get("labels"))
+        states = None
+        if self.label_prompt and stage == "train" and "label_states" in batch:
+            share = self.prompt_teacher_forcing
+            if share >= 1 or (share > 0 and torch.rand(()).item() < share):
+                states = batch["label_states"]
+        tokens = self.image_tokens(batch)
+        parts = self.token_loss(images, batch["text"], batch.get("labels"), states, tokens)
+        probs = parts.pop("label_probs")
+        if stage == "val" and "labels" in batch:
+            self._val_labels.append((probs.cpu(), batch["labels"].cpu()))
         loss = parts["token_loss"]
         if "label_loss" in parts:
             loss = loss + self.label_loss_weight * parts["label_loss"]
@@ -209,7 +346,7 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
         out = {**parts, "loss": loss if stage == "train" else parts["token_loss"]}
         out["batch_size"] = len(batch["text"])
         if stage == "test":
-            for i, hyp in enumerate(self.generate_reports(images)):
+            for i, hyp in enumerate(self.generate_reports(images, tokens=tokens)):
                 self._records.append(
                     {
                         "study_id": batch["study_id"][i],
@@ -219,6 +356,27 @@ class ReportGenModule(TokenizerCheckpointMixin, EncoderModule):
                     }
                 )
         return out
+
+    # ------------------------------------------------------------------ thresholds
+    def on_validation_epoch_start(self) -> None:
+        """Start collecting the finding classifier's validation probabilities."""
+        self._val_labels = []
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the classifier's validation macro AUROC; with a label prompt, set each
+        observation's threshold to the one with the best validation F1 and log that F1."""
+        if not self._val_labels or self.label_loss_weight == 0:
+            return
+        probs = torch.cat([p for p, _ in self._val_labels]).numpy()
+        targets = torch.cat([t for _, t in self._val_labels]).numpy()
+        self._val_labels = []
+        auroc, _ = macro_auroc(probs, targets.astype(int))
+        self.log("val/label_auroc", auroc)
+        if self.label_prompt and not self.trainer.sanity_checking:
+            thresholds = best_f1_thresholds(probs, targets)
+            self.model.thresholds.copy_(torch.as_tensor(thresholds))
+            f1 = precision_recall_f1(targets, probs > thresholds)["ce_f1_macro"]
+            self.log("val/label_f1_macro", f1)
 
     # ------------------------------------------------------------------ test outputs
     def on_test_epoch_start(self) -> None:

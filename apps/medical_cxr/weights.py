@@ -89,26 +89,56 @@ def load_network_state(network: nn.Module, checkpoint: dict[str, Any], path: str
         ) from err
 
 
-def load_state(module: nn.Module, path: str | Path, what: str) -> None:
-    """Load a local state-dict file (torch or safetensors) into ``module``; shapes must match.
+def load_state(module: nn.Module, path: str | Path, what: str, arch: str = "") -> None:
+    """Load a local state-dict file (torch or safetensors) into ``module``.
+
+    Every tensor of ``module`` must be in the file with its shape (a classifier the module
+    lacks, e.g. ImageNet ``classifier.*``, may be left over): a partly matching file would
+    silently leave the rest random.
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: None of its tensors belongs to ``module``.
+        ValueError: The file cannot be read, or does not fit ``module`` (the error names the
+            file, the expected architecture ``arch`` and the fix).
     """
     file = Path(path)
+    expected = (
+        f"a state dict of the {arch} architecture"
+        if arch
+        else "a state dict of the same architecture"
+    )
+    fix = f"give {expected}, or leave {what} empty to start from random weights"
     if not file.is_file():
-        raise FileNotFoundError(f"{what} {str(file)!r} does not exist.")
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        raise FileNotFoundError(f"{what} {str(file)!r} does not exist; {fix}.")
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(file))
-    else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, _ = module.load_state_dict(state, strict=False)
-    if len(missing) == len(module.state_dict()):
+            state = load_file(str(file))
+        else:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+    except Exception as err:  # truncated, corrupt, or not a weights file
         raise ValueError(
-            f"{what} {str(file)!r} matches none of the model's parameters (e.g. it has "
-            f"{list(state)[:3]}); give a checkpoint of the same architecture."
+            f"{what} {str(file)!r} cannot be read as weights ({type(err).__name__}); {fix}."
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{what} {str(file)!r} does not hold a state dict; {fix}.")
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    if len(missing) == len(own):
+        raise ValueError(
+            f"{what} {str(file)!r} matches none of the model's parameters (it has e.g. "
+            f"{list(state)[:3]}, the model expects e.g. {list(own)[:3]}); {fix}."
         )
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or wrong:
+        bad = ", ".join(
+            [f"{k} missing" for k in missing[:3]]
+            + [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in wrong[:3]]
+        )
+        raise ValueError(
+            f"{what} {str(file)!r} does not fit the encoder ({len(missing)} tensors missing, "
+            f"{len(wrong)} of another shape: {bad}); {fix}."
+        )
+    module.load_state_dict({k: state[k] for k in own})

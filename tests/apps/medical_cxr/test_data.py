@@ -116,3 +116,14 @@ def test_non_utf8_split_file_names_file_and_line(fast_embedded, tmp_path):
     with pytest.raises(ValueError, match=r"test\.txt: line 2, column 5: byte 0xa0") as err:
         dm.split_ids(fast_embedded)
     assert "re-save the file as UTF-8" in str(err.value)
+
+
+def test_balanced_weights_follow_the_rarest_positive_finding():
+    from apps.medical_cxr.data import balanced_weights
+
+    targets = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 0]], dtype=torch.float32)
+    # shares 3/5 and 1/5: rows weigh sqrt(5/3), sqrt(5); the unlabeled row the mean of those
+    raw = [5 / 3, 5 / 3, 5 / 3, 5.0]
+    raw.append(sum(raw) / 4)
+    expected = torch.tensor(raw).sqrt()
+    assert torch.allclose(balanced_weights(targets), expected / expected.sum())

@@ -27,7 +27,7 @@ def save(module: EncoderModule, path) -> str:
 
 def test_both_tasks_build_the_same_encoder_from_the_same_options():
     torch.manual_seed(0)
-    report = ReportGenModule(**TINY_ARCH, encoder="vit_tiny")
+    report = ReportGenModule(**TINY_ARCH | {"encoder": "vit_tiny"})
     torch.manual_seed(0)
     classifier = ClassifierModule(**ENCODER, encoder="vit_tiny")
     a, b = report.model.encoder.state_dict(), classifier.model.encoder.state_dict()

@@ -63,7 +63,8 @@ def test_eval_files(tmp_path):
     assert (out / "hyps.txt").read_text().splitlines() == HYPS
     assert (out / "ids.txt").read_text() == "S0\nS1\nS2\n"
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved == {"split": "test", "seed": 3, "n": 3, "uncertain_as": 0, **METRICS}
+    expected = {"split": "test", "seed": 3, "n": 3, "distinct_reports": 2, "uncertain_as": 0}
+    assert saved == {**expected, **METRICS}
     lines = (out / "per_label.csv").read_text().splitlines()
     assert lines[0] == "observation,ref_positives,hyp_positives,precision,recall,f1"
     assert len(lines) == 15 and ev.per_label == per_label_table(REFS, HYPS, 0)
@@ -79,7 +80,8 @@ def test_report_text_and_figures(tmp_path):
     text = report.markdown()
     head = "# Chest X-ray report generation: test split, seed 0\n\n"
     assert text.startswith(
-        head + SYNTHETIC_NOTE + "\n\n3 studies; uncertain labels count as 0.\n\n"
+        head + SYNTHETIC_NOTE + "\n\n3 studies, 2 distinct generated reports; uncertain "
+        "labels count as 0.\n\n"
     )
     assert list(report.sections) == [
         "Metrics", "Per observation", "Plots", "Generated reports beside their references"
@@ -93,7 +95,7 @@ def test_report_text_and_figures(tmp_path):
         "![per_label](per_label_test.png)\n![examples](examples_test.png)"
     )
     assert "## Figures" not in text
-    # Examples: the reports with a finding first, then the "no acute" one; then the files.
+    # Examples: one study per finding first (S0 cardiomegaly, S2 opacity); then the files.
     examples = report.sections["Generated reports beside their references"]
     assert examples.index("**#1 S0**") < examples.index("**#2 S2**") and "S1" not in examples
     assert examples.endswith("Files: `eval/test_seed0/` (refs.txt, hyps.txt, metrics.json).")
@@ -110,3 +112,19 @@ def test_intro_report_puts_the_intro_under_the_title():
     assert IntroReport("T", sections={"A": "a"}, intro="hello").markdown() == (
         "# T\n\nhello\n\n## A\n\na\n"
     )
+
+
+def test_examples_show_one_abnormal_study_per_finding_first():
+    from apps.medical_cxr.evaluation import example_order
+
+    refs = [
+        "the lungs are clear .",
+        "mild cardiomegaly .",
+        "the lungs are clear .",
+        "moderate cardiomegaly .",
+        "small right pleural effusion .",
+        "a pacemaker is present .",
+    ]
+    # Cardiomegaly (1), Pleural Effusion (4), Support Devices (5), then No Finding (0)
+    assert example_order(refs)[:4] == [1, 4, 5, 0]
+    assert sorted(example_order(refs)) == list(range(6))

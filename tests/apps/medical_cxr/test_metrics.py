@@ -14,6 +14,8 @@ from torchmetrics.classification import MultilabelAUROC
 from apps.medical_cxr.labeler import CHEXPERT_LABELS, label_report, label_vector
 from apps.medical_cxr.metrics import (
     CE_KEYS,
+    THRESHOLD_GRID,
+    best_f1_thresholds,
     clinical_efficacy,
     clinical_f1_per_report,
     dice_score,
@@ -257,3 +259,23 @@ def test_dice_matches_closed_form() -> None:
     assert dice_score(true, true) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="differ"):
         dice_score(pred, true[:2])
+
+
+def test_best_f1_thresholds_match_a_scikit_learn_search() -> None:
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    targets = rng.random((200, 5)) < [0.5, 0.1, 0.02, 0.0, 0.3]
+    probs = np.clip(targets * 0.3 + rng.random((200, 5)) * 0.7, 0, 1)
+    got = best_f1_thresholds(probs, torch.as_tensor(targets))
+    for j in range(5):
+        if not targets[:, j].any():
+            assert got[j] == 0.5  # nothing to maximise: the default
+            continue
+        scores = [f1_score(targets[:, j], probs[:, j] > t, zero_division=0) for t in THRESHOLD_GRID]
+        best = max(scores)
+        assert got[j] == max(
+            t for t, s in zip(THRESHOLD_GRID, scores, strict=True) if np.isclose(s, best)
+        )
+    with pytest.raises(ValueError, match="equal 2-D shapes"):
+        best_f1_thresholds(probs[:, :2], targets)

@@ -169,3 +169,44 @@ def test_encoder_backbone_from_a_local_state_dict(tmp_path):
     assert torch.equal(saved.eval()(images), loaded.eval()(images))
     with pytest.raises(FileNotFoundError, match=r"model\.encoder_pretrained"):
         build_encoder("vit_tiny", 32, str(tmp_path / "none.pt"))
+
+
+def test_efficientnet_lite0_encoder_reads_the_installed_imagenet_weights():
+    from core.towers import efficientnet_lite0_model
+
+    encoder = build_encoder("efficientnet_lite0", 64, pretrained="imagenet").eval()
+    reference = efficientnet_lite0_model("package", num_classes=0)
+    for name, value in reference.state_dict().items():
+        assert torch.equal(encoder.backbone.state_dict()[name], value), name
+    images = torch.rand(2, 1, 64, 64)
+    tokens = encoder(images)
+    assert tokens.shape == (2, 4, 1280)  # a 2x2 feature map: spatial tokens, not one vector
+    rgb = (images.expand(-1, 3, -1, -1) - 0.5) / 0.5  # the gray image on 3 channels
+    expected = reference.eval().forward_features(rgb).flatten(2).transpose(1, 2)
+    assert torch.allclose(tokens, expected, atol=1e-5)
+    scratch = build_encoder("efficientnet_lite0", 64, pretrained=None)
+    assert not torch.equal(scratch.backbone.conv_stem.weight, encoder.backbone.conv_stem.weight)
+
+
+def test_encoder_weights_that_do_not_fit_get_an_error_naming_file_and_architecture(tmp_path):
+    with pytest.raises(ValueError, match=r"no ImageNet weights for 'vit_tiny'.*null"):
+        build_encoder("vit_tiny", 32, pretrained="imagenet")
+    other = build_encoder("vit_tiny", 32, vit_dim=32, vit_depth=1, vit_heads=2, patch_size=8)
+    torch.save(other.backbone.state_dict(), tmp_path / "vit.pt")
+    with pytest.raises(
+        ValueError,
+        match=r"vit\.pt' matches none .*give a state dict of the efficientnet_lite0 architecture",
+    ):
+        build_encoder("efficientnet_lite0", 32, pretrained=str(tmp_path / "vit.pt"))
+    wider = build_encoder("vit_tiny", 32, vit_dim=48, vit_depth=1, vit_heads=2, patch_size=8)
+    torch.save(wider.backbone.state_dict(), tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"wide\.pt' does not fit .* of another shape.*vit_tiny"):
+        build_encoder(
+            "vit_tiny", 32, str(tmp_path / "wide.pt"), vit_dim=32, vit_depth=1, vit_heads=2,
+            patch_size=8,
+        )  # fmt: skip
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "vit.pt").read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"cut\.pt' cannot be read as weights"):
+        build_encoder("vit_tiny", 32, str(tmp_path / "cut.pt"))
+    with pytest.raises(FileNotFoundError, match=r"none\.pt' does not exist.*efficientnet_lite0"):
+        build_encoder("efficientnet_lite0", 32, str(tmp_path / "none.pt"))

@@ -31,7 +31,7 @@ def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_p
     )  # fmt: skip
     model = cli.model
     assert isinstance(model, PreferenceModule) and model.pairs
-    assert model.model.encoder.out_dim == 32 and model.label_loss_weight == 0.0  # the SFT's
+    assert model.model.encoder.out_dim == 1280 and model.label_loss_weight == 0.0  # the SFT's
     pair = model.pairs[0]
     assert pair["chosen_score"] > pair["rejected_score"]
     # The reference log-probabilities are the SFT network's (adapter disabled).
@@ -55,7 +55,7 @@ def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_p
         str(ckpt),
     ]
     assert isinstance(main([*recipe, *root], run=False).model, PreferenceModule)
-    with pytest.raises(ValueError, match=r"data\.image_size=64, .* set --data\.image_size 32"):
+    with pytest.raises(ValueError, match=r"data\.image_size=128, .* set --data\.image_size 32"):
         main(["fit", *recipe, "--data.max_studies", "4", *root])
     assert not list((tmp_path / "x").glob("*/*.*"))
 
@@ -65,9 +65,12 @@ def test_the_network_is_the_sft_model_whatever_shape_is_given(sft_run):
     _, run_dir = sft_run
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
     arch = sft_architecture(ckpt)
-    assert set(arch) == set(ARCH_KEYS) and arch["vit_dim"] == 32
-    module = PreferenceModule(pretrained=ckpt, adapter=LORA, vit_dim=128, decoder_layers=4)
-    assert module.model.encoder.out_dim == 32 and module.model.decoder.config.num_hidden_layers == 1
+    assert set(arch) == set(ARCH_KEYS) and arch["encoder"] == "efficientnet_lite0"
+    module = PreferenceModule(
+        pretrained=ckpt, adapter=LORA, encoder="vit_tiny", label_prompt=False, decoder_layers=4
+    )
+    assert module.model.encoder.out_dim == 1280 and module.model.label_prompt  # EfficientNet
+    assert module.model.decoder.config.num_hidden_layers == 1
     assert module.tokenizer is not None and module.vocab_size == 200
 
 

@@ -34,7 +34,7 @@ def test_tiny_recipe_fits_then_tests_and_writes_the_run_directory(sft_run):
     assert saved["ce_f1_micro"] == pytest.approx(metrics["test"]["test/ce_f1_micro"], abs=1e-6)
     report = (run_dir / "report.md").read_text()
     assert report.startswith("# Chest X-ray report generation: test split, seed 0\n\n**Data:**")
-    assert "16 studies; uncertain labels count as 0." in report
+    assert "16 studies, " in report and "uncertain labels count as 0." in report
     assert "| ce_f1_micro |" in report and "- generated:" in report
     for png in ("curves.png", "per_label_test.png", "examples_test.png"):
         assert f"]({png})" in report
@@ -58,7 +58,7 @@ def test_pretrained_starts_from_the_checkpoint_weights_and_tokenizer(sft_run):
     text = "no pleural effusion ."
     assert module.tokenizer(text).input_ids == cli.model.tokenizer(text).input_ids
     with pytest.raises(ValueError, match=r"model\.pretrained .* does not fit this network"):
-        ReportGenModule(**{**TINY_ARCH, "vit_dim": 64}, pretrained=ckpt)
+        ReportGenModule(**{**TINY_ARCH, "decoder_hidden": 64}, pretrained=ckpt)
 
 
 def test_options_are_checked_and_base_options_pass_through():
@@ -70,14 +70,14 @@ def test_options_are_checked_and_base_options_pass_through():
     with pytest.raises(ValueError, match=r"model\.uncertain_as"):
         ReportGenModule(**TINY_ARCH | {"uncertain_as": 2})
     with pytest.raises(ValueError, match=r"model\.label_loss_weight"):
-        ReportGenModule(**TINY_ARCH, label_loss_weight=-1.0)
+        ReportGenModule(**TINY_ARCH | {"label_loss_weight": -1.0})
     with pytest.raises(ValueError, match=r"model\.max_text_tokens"):
         ReportGenModule(**TINY_ARCH | {"max_text_tokens": 2})
 
 
 def test_encoder_adapter_per_part():
     module = ReportGenModule(
-        **TINY_ARCH,
+        **TINY_ARCH | {"encoder": "vit_tiny"},
         adapter=LoraConfig(r=2, target_modules=["q_proj", "v_proj"]),
         encoder_adapter={"class_path": "core.adapters.SsfConfig",
                          "init_args": {"target_modules": ["qkv", "fc1"]}},
@@ -101,3 +101,45 @@ def test_corda_lora_calibrates_on_report_batches(fast_embedded, tmp_path):
     )  # fmt: skip
     assert cli.model.calibration_batches == 1
     assert (tmp_path / "version_0" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_after_encoder_epochs_the_encoder_is_frozen_and_read_once_per_study(
+    fast_embedded, tmp_path
+):
+    from lightning.pytorch.callbacks import Callback
+
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    class Snapshot(Callback):
+        def on_train_epoch_end(self, trainer, module):
+            encoder = module.model.encoder.state_dict()
+            state = {f"encoder.{k}": v.clone() for k, v in encoder.items()}
+            state["label_head"] = module.model.label_head.weight.clone()
+            state["projector"] = module.model.projector[0].weight.clone()
+            snapshots.append(state)
+
+    cli = main(
+        ["--config", str(TINY_CONFIG), "--model.init_args.encoder_epochs", "1",
+         "--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2",
+         "--trainer.default_root_dir", str(tmp_path), *TRAINER],
+        run=False,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(Snapshot())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    module = cli.model
+    assert module.encoder_frozen and not module.model.encoder.training
+    first, second, third = snapshots
+    assert not torch.equal(first["projector"], second["projector"])  # the rest still trains
+    for name in first:
+        if name != "projector":  # encoder weights, batch-norm statistics, classifier
+            assert torch.equal(second[name], third[name]), name
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    cached = module.image_tokens(batch)
+    assert len(module._token_cache) >= len(batch["study_id"])
+    with torch.no_grad():
+        assert torch.allclose(cached, module.model.encoder(batch["image"]), atol=1e-6)
+    with pytest.raises(ValueError, match=r"model\.encoder_epochs"):
+        ReportGenModule(**TINY_ARCH, encoder_epochs=-1)
+    with pytest.raises(ValueError, match=r"model\.label_prompt needs .* model\.label_loss_weight"):
+        ReportGenModule(**TINY_ARCH | {"label_loss_weight": 0.0})

@@ -35,7 +35,7 @@ def test_tiny_recipe_is_found_where_the_contract_looks():
 def test_default_run_is_report_generation_at_the_data_image_size(tmp_path):
     cli = main(["--trainer.default_root_dir", str(tmp_path)], run=False)
     assert type(cli.model) is ReportGenModule and cli.datamodule.source == "embedded"
-    assert cli.model.image_size == cli.datamodule.image_size == 64
+    assert cli.model.image_size == cli.datamodule.image_size == 128
     assert cli.model.monitor == "val/loss" and cli.model.calibration_batches == 8
 
 

@@ -10,6 +10,9 @@ CONFIGS = DEFAULT_CONFIG.parent
 TINY_CONFIG = CONFIGS / "tiny.yaml"
 #: The network of configs/tiny.yaml, as keyword arguments of ReportGenModule.
 TINY_ARCH = {
+    "encoder": "efficientnet_lite0",
+    "label_loss_weight": 1.0,
+    "label_prompt": True,
     "image_size": 32,
     "vit_dim": 32,
     "vit_depth": 1,
