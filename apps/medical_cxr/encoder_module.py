@@ -43,14 +43,17 @@ class EncoderModule(FineTuneModule):
 
     Args:
         network: The task module's builder (see :data:`NetworkBuilder`); not an option.
-        encoder: ``"vit_tiny"``, ``"densenet121"`` (timm), ``"monai_densenet121"`` or any
-            other timm model name (:func:`~.model.build_encoder`).
+        encoder: ``"efficientnet_lite0"`` (the recipes' choice), ``"vit_tiny"``,
+            ``"densenet121"`` (timm), ``"monai_densenet121"`` or any other timm model name
+            (:func:`~.model.build_encoder`).
         image_size: Input side; set from ``data.image_size`` (the two are linked).
         vit_dim: Width of ``vit_tiny``.
         vit_depth: Blocks of ``vit_tiny``.
         vit_heads: Attention heads of ``vit_tiny``.
         patch_size: Patch side of ``vit_tiny`` (``image_size`` must be a multiple).
-        encoder_pretrained: A local state-dict file for the encoder backbone.
+        encoder_pretrained: The encoder backbone's weights: ``imagenet`` (the installed
+            ImageNet weights; ``efficientnet_lite0`` only), a local state-dict file of the
+            encoder's architecture, or empty (random initialisation).
         encoder_adapter: A second adapter on the encoder only (see the module doc).
         pretrained: A Lightning checkpoint of this module, same architecture options: its
             network weights are loaded before adapters are injected (fine-tune a trained

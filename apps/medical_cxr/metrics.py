@@ -196,16 +196,28 @@ def clinical_efficacy(
     return precision_recall_f1(true, pred)
 
 
-def clinical_f1_per_report(reference: str, hypothesis: str, uncertain_as: int = 0) -> float:
+def clinical_f1_per_report(
+    reference: str,
+    hypothesis: str,
+    uncertain_as: int = 0,
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> float:
     """F1 between the positive CheXpert labels of one reference and one hypothesis.
 
     1.0 when neither report has a positive label (they agree there is nothing to find).
+    ``weights`` (one per observation, :data:`CHEXPERT_LABELS` order) count each label's
+    hits and misses that many times: ``2 sum(w tp) / (sum(w true) + sum(w pred))``, so a
+    rare finding named right (or missed) moves the score more; ``None``: all 1.
     """
     true = np.array(label_vector(label_report(reference), uncertain_as=uncertain_as), bool)
     pred = np.array(label_vector(label_report(hypothesis), uncertain_as=uncertain_as), bool)
-    tp = int((true & pred).sum())
-    positives = int(true.sum()) + int(pred.sum())
-    return 1.0 if positives == 0 else 2 * tp / positives
+    w = np.ones(len(true)) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != true.shape:
+        raise ValueError(
+            f"weights must hold one value per observation ({len(true)}); got {w.shape}"
+        )
+    positives = float((w * true).sum() + (w * pred).sum())
+    return 1.0 if positives == 0 else 2 * float((w * (true & pred)).sum()) / positives
 
 
 def macro_auroc(probs: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> tuple[float, int]:

@@ -78,7 +78,7 @@ class ImageEncoder(nn.Module):
 
 
 def build_encoder(
-    name: str = "efficientnet_lite0",
+    name: str = "vit_tiny",
     image_size: int = 64,
     pretrained: str | None = None,
     vit_dim: int = 128,

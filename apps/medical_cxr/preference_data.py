@@ -11,6 +11,7 @@ the pairs as a training set; :func:`write_pairs` records them as JSON lines.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ def mine_pairs(
     top_p: float = 1.0,
     max_studies: int | None = None,
     seed: int = 0,
+    weights: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample, score and pair reports for the first ``max_studies`` studies of ``dataset``.
 
@@ -67,6 +69,8 @@ def mine_pairs(
         temperature / top_p: Sampling of the candidates.
         max_studies: At most this many studies (``None``: all).
         seed: Seeds the sampling, one seed per batch drawn from it.
+        weights: Per-observation weights of the score
+            (:func:`~.metrics.clinical_f1_per_report`); ``None``: all 1.
 
     Returns:
         One dict per pair: ``image``, ``study_id``, ``reference``, ``chosen``, ``rejected``,
@@ -92,7 +96,7 @@ def mine_pairs(
             )
         for i, ref in enumerate(batch["text"]):
             cands = samples[i * num_samples : (i + 1) * num_samples]
-            scores = [clinical_f1_per_report(ref, c, module.uncertain_as) for c in cands]
+            scores = [clinical_f1_per_report(ref, c, module.uncertain_as, weights) for c in cands]
             best, worst = int(np.argmax(scores)), int(np.argmin(scores))
             if scores[best] == scores[worst]:
                 continue

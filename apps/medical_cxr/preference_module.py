@@ -19,7 +19,7 @@ from core.training.preference import LOSS_TYPES, dpo_loss
 
 from .data import run_seed
 from .preference_data import PreferencePairs, mine_pairs, write_pairs
-from .report_module import ReportGenModule
+from .report_module import ReportGenModule, balanced_pos_weight
 from .weights import architecture, read_checkpoint
 
 #: Options that fix the network's shape: read from the SFT checkpoint, never given here.
@@ -38,6 +38,8 @@ ARCH_KEYS = (
     "max_text_tokens",
     "label_prompt",
 )
+#: How observations count in the score that ranks the sampled candidates.
+REWARD_WEIGHTS = ("uniform", "balanced")
 #: Of :data:`ARCH_KEYS`, those a checkpoint written before they existed may lack (their
 #: default then holds).
 OPTIONAL_ARCH_KEYS = ("label_prompt",)
@@ -78,6 +80,10 @@ class PreferenceModule(ReportGenModule):
         sample_top_p: Nucleus sampling of the candidates, in (0, 1].
         max_pair_studies: Use at most this many training studies for pairs.
         sft_weight: Weight of the chosen report's NLL added to the loss (0: pure DPO).
+        reward_weights: How observations count in a candidate's score: ``uniform`` (each
+            label once) or ``balanced`` (each label ``sqrt(negatives / positives)`` of the
+            training split, at most 20: naming a rare finding right, or missing it, moves
+            the score more, which is what macro F1 rewards).
         **kwargs: Decoding, evaluation and optimisation options of
             :class:`~.report_module.ReportGenModule` and its bases, passed through.
     """
@@ -94,8 +100,13 @@ class PreferenceModule(ReportGenModule):
         sample_top_p: float = 1.0,
         max_pair_studies: int | None = None,
         sft_weight: float = 0.0,
+        reward_weights: str = "uniform",
         **kwargs: Any,
     ) -> None:
+        if reward_weights not in REWARD_WEIGHTS:
+            raise ValueError(
+                f"model.reward_weights={reward_weights!r} must be one of {REWARD_WEIGHTS}."
+            )
         check_preference_options(
             adapter,
             beta=beta,
@@ -116,6 +127,7 @@ class PreferenceModule(ReportGenModule):
         self.sample_temperature, self.sample_top_p = sample_temperature, sample_top_p
         self.max_pair_studies = max_pair_studies
         self.sft_weight = sft_weight
+        self.reward_weights = reward_weights
         self.pairs: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:
@@ -124,6 +136,9 @@ class PreferenceModule(ReportGenModule):
         if stage != "fit" or self.pairs:
             return
         datamodule = self.trainer.datamodule
+        weights = None
+        if self.reward_weights == "balanced":
+            weights = balanced_pos_weight(datamodule.sets["train"].targets).tolist()
         self.pairs = mine_pairs(
             self,
             datamodule.sets["train"],
@@ -132,6 +147,7 @@ class PreferenceModule(ReportGenModule):
             self.sample_top_p,
             self.max_pair_studies,
             seed=run_seed(),
+            weights=weights,
         )
         if not self.pairs:
             raise ValueError(

@@ -220,6 +220,15 @@ def test_clinical_f1_per_report() -> None:
     assert clinical_f1_per_report("Cardiomegaly.", "No acute process.") == 0.0
     vector = label_vector(label_report("Cardiomegaly."))
     assert vector[CHEXPERT_LABELS.index("Cardiomegaly")] == 1
+    # Weighted: effusion counts 3 times, cardiomegaly once: 2 * 1 / (1 + 3 + 1)
+    weights = np.ones(len(CHEXPERT_LABELS))
+    weights[CHEXPERT_LABELS.index("Pleural Effusion")] = 3.0
+    ref, hyp = "Cardiomegaly. Effusion.", "Cardiomegaly."
+    assert clinical_f1_per_report(ref, hyp, weights=weights) == pytest.approx(2 / 5)
+    ones = np.ones(len(CHEXPERT_LABELS))
+    assert clinical_f1_per_report(ref, hyp, weights=ones) == clinical_f1_per_report(ref, hyp)
+    with pytest.raises(ValueError, match="one value per observation"):
+        clinical_f1_per_report(ref, hyp, weights=[1.0])
 
 
 def test_macro_auroc_matches_torchmetrics_and_counts_excluded() -> None:

@@ -27,6 +27,7 @@ def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_p
         ["fit", "--config", str(CONFIGS / "preference.yaml"),
          "--model.init_args.pretrained", str(ckpt), "--model.init_args.num_samples", "4",
          "--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens", "12",
+         "--model.init_args.reward_weights", "balanced",
          "--trainer.max_epochs", "1", *TRAINER, *tiny_data(tmp_path)]
     )  # fmt: skip
     model = cli.model
@@ -96,6 +97,7 @@ def test_sft_architecture_reads_the_names_older_checkpoints_used(tmp_path):
         ({"sample_top_p": 1.5}, r"model\.sample_top_p"),
         ({"max_pair_studies": 0}, r"model\.max_pair_studies"),
         ({"sft_weight": -1.0}, r"model\.sft_weight"),
+        ({"reward_weights": "rare"}, r"model\.reward_weights='rare' must be one of"),
     ],
 )
 def test_options_are_checked_before_the_checkpoint_is_read(tmp_path, option, message):
