@@ -8,7 +8,9 @@ preference tuning, per seed and mean ± std) and ``comparison.png`` (the same as
 each observation's F1) under ``--out`` (default ``runs/medical_cxr_factuality``).
 
 ``--sft-args`` / ``--pref-args`` pass extra options to the two stages, e.g.
-``--pref-args "--model.init_args.beta 0.2"``.
+``--pref-args "--model.init_args.beta 0.2"``; ``--sft-from <earlier --out>`` reuses that
+comparison's SFT runs and runs only the preference stage (DPO options side by side on the
+same SFT models).
 """
 
 from __future__ import annotations
@@ -45,25 +47,51 @@ def _test_metrics(cli) -> dict[str, float]:
     return {k.removeprefix("test/"): float(v) for k, v in results.items()}
 
 
-def run_seed(seed: int, out: Path, sft_args: Sequence[str], pref_args: Sequence[str]) -> dict:
-    """SFT then preference tuning for one seed; the test metrics of both."""
-    common = ["--seed_everything", str(seed)]
+def fit_sft(seed: int, out: Path, sft_args: Sequence[str]) -> dict:
+    """Fit and test the SFT report generator for one seed: its test metrics and run folder."""
     sft = main(
-        ["fit", *common, "--trainer.default_root_dir", str(out / f"sft_seed{seed}"), *sft_args]
-    )
-    sft_metrics = _test_metrics(sft)
-    ckpt = Path(sft.trainer.log_dir) / "checkpoints" / "last.ckpt"
+        ["fit", "--seed_everything", str(seed), "--trainer.default_root_dir",
+         str(out / f"sft_seed{seed}"), *sft_args]
+    )  # fmt: skip
+    return {"sft": _test_metrics(sft), "sft_run": str(sft.trainer.log_dir)}
+
+
+def reused_sft(folder: Path, seed: int) -> dict:
+    """The SFT record of ``seed`` in an earlier comparison's ``comparison.json`` (its test
+    metrics and run folder), or an error naming the file and the fix."""
+    path = folder / "comparison.json"
+    records = json.loads(path.read_text()) if path.is_file() else []
+    found = [r for r in records if r["seed"] == seed]
+    if not found or not (Path(found[0]["sft_run"]) / "checkpoints" / "last.ckpt").is_file():
+        raise FileNotFoundError(
+            f"--sft-from {str(folder)!r}: {path} holds no finished SFT run of seed {seed}; run "
+            "python -m apps.medical_cxr.factuality with that seed first (or drop --sft-from)."
+        )
+    return {"sft": found[0]["sft"], "sft_run": found[0]["sft_run"]}
+
+
+def run_seed(
+    seed: int,
+    out: Path,
+    sft_args: Sequence[str],
+    pref_args: Sequence[str],
+    sft: dict | None = None,
+) -> dict:
+    """SFT (or the given ``sft`` record, see :func:`reused_sft`) then preference tuning for
+    one seed; the test metrics of both."""
+    sft = sft or fit_sft(seed, out, sft_args)
+    ckpt = Path(sft["sft_run"]) / "checkpoints" / "last.ckpt"
     pref = main(
-        ["fit", "--config", str(PREFERENCE), *common, "--model.init_args.pretrained", str(ckpt),
+        ["fit", "--config", str(PREFERENCE), "--seed_everything", str(seed),
+         "--model.init_args.pretrained", str(ckpt),
          "--trainer.default_root_dir", str(out / f"pref_seed{seed}"), *pref_args]
     )  # fmt: skip
-    pref_metrics = _test_metrics(pref)
     return {
         "seed": seed,
-        "sft": sft_metrics,
-        "preference": pref_metrics,
+        "sft": sft["sft"],
+        "preference": _test_metrics(pref),
         "pairs": len(pref.model.pairs),
-        "sft_run": str(sft.trainer.log_dir),
+        "sft_run": sft["sft_run"],
         "preference_run": str(pref.trainer.log_dir),
     }
 
@@ -130,6 +158,11 @@ def run(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument(
         "--resume", action="store_true", help="keep the seeds already in <out>/comparison.json"
     )
+    parser.add_argument(
+        "--sft-from",
+        help="reuse the SFT runs of an earlier comparison folder (its comparison.json): only "
+        "the preference stage runs, e.g. to compare DPO options on the same SFT models",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     start = time.time()
@@ -140,7 +173,10 @@ def run(argv: Sequence[str] | None = None) -> Path:
     others = [r for r in saved if r["seed"] not in args.seeds]  # kept in the file, not shown
     done = {r["seed"] for r in records}
     for seed in (s for s in args.seeds if s not in done):
-        records.append(run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args)))
+        sft = reused_sft(Path(args.sft_from), seed) if args.sft_from else None
+        records.append(
+            run_seed(seed, out, shlex.split(args.sft_args), shlex.split(args.pref_args), sft)
+        )
         atomic_write_text(out / "comparison.json", json.dumps(others + records, indent=2) + "\n")
     lines = [
         "# Factuality preference tuning: SFT vs SFT + DPO (held-out test split)",

@@ -47,6 +47,18 @@ def test_factuality_comparison_runs_both_stages_and_resumes(fast_embedded, tmp_p
     factuality.run([*argv[2:], "--seeds", "4", "--resume"])
     saved = json.loads((tmp_path / "out" / "comparison.json").read_text())
     assert calls == [4] and [r["seed"] for r in saved] == [3, 4]
+    monkeypatch.undo()
+    # --sft-from: the preference stage only, from the first comparison's SFT checkpoint.
+    fitted = []
+    monkeypatch.setattr(factuality, "fit_sft", lambda *a: fitted.append(a))
+    argv_b = ["--seeds", "3", "--out", str(tmp_path / "b"), "--sft-from", str(tmp_path / "out"),
+              "--pref-args", " ".join(pref)]  # fmt: skip
+    factuality.run(argv_b)
+    (again,) = json.loads((tmp_path / "b" / "comparison.json").read_text())
+    assert fitted == [] and again["sft"] == record["sft"] and again["sft_run"] == record["sft_run"]
+    assert Path(again["preference_run"]).is_relative_to(tmp_path / "b" / "pref_seed3")
+    with pytest.raises(FileNotFoundError, match=r"holds no finished SFT run of seed 5"):
+        factuality.run([*argv_b[:1], "5", *argv_b[2:]])
 
 
 def test_comparison_table():
