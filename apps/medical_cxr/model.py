@@ -364,10 +364,15 @@ class ReportGenerator(nn.Module):
         return logits
 
     def sequence_logprobs(
-        self, images: Tensor, input_ids: Tensor, attention_mask: Tensor
+        self,
+        images: Tensor,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        states: Tensor | None = None,
     ) -> Tensor:
-        """Sum over each report's tokens of ``log p(token | image, previous)`` -> ``(B,)``."""
-        logits = self(images, input_ids, attention_mask).float()
+        """Sum over each report's tokens of ``log p(token | image, previous)`` -> ``(B,)``
+        (``states``: a given label prompt, see :meth:`encode_image`)."""
+        logits = self(images, input_ids, attention_mask, states=states).float()
         targets = input_ids[:, 1:]
         logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
         return (logp * attention_mask[:, 1:].to(logp.dtype)).sum(-1)

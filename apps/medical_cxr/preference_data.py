@@ -57,6 +57,7 @@ def mine_pairs(
     max_studies: int | None = None,
     seed: int = 0,
     weights: Sequence[float] | None = None,
+    reference_prompt: bool = False,
 ) -> list[dict[str, Any]]:
     """Sample, score and pair reports for the first ``max_studies`` studies of ``dataset``.
 
@@ -71,6 +72,10 @@ def mine_pairs(
         seed: Seeds the sampling, one seed per batch drawn from it.
         weights: Per-observation weights of the score
             (:func:`~.metrics.clinical_f1_per_report`); ``None``: all 1.
+        reference_prompt: Sample (and score the log-probabilities) with the label prompt
+            set to the reference report's labels (``label_states``) instead of the
+            classifier's predictions: the pairs then teach the decoder to say what its
+            prompt says, not to second-guess the classifier.
 
     Returns:
         One dict per pair: ``image``, ``study_id``, ``reference``, ``chosen``, ``rejected``,
@@ -85,6 +90,7 @@ def mine_pairs(
     for start in tqdm(range(0, n, batch_size), desc="sampling preference pairs"):
         batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
         images = batch["image"].to(module.device)
+        states = batch["label_states"].to(module.device) if reference_prompt else None
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         with disable_adapters(module.model):
             samples = module.generate_reports(
@@ -93,6 +99,7 @@ def mine_pairs(
                 temperature=temperature,
                 top_p=top_p,
                 num_return_sequences=num_samples,
+                states=states,
             )
         for i, ref in enumerate(batch["text"]):
             cands = samples[i * num_samples : (i + 1) * num_samples]
@@ -103,6 +110,7 @@ def mine_pairs(
             pairs.append(
                 {
                     "image": batch["image"][i],
+                    "label_states": batch["label_states"][i] if reference_prompt else None,
                     "study_id": batch["study_id"][i],
                     "reference": ref,
                     "chosen": cands[best],
@@ -123,19 +131,31 @@ def add_reference_logprobs(module: ReportGenModule, pairs: list[dict[str, Any]])
     for start in range(0, len(pairs), 64):
         chunk = pairs[start : start + 64]
         images = torch.stack([p["image"] for p in chunk]).to(module.device)
+        states = pair_states(chunk, module.device)
         with disable_adapters(module.model):
-            ref_c = sequence_logprobs(module, images, [p["chosen"] for p in chunk])
-            ref_r = sequence_logprobs(module, images, [p["rejected"] for p in chunk])
+            ref_c = sequence_logprobs(module, images, [p["chosen"] for p in chunk], states)
+            ref_r = sequence_logprobs(module, images, [p["rejected"] for p in chunk], states)
         for p, c, r in zip(chunk, ref_c.tolist(), ref_r.tolist(), strict=True):
             p["ref_chosen"], p["ref_rejected"] = torch.tensor(c), torch.tensor(r)
 
 
+def pair_states(pairs: Sequence[dict[str, Any]], device: torch.device) -> torch.Tensor | None:
+    """The pairs' reference label prompts stacked (``None`` when mined without them)."""
+    if pairs[0].get("label_states") is None:
+        return None
+    return torch.stack([p["label_states"] for p in pairs]).to(device)
+
+
 def sequence_logprobs(
-    module: ReportGenModule, images: torch.Tensor, texts: list[str]
+    module: ReportGenModule,
+    images: torch.Tensor,
+    texts: list[str],
+    states: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Summed log-probability of each report given its image under ``module``'s network."""
+    """Summed log-probability of each report given its image (and label prompt ``states``,
+    ``None``: the classifier's) under ``module``'s network."""
     ids, mask = module.encode(texts)
-    return module.model.sequence_logprobs(images, ids, mask)
+    return module.model.sequence_logprobs(images, ids, mask, states)
 
 
 def write_pairs(path: Path, pairs: list[dict[str, Any]]) -> Path:

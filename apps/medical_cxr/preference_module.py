@@ -40,6 +40,8 @@ ARCH_KEYS = (
 )
 #: How observations count in the score that ranks the sampled candidates.
 REWARD_WEIGHTS = ("uniform", "balanced")
+#: Which label prompt the candidates are sampled and scored with.
+PAIR_PROMPTS = ("predicted", "reference")
 #: Of :data:`ARCH_KEYS`, those a checkpoint written before they existed may lack (their
 #: default then holds).
 OPTIONAL_ARCH_KEYS = ("label_prompt",)
@@ -84,6 +86,11 @@ class PreferenceModule(ReportGenModule):
             label once) or ``balanced`` (each label ``sqrt(negatives / positives)`` of the
             training split, at most 20: naming a rare finding right, or missing it, moves
             the score more, which is what macro F1 rewards).
+        pair_prompt: The label prompt the candidates are sampled and scored with:
+            ``predicted`` (the classifier's, as at test) or ``reference`` (the reference
+            report's labels: the pairs then reward saying what the prompt says; the
+            classifier's errors are not the decoder's to fix). Without a label prompt in the
+            SFT model only ``predicted`` applies.
         **kwargs: Decoding, evaluation and optimisation options of
             :class:`~.report_module.ReportGenModule` and its bases, passed through.
     """
@@ -101,8 +108,11 @@ class PreferenceModule(ReportGenModule):
         max_pair_studies: int | None = None,
         sft_weight: float = 0.0,
         reward_weights: str = "uniform",
+        pair_prompt: str = "predicted",
         **kwargs: Any,
     ) -> None:
+        if pair_prompt not in PAIR_PROMPTS:
+            raise ValueError(f"model.pair_prompt={pair_prompt!r} must be one of {PAIR_PROMPTS}.")
         if reward_weights not in REWARD_WEIGHTS:
             raise ValueError(
                 f"model.reward_weights={reward_weights!r} must be one of {REWARD_WEIGHTS}."
@@ -128,6 +138,12 @@ class PreferenceModule(ReportGenModule):
         self.max_pair_studies = max_pair_studies
         self.sft_weight = sft_weight
         self.reward_weights = reward_weights
+        self.pair_prompt = pair_prompt
+        if pair_prompt == "reference" and not self.model.label_prompt:
+            raise ValueError(
+                f"model.pair_prompt=reference: the SFT model {pretrained!r} has no label "
+                "prompt; use pair_prompt=predicted."
+            )
         self.pairs: list[dict[str, Any]] = []
 
     def setup(self, stage: str) -> None:
@@ -148,6 +164,7 @@ class PreferenceModule(ReportGenModule):
             self.max_pair_studies,
             seed=run_seed(),
             weights=weights,
+            reference_prompt=self.pair_prompt == "reference",
         )
         if not self.pairs:
             raise ValueError(
@@ -166,7 +183,9 @@ class PreferenceModule(ReportGenModule):
         images = batch["image"]
         n = len(batch["chosen"])
         ids, mask = self.encode(list(batch["chosen"]) + list(batch["rejected"]))
-        logits = self(torch.cat([images, images]), ids, mask).float()
+        states = batch.get("label_states")  # a tensor when mined with the reference's prompt
+        states = torch.cat([states, states]) if isinstance(states, Tensor) else None
+        logits = self.model(torch.cat([images, images]), ids, mask, states=states).float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         token_mask = mask[:, 1:].float()
         seq = (logp * token_mask).sum(-1)

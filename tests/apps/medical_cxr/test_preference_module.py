@@ -62,6 +62,28 @@ def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_p
 
 
 @pytest.mark.slow
+def test_pairs_mined_with_the_reference_label_prompt(sft_run, fast_embedded, tmp_path):
+    _, run_dir = sft_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cli = main(
+        ["fit", "--config", str(CONFIGS / "preference.yaml"),
+         "--model.init_args.pretrained", str(ckpt), "--model.init_args.pair_prompt", "reference",
+         "--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens", "12",
+         "--trainer.max_epochs", "1", *TRAINER, *tiny_data(tmp_path)]
+    )  # fmt: skip
+    pair = cli.model.pairs[0]
+    assert pair["label_states"].shape == (14,)
+    # The reference log-probabilities are the SFT network's under that prompt.
+    sft = ReportGenModule.load_from_checkpoint(ckpt, weights_only=True).eval()
+    ids, mask = sft.encode([pair["chosen"]])
+    states = pair["label_states"][None]
+    expected = sft.model.sequence_logprobs(pair["image"][None], ids, mask, states)
+    assert pair["ref_chosen"].item() == pytest.approx(expected.item(), abs=1e-3)
+    predicted = sft.model.sequence_logprobs(pair["image"][None], ids, mask)
+    assert cli.model.global_step > 0 and torch.isfinite(predicted).all()
+
+
+@pytest.mark.slow
 def test_the_network_is_the_sft_model_whatever_shape_is_given(sft_run):
     _, run_dir = sft_run
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
@@ -98,6 +120,7 @@ def test_sft_architecture_reads_the_names_older_checkpoints_used(tmp_path):
         ({"max_pair_studies": 0}, r"model\.max_pair_studies"),
         ({"sft_weight": -1.0}, r"model\.sft_weight"),
         ({"reward_weights": "rare"}, r"model\.reward_weights='rare' must be one of"),
+        ({"pair_prompt": "truth"}, r"model\.pair_prompt='truth' must be one of"),
     ],
 )
 def test_options_are_checked_before_the_checkpoint_is_read(tmp_path, option, message):
