@@ -111,12 +111,6 @@ class PreferenceModule(ReportGenModule):
         pair_prompt: str = "predicted",
         **kwargs: Any,
     ) -> None:
-        if pair_prompt not in PAIR_PROMPTS:
-            raise ValueError(f"model.pair_prompt={pair_prompt!r} must be one of {PAIR_PROMPTS}.")
-        if reward_weights not in REWARD_WEIGHTS:
-            raise ValueError(
-                f"model.reward_weights={reward_weights!r} must be one of {REWARD_WEIGHTS}."
-            )
         check_preference_options(
             adapter,
             beta=beta,
@@ -127,6 +121,8 @@ class PreferenceModule(ReportGenModule):
             sample_top_p=sample_top_p,
             max_pair_studies=max_pair_studies,
             sft_weight=sft_weight,
+            reward_weights=reward_weights,
+            pair_prompt=pair_prompt,
         )
         # The network is the SFT model: its shape and tokenizer come from the checkpoint (the
         # data's image size is checked against it at setup).
@@ -223,6 +219,8 @@ def check_preference_options(
     sample_top_p: float,
     max_pair_studies: int | None,
     sft_weight: float,
+    reward_weights: str = "uniform",
+    pair_prompt: str = "predicted",
 ) -> None:
     """Raise ``ValueError`` naming the first :class:`PreferenceModule` option out of range."""
     if adapter is None:
@@ -245,6 +243,14 @@ def check_preference_options(
             f"model.max_pair_studies={max_pair_studies} must be >= 1 (or null: all)",
         ),
         (sft_weight >= 0, f"model.sft_weight={sft_weight} must be >= 0"),
+        (
+            reward_weights in REWARD_WEIGHTS,
+            f"model.reward_weights={reward_weights!r} must be one of {REWARD_WEIGHTS}",
+        ),
+        (
+            pair_prompt in PAIR_PROMPTS,
+            f"model.pair_prompt={pair_prompt!r} must be one of {PAIR_PROMPTS}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
