@@ -19,17 +19,21 @@ from .tiny import CONFIGS, TRAINER, tiny_data
 LORA = LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
 
 
+def fit_preference(ckpt: Path, tmp_path: Path, *options: str):
+    """One tiny epoch of ``preference.yaml`` from the SFT checkpoint ``ckpt``."""
+    return main(
+        ["fit", "--config", str(CONFIGS / "preference.yaml"),
+         "--model.init_args.pretrained", str(ckpt), "--model.init_args.num_samples", "4",
+         "--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens", "12",
+         "--trainer.max_epochs", "1", *options, *TRAINER, *tiny_data(tmp_path)]
+    )  # fmt: skip
+
+
 @pytest.mark.slow
 def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_path):
     _, run_dir = sft_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cli = main(
-        ["fit", "--config", str(CONFIGS / "preference.yaml"),
-         "--model.init_args.pretrained", str(ckpt), "--model.init_args.num_samples", "4",
-         "--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens", "12",
-         "--model.init_args.reward_weights", "balanced",
-         "--trainer.max_epochs", "1", *TRAINER, *tiny_data(tmp_path)]
-    )  # fmt: skip
+    cli = fit_preference(ckpt, tmp_path, "--model.init_args.reward_weights", "balanced")
     model = cli.model
     assert isinstance(model, PreferenceModule) and model.pairs
     assert model.model.encoder.out_dim == 1280 and model.label_loss_weight == 0.0  # the SFT's
@@ -65,12 +69,7 @@ def test_preference_tuning_from_the_sft_checkpoint(sft_run, fast_embedded, tmp_p
 def test_pairs_mined_with_the_reference_label_prompt(sft_run, fast_embedded, tmp_path):
     _, run_dir = sft_run
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cli = main(
-        ["fit", "--config", str(CONFIGS / "preference.yaml"),
-         "--model.init_args.pretrained", str(ckpt), "--model.init_args.pair_prompt", "reference",
-         "--model.init_args.sample_temperature", "1.5", "--model.init_args.max_new_tokens", "12",
-         "--trainer.max_epochs", "1", *TRAINER, *tiny_data(tmp_path)]
-    )  # fmt: skip
+    cli = fit_preference(ckpt, tmp_path, "--model.init_args.pair_prompt", "reference")
     pair = cli.model.pairs[0]
     assert pair["label_states"].shape == (14,)
     # The reference log-probabilities are the SFT network's under that prompt.
