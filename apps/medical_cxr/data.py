@@ -107,14 +107,14 @@ class CxrDataset(Dataset):
         self.studies = list(studies)
         self.image_size = image_size
         self.images, self.masks = images, masks
-        self.targets = torch.tensor(
-            [label_vector(s.labels, uncertain_as=uncertain_as) for s in self.studies],
-            dtype=torch.float32,
-        ).reshape(len(self.studies), len(CHEXPERT_LABELS))
-        positive = torch.tensor([label_vector(s.labels, 0) for s in self.studies])
-        positive_or_uncertain = torch.tensor([label_vector(s.labels, 1) for s in self.studies])
+        shape = (len(self.studies), len(CHEXPERT_LABELS))
+        positive = torch.tensor([label_vector(s.labels, 0) for s in self.studies]).reshape(shape)
+        uncertain = torch.tensor([label_vector(s.labels, 1) for s in self.studies]).reshape(shape)
+        uncertain = uncertain - positive
         # 0 negative / not mentioned, 1 uncertain, 2 positive (a report generator's prompt)
-        self.states = (positive + positive_or_uncertain).reshape(self.targets.shape).long()
+        self.states = (2 * positive + uncertain).long()
+        # binary targets: positive, and uncertain counted as ``uncertain_as``
+        self.targets = (positive + uncertain_as * uncertain).float()
 
     def __len__(self) -> int:
         return len(self.studies)

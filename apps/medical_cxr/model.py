@@ -114,10 +114,7 @@ def build_encoder(
         weights = "package" if pretrained == IMAGENET else None
         backbone = efficientnet_lite0_model(weights, num_classes=0)
         encoder = ImageEncoder(backbone, int(backbone.num_features), "timm", rgb=True)
-        if pretrained and pretrained != IMAGENET:
-            load_state(encoder.backbone, pretrained, what="model.encoder_pretrained", arch=name)
-        return encoder
-    if name == "vit_tiny":
+    elif name == "vit_tiny":
         from timm.models.vision_transformer import VisionTransformer
 
         if image_size % patch_size:
@@ -154,7 +151,7 @@ def build_encoder(
                 "timm model name (timm.list_models())."
             ) from err
         encoder = ImageEncoder(backbone, int(backbone.num_features), "timm")
-    if pretrained:
+    if pretrained and pretrained != IMAGENET:  # a local file (ImageNet's are loaded above)
         load_state(encoder.backbone, pretrained, what="model.encoder_pretrained", arch=name)
     return encoder
 

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.towers import load_checkpoint_file
+
 #: Old hyperparameter names -> today's (checkpoints written before ``pretrained``).
 LEGACY_NAMES = {"decoder_path": "decoder_pretrained", "encoder_checkpoint": "encoder_pretrained"}
 
@@ -90,7 +92,8 @@ def load_network_state(network: nn.Module, checkpoint: dict[str, Any], path: str
 
 
 def load_state(module: nn.Module, path: str | Path, what: str, arch: str = "") -> None:
-    """Load a local state-dict file (torch or safetensors) into ``module``.
+    """Load a local state-dict file (torch or safetensors, read by
+    :func:`core.towers.load_checkpoint_file`) into ``module``.
 
     Every tensor of ``module`` must be in the file with its shape (a classifier the module
     lacks, e.g. ImageNet ``classifier.*``, may be left over): a partly matching file would
@@ -111,19 +114,11 @@ def load_state(module: nn.Module, path: str | Path, what: str, arch: str = "") -
     if not file.is_file():
         raise FileNotFoundError(f"{what} {str(file)!r} does not exist; {fix}.")
     try:
-        if file.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(file))
-        else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state) if isinstance(state, dict) else state
-    except Exception as err:  # truncated, corrupt, or not a weights file
+        state = load_checkpoint_file(file)
+    except Exception as err:  # truncated, corrupt, or not a state dict
         raise ValueError(
             f"{what} {str(file)!r} cannot be read as weights ({type(err).__name__}); {fix}."
         ) from err
-    if not isinstance(state, dict):
-        raise ValueError(f"{what} {str(file)!r} does not hold a state dict; {fix}.")
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     if len(missing) == len(own):
