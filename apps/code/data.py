@@ -18,6 +18,7 @@ model's (``trainer.lightning_module.tokenizer``) unless ``tokenizer`` names a lo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import Counter
@@ -119,9 +120,11 @@ class CodeDataModule(pl.LightningDataModule):
             func2tests).
         fim_rate: Share of code documents turned into FIM examples.
         spm_rate: Share of FIM examples in SPM order.
-        fim_prefix: FIM prefix sentinel of the model family.
-        fim_suffix: FIM suffix sentinel.
-        fim_middle: FIM middle sentinel.
+        fim_prefix: FIM prefix sentinel; ``None`` (the default): the model's
+            (``CodeModule.fim_sentinels``: its tokenizer's own, or the ones it added), else
+            StarCoder's ``<fim_prefix>``.
+        fim_suffix: FIM suffix sentinel (``None``: as ``fim_prefix``).
+        fim_middle: FIM middle sentinel (``None``: as ``fim_prefix``).
         held_out_fraction: Share of stdlib packages held out for validation/test.
         max_train_per_task: Cap on training records per embedded task.
         max_eval_per_task: Cap on validation and on test records per embedded task.
@@ -147,9 +150,9 @@ class CodeDataModule(pl.LightningDataModule):
         tasks: list[str] | None = None,
         fim_rate: float = 0.5,
         spm_rate: float = 0.5,
-        fim_prefix: str = "<fim_prefix>",
-        fim_suffix: str = "<fim_suffix>",
-        fim_middle: str = "<fim_middle>",
+        fim_prefix: str | None = None,
+        fim_suffix: str | None = None,
+        fim_middle: str | None = None,
         held_out_fraction: float = 0.15,
         max_train_per_task: int = 400,
         max_eval_per_task: int = 40,
@@ -172,10 +175,8 @@ class CodeDataModule(pl.LightningDataModule):
         self.paths, self.val_paths, self.test_paths = paths, val_paths, test_paths
         self.tokenizer_path = tokenizer
         self.tasks = list(tasks or TASKS)
-        self.options = TaskOptions(
-            fim_rate=fim_rate, spm_rate=spm_rate,
-            sentinels=FimSentinels(fim_prefix, fim_suffix, fim_middle),
-        )  # fmt: skip
+        self.fim_strings = (fim_prefix, fim_suffix, fim_middle)
+        self.options = TaskOptions(fim_rate=fim_rate, spm_rate=spm_rate)
         self.held_out_fraction = held_out_fraction
         self.max_train_per_task, self.max_eval_per_task = max_train_per_task, max_eval_per_task
         self.max_modules = max_modules
@@ -202,6 +203,13 @@ class CodeDataModule(pl.LightningDataModule):
                 "folder, or use it with a model that has a .tokenizer (apps.code.CodeModule)."
             )
         return tok
+
+    def _resolve_sentinels(self) -> FimSentinels:
+        """The configured sentinels; the unset ones from the model's (or StarCoder's)."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        model_sentinels = getattr(module, "fim_sentinels", None) or FimSentinels()
+        pairs = zip(self.fim_strings, model_sentinels.tokens(), strict=True)
+        return FimSentinels(*(given if given is not None else own for given, own in pairs))
 
     def _load_records(self) -> dict[str, list[Record]]:
         if self.source == "embedded":
@@ -241,6 +249,7 @@ class CodeDataModule(pl.LightningDataModule):
         if self.rows:
             return
         self.tokenizer = self._resolve_tokenizer()
+        self.options = dataclasses.replace(self.options, sentinels=self._resolve_sentinels())
         self.records = self._load_records()
         seen = {r.task for part in self.records.values() for r in part}
         self.task_names = [t for t in self.tasks if t in seen] + sorted(seen - set(self.tasks))

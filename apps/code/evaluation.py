@@ -51,6 +51,11 @@ class EvalConfig:
         fim_max_new_tokens: Longest FIM middle.
         compare_base: Also score the base model (adapters off).
         seed: Sampling seed.
+        batch_size: Prompts per ``generate`` call (each with its samples; one KV cache).
+        doctest_problems: Held-out standard-library functions whose own doctests are the
+            tests (:mod:`apps.code.doctest_bench`; greedy bodies, run in the sandbox): 0
+            off, -1 all, N a seeded subset of N.
+        doctest_max_new_tokens: Longest body for those.
     """
 
     humaneval_problems: int = 20
@@ -62,6 +67,9 @@ class EvalConfig:
     fim_max_new_tokens: int = 64
     compare_base: bool = True
     seed: int = 0
+    batch_size: int = 8
+    doctest_problems: int = 0
+    doctest_max_new_tokens: int = 256
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -155,13 +163,14 @@ def sample_completions(
                 mask[i, width - len(e) :] = 1
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
             kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+            # Greedy decoding gives one answer per prompt: decode it once, copy it n times.
+            per_prompt = n if temperature > 0 else 1
             if temperature > 0:
                 kwargs.update(temperature=temperature, top_p=top_p, num_return_sequences=n)
-            elif n > 1:
-                kwargs.update(num_return_sequences=n)
             if stops:
                 kwargs.update(stop_strings=list(stops), tokenizer=tokenizer)
-            ctx = batch_context(len(chunk) * n) if batch_context else contextlib.nullcontext()
+            rows = len(chunk) * per_prompt
+            ctx = batch_context(rows) if batch_context else contextlib.nullcontext()
             with ctx:
                 generated = model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -172,7 +181,8 @@ def sample_completions(
             texts = [tokenizer.decode(_until_eos(row, eos)) for row in new]
             texts = [truncate_at_stops(t, stops) for t in texts]
             for i in range(len(chunk)):
-                out.append(texts[i * n : (i + 1) * n])
+                mine = texts[i * per_prompt : (i + 1) * per_prompt]
+                out.append(mine * (n // per_prompt))
     finally:
         model.train(was_training)
     return out
@@ -196,20 +206,23 @@ def evaluate_humaneval(
     workers: int = 2,
     seed: int = 0,
     batch_context: Callable[[int], AbstractContextManager] | None = None,
+    batch_prompts: int = 8,
 ) -> dict[str, Any]:
     """Sample, execute in the sandbox, and estimate pass@k (mean over problems).
 
     Returns ``{"pass@k": ..., "runs_to_tests": share of samples that passed or failed an
-    assert (no crash), "problems": P, "samples_per_problem": n, "statuses": {...},
-    "per_problem": [{"task_id", "correct"}...]}``; ks larger than n are left out. Raises
-    :class:`apps.code.sandbox.SandboxUnavailable` before sampling when the kernel sandbox
-    cannot start and running generated code without it was not allowed.
+    assert (no crash), "solved": problems with at least one passing sample, "problems": P,
+    "samples_per_problem": n, "statuses": {...}, "per_problem": [{"task_id", "correct"}...]}``;
+    ks larger than n are left out. Raises :class:`apps.code.sandbox.SandboxUnavailable`
+    before sampling when the kernel sandbox cannot start and running generated code without
+    it was not allowed.
     """
     check_sandbox()  # refuse now, not after minutes of sampling, if programs cannot run safely
     problems = load_humaneval(limit)
     completions = sample_completions(
         model, tokenizer, [p["prompt"] for p in problems], n=n, temperature=temperature,
         max_new_tokens=max_new_tokens, stops=stops, seed=seed, batch_context=batch_context,
+        batch_prompts=batch_prompts,
     )  # fmt: skip
     programs = [
         humaneval_program(p, c) for p, comps in zip(problems, completions, strict=True)
@@ -230,6 +243,7 @@ def evaluate_humaneval(
     # Samples that ran up to the tests (passed, or failed an assert): syntactically valid
     # code that defines the function and does not crash, a signal while pass@k is still 0.
     out["runs_to_tests"] = (statuses["passed"] + statuses["failed"]) / max(len(results), 1)
+    out["solved"] = sum(q["correct"] > 0 for q in per_problem)  # problems with a passing sample
     out.update(problems=len(problems), samples_per_problem=n, temperature=temperature,
                statuses=dict(statuses), per_problem=per_problem)  # fmt: skip
     return out
@@ -242,6 +256,7 @@ def fim_exact_match(
     max_new_tokens: int = 96,
     seed: int = 0,
     batch_context: Callable[[int], AbstractContextManager] | None = None,
+    batch_prompts: int = 8,
 ) -> dict[str, float]:
     """Greedy FIM completions vs the true middles (trailing whitespace ignored).
 
@@ -254,6 +269,7 @@ def fim_exact_match(
     outs = sample_completions(
         model, tokenizer, [r.prompt for r in records], n=1, temperature=0.0,
         max_new_tokens=max_new_tokens, seed=seed, batch_context=batch_context,
+        batch_prompts=batch_prompts,
     )  # fmt: skip
     exact = line = 0
     for rec, (pred,) in zip(records, outs, strict=True):

@@ -39,6 +39,7 @@ from core.cache import cached_dir, entry_path
 
 from .corpus import list_modules, read_source, split_modules
 from .fim import FimSentinels
+from .gguf_import import resolve_pretrained
 from .tokenizer import DEFAULT_VOCAB_SIZE, load_code_tokenizer, train_bpe
 
 APP = "code"
@@ -140,7 +141,8 @@ def load_causal_lm(path: str | Path) -> nn.Module:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"no model in {str(path)!r} (config.json missing); model.pretrained must be a local "
-            "folder written by save_pretrained, or leave it empty to use the embedded base."
+            "folder written by save_pretrained, a .gguf file, smollm2 (the installed "
+            "SmolLM2-135M-Instruct) or base (the app's own small base)."
         )
     model = AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, attn_implementation="sdpa", dtype=torch.float32
@@ -274,9 +276,26 @@ def ensure_base(cfg: BaseConfig | None = None) -> Path:
     return cached_dir("base", key, build, app=APP, cache_dir=cfg.cache_dir)
 
 
+#: ``model.pretrained`` value naming the app's own small base (also what ``None`` means).
+EMBEDDED_BASE = "base"
+
+
+def resolve_model_folder(cfg: BaseConfig | None, pretrained: str | Path | None) -> Path:
+    """The ``save_pretrained`` folder ``model.pretrained`` names.
+
+    ``base`` (or ``None``): the app's own small Llama, pre-trained on the standard library
+    from ``cfg`` and cached; ``smollm2``: SmolLM2-135M-Instruct from the installed wheel; a
+    path ending in ``.gguf``: that GGUF, converted once and cached; otherwise a local folder.
+    """
+    if pretrained is None or str(pretrained) == EMBEDDED_BASE:
+        return ensure_base(cfg)
+    return resolve_pretrained(pretrained, cache_dir=(cfg or BaseConfig()).cache_dir)
+
+
 def load_base(
     cfg: BaseConfig | None = None, pretrained: str | Path | None = None
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, Path]:
-    """``(model, tokenizer, folder)`` from ``pretrained`` or from the (cached) embedded base."""
-    folder = Path(pretrained) if pretrained else ensure_base(cfg)
+    """``(model, tokenizer, folder)`` of what ``model.pretrained`` names
+    (:func:`resolve_model_folder`)."""
+    folder = resolve_model_folder(cfg, pretrained)
     return load_causal_lm(folder), load_code_tokenizer(folder), folder

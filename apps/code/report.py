@@ -6,7 +6,8 @@ At the end of ``test`` :class:`apps.code.module.CodeModule` gathers one ``result
     {"task_loss": {task: {"base": ..., "tuned": ...}},
      "forgetting": {"base_ppl": ..., "tuned_ppl": ..., "ratio": ...},
      "base": {"folder": ..., "params": ..., "tokens_seen": ..., ...},
-     "fim": {"tuned": {...}, "base": {...}}, "humaneval": {"tuned": {...}, "base": {...}}}
+     "fim": {"tuned": {...}, "base": {...}}, "humaneval": {"tuned": {...}, "base": {...}},
+     "doctests": {"tuned": {...}, "base": {...}}}
 
 (each part only where it was measured); :func:`report_sections` turns it into the
 sections of the run's :class:`core.training.report.TestReport`.
@@ -77,7 +78,7 @@ def report_sections(results: dict[str, Any]) -> dict[str, str]:
                 f"| {_fmt(lost['base_ppl'])} | {_fmt(lost['tuned_ppl'])} | {_fmt(lost['ratio'])} |",
             ]
         )
-    for name in ("fim", "humaneval"):
+    for name in ("fim", "humaneval", "doctests"):
         section = results.get(name)
         if not section:
             continue

@@ -47,7 +47,8 @@ def session_cache(tiny_base, tiny_cache, monkeypatch):
 def test_fit_then_test_writes_the_run_directory(session_cache, tmp_path):
     """The no-argument flow (fit, then test) on the embedded tasks, scaled down by tiny.yaml."""
     cli = main(["--config", str(TINY_CONFIG), "--trainer.default_root_dir",
-                str(tmp_path / "runs")])  # fmt: skip
+                str(tmp_path / "runs"), "--model.evaluation.doctest_problems", "2",
+                "--model.evaluation.doctest_max_new_tokens", "8"])  # fmt: skip
     assert cli.model.base_folder.startswith(str(session_cache))  # the cached tiny base
     run = tmp_path / "runs" / "version_0"
     for name in (
@@ -57,11 +58,14 @@ def test_fit_then_test_writes_the_run_directory(session_cache, tmp_path):
         "eval.json",
         "report.md",
         "checkpoints/last.ckpt",
+        "adapter.gguf",  # the LoRA adapter for llama.cpp
     ):
         assert (run / name).is_file(), name  # fmt: skip
     results = json.loads((run / "eval.json").read_text())
     assert set(results) >= {"task_loss", "fim", "humaneval"}
     assert results["humaneval"]["tuned"]["problems"] == 2
+    assert results["doctests"]["tuned"]["problems"] == 2  # held-out doctests, in the sandbox
+    assert set(results["doctests"]) == {"tuned", "base"}
     assert 0.0 <= results["humaneval"]["tuned"]["pass@1"] <= 1.0
     statuses = results["humaneval"]["tuned"]["statuses"]
     assert sum(statuses.values()) == 4  # 2 problems x 2 samples, each run in the sandbox

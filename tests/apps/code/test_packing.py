@@ -44,6 +44,45 @@ def test_encode_chat_learns_only_assistant_turns():
     assert targets == [*tok.encode("yo"), 0]
 
 
+class TemplateTokenizer(CharTokenizer):
+    """A chat template in ChatML style (SmolLM2's layout, with a default system turn)."""
+
+    chat_template = "set"
+
+    def apply_chat_template(self, turns, tokenize=False):
+        text = "" if turns[0]["role"] == "system" else "[sys]default[end]"
+        return text + "".join(f"[{t['role']}]{t['content']}[end]" for t in turns)
+
+
+def test_encode_chat_uses_the_tokenizers_template_and_its_end_of_turn():
+    tok = TemplateTokenizer()
+    turns = tuple(
+        {"role": role, "content": content}
+        for role, content in [
+            ("user", "hi"),
+            ("assistant", "yo"),
+            ("user", "more"),
+            ("assistant", "ok"),
+        ]
+    )
+    enc = encode_record(Record("chat", messages=turns), tok, 256)
+    whole = tok.apply_chat_template(list(turns))
+    assert enc.input_ids == [0, *tok.encode(whole)]  # no end-of-text appended: [end] ends turns
+    targets = [i for i, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE_INDEX]
+    assert targets == tok.encode("yo[end]ok[end]")
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused():
+    class Rewriting(TemplateTokenizer):
+        def apply_chat_template(self, turns, tokenize=False):
+            return f"{len(turns)}" + super().apply_chat_template(turns)
+
+    rec = Record("chat", messages=({"role": "user", "content": "a"},
+                                   {"role": "assistant", "content": "b"}))  # fmt: skip
+    with pytest.raises(ValueError, match="rewrites earlier turns"):
+        encode_record(rec, Rewriting(), 256)
+
+
 def test_truncation_keeps_the_target():
     tok = CharTokenizer()
     enc = encode_record(Record("t", "p" * 100, "abc"), tok, max_len=10)
