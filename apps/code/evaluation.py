@@ -48,6 +48,9 @@ class EvalConfig:
         max_new_tokens: Longest HumanEval completion.
         timeout: Sandbox wall-clock seconds per program.
         fim_examples: Held-out FIM examples for exact match (greedy).
+        fim_single_line: Score single-line infilling (SantaCoder/StarCoder's FIM benchmark:
+            one non-blank line of each held-out function hidden, the prediction cut at its
+            first newline) instead of the multi-line middles of the FIM task.
         fim_max_new_tokens: Longest FIM middle.
         compare_base: Also score the base model (adapters off).
         seed: Sampling seed.
@@ -64,6 +67,7 @@ class EvalConfig:
     max_new_tokens: int = 128
     timeout: float = 3.0
     fim_examples: int = 40
+    fim_single_line: bool = True
     fim_max_new_tokens: int = 64
     compare_base: bool = True
     seed: int = 0
@@ -257,8 +261,10 @@ def fim_exact_match(
     seed: int = 0,
     batch_context: Callable[[int], AbstractContextManager] | None = None,
     batch_prompts: int = 8,
+    stops: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Greedy FIM completions vs the true middles (trailing whitespace ignored).
+    """Greedy FIM completions vs the true middles (trailing whitespace ignored), each cut at
+    the first of ``stops`` (``("\\n",)`` for single-line infilling).
 
     Returns ``{"exact_match": share of exact middles, "line_match": share whose first line
     matches, "count": number of examples}``.
@@ -269,7 +275,7 @@ def fim_exact_match(
     outs = sample_completions(
         model, tokenizer, [r.prompt for r in records], n=1, temperature=0.0,
         max_new_tokens=max_new_tokens, seed=seed, batch_context=batch_context,
-        batch_prompts=batch_prompts,
+        batch_prompts=batch_prompts, stops=stops,
     )  # fmt: skip
     exact = line = 0
     for rec, (pred,) in zip(records, outs, strict=True):

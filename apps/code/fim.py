@@ -127,3 +127,25 @@ def fim_example(
     split = split_document(text, rng, line_level=line_level, max_middle_chars=max_middle_chars)
     mode = "spm" if rng.random() < spm_rate else "psm"
     return fim_prompt(split, mode, sentinels), split.middle, mode
+
+
+def prompt_mode(prompt: str, sentinels: FimSentinels) -> str:
+    """``"spm"`` or ``"psm"``: which layout :func:`fim_prompt` gave ``prompt``."""
+    return "spm" if prompt.startswith(sentinels.prefix + sentinels.suffix) else "psm"
+
+
+def single_line_example(
+    prompt: str, middle: str, rng: random.Random, sentinels: FimSentinels
+) -> tuple[str, str] | None:
+    """The single-line infilling task (SantaCoder/StarCoder's FIM benchmark) on the document
+    of a FIM example: one non-blank line, drawn with ``rng``, becomes the middle of a PSM
+    prompt. ``(prompt, line)``; ``None`` when the document has no line to hide but its first.
+    """
+    split = parse_fim_prompt(prompt, prompt_mode(prompt, sentinels), sentinels)
+    lines = (split.prefix + middle + split.suffix).splitlines(keepends=True)
+    candidates = [i for i, line in enumerate(lines) if i > 0 and line.strip()]
+    if not candidates:
+        return None
+    k = rng.choice(candidates)
+    cut = FimSplit("".join(lines[:k]), lines[k], "".join(lines[k + 1 :]))
+    return fim_prompt(cut, "psm", sentinels), cut.middle

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from .data import GENERAL
 from .doctest_bench import doctest_problems, evaluate_doctests
 from .evaluation import HUMANEVAL_STOPS, EvalConfig, evaluate_humaneval, fim_exact_match
 from .export import write_adapter_gguf
+from .fim import single_line_example
 from .gguf_import import SMOLLM2
 from .losses import CoBaWeighter, task_balanced_loss
 from .metrics import TaskLossMeter, perplexity, task_vector
@@ -44,6 +46,7 @@ from .model import BaseConfig, load_base
 from .new_tokens import FIM_FAMILIES, NewTokenEmbedding, model_fim_sentinels, save_new_tokens
 from .new_tokens import add_fim_tokens as add_fim_tokens_to
 from .packing import additive_mask, packed_attention_mask
+from .records import Record
 from .report import REPORT_TITLE, base_summary, forgetting, report_sections
 from .tasks import TASKS
 
@@ -361,7 +364,14 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         cfg, out = self.evaluation, {}
         datamodule = getattr(self.trainer, "datamodule", None)
         fim_records = [r for r in getattr(datamodule, "eval_records", lambda _: [])("test")
-                       if r.task == "fim"][: cfg.fim_examples]  # fmt: skip
+                       if r.task == "fim"]  # fmt: skip
+        options = getattr(datamodule, "options", None)  # the sentinels the data were made with
+        if cfg.fim_single_line and options is not None:
+            rng = random.Random(cfg.seed)
+            lines = (single_line_example(r.prompt, r.completion, rng, options.sentinels)
+                     for r in fim_records)  # fmt: skip
+            fim_records = [Record("fim", prompt, line) for prompt, line in filter(None, lines)]
+        fim_records = fim_records[: cfg.fim_examples]
         if cfg.fim_examples > 0 and fim_records:
             out["fim"] = {}
             for who, ctx in self._scorers():
@@ -370,6 +380,7 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
                         self.model, self.tokenizer, fim_records,
                         max_new_tokens=cfg.fim_max_new_tokens, seed=cfg.seed,
                         batch_context=self._batch_route("fim"), batch_prompts=cfg.batch_size,
+                        stops=("\n",) if cfg.fim_single_line else (),
                     )  # fmt: skip
         if cfg.humaneval_problems > 0:
             out["humaneval"] = {}

@@ -7,9 +7,12 @@ without them (SmolLM2) gets the StarCoder strings added as new special tokens
 (:func:`add_fim_tokens`), and their input embeddings are learnt during fine-tuning:
 
 - :class:`NewTokenEmbedding` wraps the model's input embedding. Ids of the new tokens read
-  rows of a small trainable table (initialised to the mean of the existing rows, the usual
-  start for new tokens); every other id reads the frozen original embedding. Nothing else
-  of the embedding matrix is trained or stored.
+  rows of a small trainable table; every other id reads the frozen original embedding.
+  Nothing else of the embedding matrix is trained or stored. Each new row starts as the
+  mean embedding of the pieces the old tokenizer cut the token's text into (``<fim_prefix>``
+  -> ``<``, ``f``, ``im``, ``_``, ``prefix``, ``>``), so the three sentinels start apart and
+  near what the model read for those strings before (one shared mean row would make them
+  indistinguishable).
 - The output layer is left alone: sentinels only ever appear in prompts (their labels are
   ignored), so the model never needs to predict them, and it cannot emit them.
 - ``use_initial()`` switches the table back to its initial rows, so "the base model"
@@ -60,7 +63,9 @@ class NewTokenEmbedding(nn.Module):
             rows: a tokenizer grown past the embedding).
     """
 
-    def __init__(self, base: nn.Embedding, new_ids: Sequence[int]) -> None:
+    def __init__(
+        self, base: nn.Embedding, new_ids: Sequence[int], init: Tensor | None = None
+    ) -> None:
         super().__init__()
         if not new_ids:
             raise ValueError("NewTokenEmbedding needs at least one new token id.")
@@ -71,8 +76,12 @@ class NewTokenEmbedding(nn.Module):
         slot[torch.tensor(list(new_ids))] = torch.arange(len(new_ids))
         self.register_buffer("slot", slot, persistent=False)
         self.register_buffer("new_ids", torch.tensor(list(new_ids)), persistent=True)
-        mean = base.weight.detach().mean(dim=0, keepdim=True)
-        init = mean.repeat(len(new_ids), 1)
+        if init is None:  # the mean embedding
+            init = base.weight.detach().mean(dim=0, keepdim=True).repeat(len(new_ids), 1)
+        if tuple(init.shape) != (len(new_ids), base.embedding_dim):
+            raise ValueError(f"init has shape {tuple(init.shape)}, expected "
+                             f"({len(new_ids)}, {base.embedding_dim}).")  # fmt: skip
+        init = init.detach().to(base.weight.dtype)
         self.register_buffer("initial_rows", init.clone(), persistent=True)
         self.rows = nn.Parameter(init.clone())
         self._initial = False
@@ -112,16 +121,20 @@ def add_fim_tokens(
     """Add ``sentinels`` to ``tokenizer`` as special tokens and give them trainable rows.
 
     The model's input embedding is replaced by a :class:`NewTokenEmbedding` (the original
-    inside it, frozen); its ``rows`` are the only new trainable parameters.
+    inside it, frozen); its ``rows`` are the only new trainable parameters, each starting at
+    the mean embedding of the pieces the tokenizer cut its text into before it was added.
     """
+    embedding = model.get_input_embeddings()
+    pieces = [tokenizer.encode(t, add_special_tokens=False) for t in sentinels.tokens()]
+    weight = embedding.weight.detach()
+    init = torch.stack([weight[torch.tensor(ids)].mean(dim=0) for ids in pieces])
     tokenizer.add_special_tokens(
         {"additional_special_tokens": sentinels.tokens()}, replace_extra_special_tokens=False
     )
     ids = [single_token_id(tokenizer, t) for t in sentinels.tokens()]
     if any(i is None for i in ids):
         raise ValueError(f"adding {sentinels.tokens()} did not give single tokens: {ids}.")
-    embedding = model.get_input_embeddings()
-    wrapped = NewTokenEmbedding(embedding, [int(i) for i in ids if i is not None])
+    wrapped = NewTokenEmbedding(embedding, [int(i) for i in ids if i is not None], init)
     model.set_input_embeddings(wrapped)
     return wrapped
 

@@ -7,10 +7,13 @@ import random
 import pytest
 
 from apps.code.fim import (
+    MODES,
     FimSentinels,
+    FimSplit,
     fim_example,
     fim_prompt,
     parse_fim_prompt,
+    single_line_example,
     split_document,
 )
 
@@ -83,3 +86,23 @@ def test_spm_rate_and_errors():
         fim_example(DOCS[0], rng, spm_rate=1.5)
     with pytest.raises(ValueError, match="sentinel"):
         fim_example("x = '<fim_middle>'", rng)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_single_line_examples_hide_one_real_line_of_the_same_document(mode):
+    doc = "def f(x):\n    y = x + 1\n\n    return y * 2\n"
+    rng = random.Random(0)
+    split = split_document(doc, rng)
+    prompt = fim_prompt(split, mode, FimSentinels())
+    seen = set()
+    for seed in range(20):
+        out = single_line_example(prompt, split.middle, random.Random(seed), FimSentinels())
+        assert out is not None
+        new_prompt, line = out
+        back = parse_fim_prompt(new_prompt, "psm", FimSentinels())
+        assert back.prefix + line + back.suffix == doc
+        assert line.strip() and line in ("    y = x + 1\n", "    return y * 2\n")
+        seen.add(line)
+    assert len(seen) == 2  # both candidate lines get drawn; the header never is
+    one_line = fim_prompt(FimSplit("def f(): pass", "", ""), "psm", FimSentinels())
+    assert single_line_example(one_line, "", random.Random(0), FimSentinels()) is None

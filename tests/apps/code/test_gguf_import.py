@@ -125,9 +125,13 @@ def test_added_fim_tokens_train_their_own_rows_only(tiny_gguf):
     # Ordinary ids read the original embedding: the logits of plain code do not change.
     plain = torch.tensor([tokenizer.encode(CODE_SAMPLE)])
     assert torch.equal(model(plain).logits, before)
-    # New rows start at the mean embedding; a loss trains them and nothing else.
-    mean = model.get_input_embeddings().weight.mean(0)
-    assert torch.allclose(rows.rows, mean.expand(3, -1))
+    # Each new row starts at the mean embedding of the pieces its text was cut into before;
+    # a loss trains them and nothing else.
+    weight = model.get_input_embeddings().weight
+    for row, text in zip(rows.rows, FIM_FAMILIES[0].tokens(), strict=True):
+        pieces = tiny_tokenizer(fim_sentinels=False).encode(text, add_special_tokens=False)
+        assert len(pieces) > 1 and torch.allclose(row, weight[pieces].mean(0))
+    assert not torch.allclose(rows.rows[0], rows.rows[1])
     model(ids).logits.sum().backward()
     assert rows.rows.grad is not None and rows.rows.grad.abs().sum() > 0
     assert all(p.grad is None for n, p in model.named_parameters() if n != rows_name(model))
