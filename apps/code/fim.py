@@ -15,7 +15,10 @@ DeepSeek-Coder ``<｜fim▁begin｜>``/``<｜fim▁hole｜>``/``<｜fim▁end｜
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from .records import Record
 
 MODES = ("psm", "spm")
 
@@ -134,18 +137,40 @@ def prompt_mode(prompt: str, sentinels: FimSentinels) -> str:
     return "spm" if prompt.startswith(sentinels.prefix + sentinels.suffix) else "psm"
 
 
-def single_line_example(
-    prompt: str, middle: str, rng: random.Random, sentinels: FimSentinels
-) -> tuple[str, str] | None:
-    """The single-line infilling task (SantaCoder/StarCoder's FIM benchmark) on the document
-    of a FIM example: one non-blank line, drawn with ``rng``, becomes the middle of a PSM
-    prompt. ``(prompt, line)``; ``None`` when the document has no line to hide but its first.
-    """
+def fim_document(prompt: str, middle: str, sentinels: FimSentinels) -> str:
+    """The document a FIM example was cut from (PSM or SPM prompt, plus its middle)."""
     split = parse_fim_prompt(prompt, prompt_mode(prompt, sentinels), sentinels)
-    lines = (split.prefix + middle + split.suffix).splitlines(keepends=True)
+    return split.prefix + middle + split.suffix
+
+
+def single_line_example(
+    document: str, rng: random.Random, sentinels: FimSentinels
+) -> tuple[str, str] | None:
+    """The single-line infilling task (SantaCoder/StarCoder's FIM benchmark): one non-blank
+    line of ``document`` but its first, drawn with ``rng``, becomes the middle of a PSM
+    prompt. ``(prompt, line)``; ``None`` when there is no such line.
+    """
+    lines = document.splitlines(keepends=True)
     candidates = [i for i, line in enumerate(lines) if i > 0 and line.strip()]
     if not candidates:
         return None
     k = rng.choice(candidates)
     cut = FimSplit("".join(lines[:k]), lines[k], "".join(lines[k + 1 :]))
     return fim_prompt(cut, "psm", sentinels), cut.middle
+
+
+def single_line_records(
+    records: Sequence[Record], sentinels: FimSentinels, seed: int = 0
+) -> list[Record]:
+    """Single-line infilling examples (:func:`single_line_example`), one per distinct
+    function among held-out ``completion`` and ``fim`` records (their prompt and target
+    together are the whole function), in order, drawn with ``seed``."""
+    rng = random.Random(seed)
+    documents: dict[str, None] = {}
+    for r in records:
+        if r.task == "completion":
+            documents[r.prompt + r.completion] = None
+        elif r.task == "fim":
+            documents[fim_document(r.prompt, r.completion, sentinels)] = None
+    examples = (single_line_example(d, rng, sentinels) for d in documents)
+    return [Record("fim", prompt, line) for prompt, line in filter(None, examples)]

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from .data import GENERAL
 from .doctest_bench import doctest_problems, evaluate_doctests
 from .evaluation import HUMANEVAL_STOPS, EvalConfig, evaluate_humaneval, fim_exact_match
 from .export import write_adapter_gguf
-from .fim import single_line_example
+from .fim import single_line_records
 from .gguf_import import SMOLLM2
 from .losses import CoBaWeighter, task_balanced_loss
 from .metrics import TaskLossMeter, perplexity, task_vector
@@ -46,7 +45,6 @@ from .model import BaseConfig, load_base
 from .new_tokens import FIM_FAMILIES, NewTokenEmbedding, model_fim_sentinels, save_new_tokens
 from .new_tokens import add_fim_tokens as add_fim_tokens_to
 from .packing import additive_mask, packed_attention_mask
-from .records import Record
 from .report import REPORT_TITLE, base_summary, forgetting, report_sections
 from .tasks import TASKS
 
@@ -363,14 +361,11 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         base) model."""
         cfg, out = self.evaluation, {}
         datamodule = getattr(self.trainer, "datamodule", None)
-        fim_records = [r for r in getattr(datamodule, "eval_records", lambda _: [])("test")
-                       if r.task == "fim"]  # fmt: skip
+        test_records = getattr(datamodule, "eval_records", lambda _: [])("test")
+        fim_records = [r for r in test_records if r.task == "fim"]
         options = getattr(datamodule, "options", None)  # the sentinels the data were made with
         if cfg.fim_single_line and options is not None:
-            rng = random.Random(cfg.seed)
-            lines = (single_line_example(r.prompt, r.completion, rng, options.sentinels)
-                     for r in fim_records)  # fmt: skip
-            fim_records = [Record("fim", prompt, line) for prompt, line in filter(None, lines)]
+            fim_records = single_line_records(test_records, options.sentinels, cfg.seed)
         fim_records = fim_records[: cfg.fim_examples]
         if cfg.fim_examples > 0 and fim_records:
             out["fim"] = {}

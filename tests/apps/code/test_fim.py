@@ -9,13 +9,15 @@ import pytest
 from apps.code.fim import (
     MODES,
     FimSentinels,
-    FimSplit,
+    fim_document,
     fim_example,
     fim_prompt,
     parse_fim_prompt,
     single_line_example,
+    single_line_records,
     split_document,
 )
+from apps.code.records import Record
 
 DOCS = [
     "def f(x):\n    return x + 1\n",
@@ -91,18 +93,17 @@ def test_spm_rate_and_errors():
 @pytest.mark.parametrize("mode", MODES)
 def test_single_line_examples_hide_one_real_line_of_the_same_document(mode):
     doc = "def f(x):\n    y = x + 1\n\n    return y * 2\n"
-    rng = random.Random(0)
-    split = split_document(doc, rng)
-    prompt = fim_prompt(split, mode, FimSentinels())
+    split = split_document(doc, random.Random(0))
+    fim = Record("fim", fim_prompt(split, mode, FimSentinels()), split.middle)
+    assert fim_document(fim.prompt, fim.completion, FimSentinels()) == doc
+    completion = Record("completion", "def f(x):\n", doc[len("def f(x):\n") :])
     seen = set()
     for seed in range(20):
-        out = single_line_example(prompt, split.middle, random.Random(seed), FimSentinels())
-        assert out is not None
-        new_prompt, line = out
-        back = parse_fim_prompt(new_prompt, "psm", FimSentinels())
-        assert back.prefix + line + back.suffix == doc
-        assert line.strip() and line in ("    y = x + 1\n", "    return y * 2\n")
-        seen.add(line)
+        # The same function as a FIM and a completion record: one example.
+        (out,) = single_line_records([fim, completion], FimSentinels(), seed)
+        back = parse_fim_prompt(out.prompt, "psm", FimSentinels())
+        assert back.prefix + out.completion + back.suffix == doc
+        assert out.completion in ("    y = x + 1\n", "    return y * 2\n")
+        seen.add(out.completion)
     assert len(seen) == 2  # both candidate lines get drawn; the header never is
-    one_line = fim_prompt(FimSplit("def f(): pass", "", ""), "psm", FimSentinels())
-    assert single_line_example(one_line, "", random.Random(0), FimSentinels()) is None
+    assert single_line_example("def f(): pass\n", random.Random(0), FimSentinels()) is None
