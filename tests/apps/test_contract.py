@@ -389,11 +389,14 @@ def second_stage_options(app: App, recipe: Path, folder: Path) -> list[str]:
 
     A recipe that starts from an earlier run (``model.pretrained`` naming a run's
     ``last.ckpt``, as the chest X-ray preference recipe does) gets the ``last.ckpt`` of a
-    tiny ``fit`` of the app's default instead; other recipes get nothing.
+    tiny ``fit`` of the app's default instead; other recipes (a model named by a keyword,
+    such as the code app's ``smollm2``, included) get nothing.
     """
     config = read_yaml(recipe)
     pretrained = model_init_args(config).get("pretrained")
-    if not isinstance(pretrained, str) or (REPO / pretrained).exists():
+    if not isinstance(pretrained, str) or not pretrained.endswith(".ckpt"):
+        return []
+    if (REPO / pretrained).exists():
         return []
     root = folder / "first_stage"
     tiny = str(tiny_config(app.package))
