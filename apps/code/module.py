@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from core.adapters import AdapterBank, AdapterConfig
-from core.adapters.api import disable_adapters
+from core.adapters.api import NotMergeableError, disable_adapters, merge, unmerge
 from core.atomic import atomic_write_text
 from core.tokenizers import TokenizerCheckpointMixin
 from core.training import FineTuneModule, append_manifest, coerce_adapter_config, default_loss
@@ -350,8 +350,26 @@ class CodeModule(TokenizerCheckpointMixin, FineTuneModule):
         return TestReport(title=REPORT_TITLE, sections=sections)
 
     # ------------------------------------------------------------------ generation metrics
+    @contextlib.contextmanager
+    def merged_for_generation(self) -> Iterator[None]:
+        """The adapter folded into the weights while generating (unmerged on exit), so
+        decoding costs what the base's does: an unmerged DoRA recomputes its weight norms at
+        every decoding step. A bank, or an adapter that cannot be merged, stays as it is."""
+        if self._bank is not None or self.adapter_config is None:
+            yield
+            return
+        try:
+            merge(self.model)
+        except NotMergeableError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            unmerge(self.model)
+
     def _scorers(self) -> list[tuple[str, Callable[[], Any]]]:
-        who = [("tuned", contextlib.nullcontext)]
+        who = [("tuned", self.merged_for_generation)]
         if self.evaluation.compare_base and self._has_adapter():
             who.append(("base", self.as_base))
         return who

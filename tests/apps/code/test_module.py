@@ -220,3 +220,32 @@ def test_corda_calibrates_on_packed_batches(tiny_base, tmp_path):
     assert cli.model.needs_calibration and cli.model._injected  # injected in setup
     assert cli.trainer.global_step == 1
     assert (Path(cli.trainer.log_dir) / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_generation_with_the_adapter_merged_matches_unmerged(tiny_base, use_dora):
+    """The test stage decodes with the adapter folded in (DoRA's per-step norms gone); the
+    tokens are those of the unmerged model and the weights come back after."""
+    from apps.code.evaluation import sample_completions
+    from core.adapters import LoraConfig
+    from core.adapters.api import adapter_layers
+
+    folder, _ = tiny_base
+    adapter = LoraConfig(r=4, alpha=8, use_dora=use_dora, target_modules=["q_proj", "v_proj"])
+    module = CodeModule(pretrained=str(folder), adapter=adapter)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in module.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+    prompts = ["def add(a, b):\n", "class Stack:\n    def push(self, x):\n"]
+    plain = sample_completions(module.model, module.tokenizer, prompts, max_new_tokens=12,
+                               progress=False)  # fmt: skip
+    with module.merged_for_generation():
+        assert all(layer.merged for _, layer in adapter_layers(module.model))
+        merged = sample_completions(module.model, module.tokenizer, prompts, max_new_tokens=12,
+                                    progress=False)  # fmt: skip
+    assert merged == plain
+    for name, param in module.model.named_parameters():
+        assert torch.allclose(param, before[name], atol=1e-5), name
