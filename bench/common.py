@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the reference model, timing, memory and the report."""
+"""Shared pieces of the benchmarks: the models, timing, memory and the report."""
 
 from __future__ import annotations
 
@@ -33,6 +33,70 @@ def reference_llama(vocab_size: int = 8000, seed: int = 0) -> torch.nn.Module:
         max_position_embeddings=512,
     )
     return LlamaForCausalLM(config)
+
+
+def smollm2_config() -> Any:
+    """The ``LlamaConfig`` of SmolLM2-135M, the code app's model.
+
+    Vocab 49152, hidden 576, intermediate 1536, 30 layers, 9 heads with 3 KV heads (head
+    dim 64), rope theta 100000, RMSNorm eps 1e-5, tied input/output embeddings, 8192
+    positions: 134,515,008 parameters, as in the config the code app converts from its
+    SmolLM2-135M-Instruct GGUF (``apps/code/gguf_import.py``).
+    """
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        # The token ids of SmolLM2-135M-Instruct as the code app converts it (no bearing on
+        # speed: the benchmarks generate a fixed number of tokens).
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+
+
+def smollm2_llama(seed: int = 0) -> torch.nn.Module:
+    """A randomly initialised ``LlamaForCausalLM`` of SmolLM2-135M's shape.
+
+    No download: a step's time and memory depend on the shapes, not on the values, so the
+    benchmarks need the architecture only (random weights also keep them offline).
+    """
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(smollm2_config())
+
+
+#: The models a benchmark can run on (``--model``): the issue's reference Llama (21M) and
+#: SmolLM2-135M's shape.
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {
+    "reference": reference_llama,
+    "smollm2": smollm2_llama,
+}
+
+#: One line per model for report titles.
+MODEL_TITLES = {
+    "reference": "reference Llama 21M",
+    "smollm2": "SmolLM2-135M shape, random weights",
+}
+
+
+def build_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """The model ``name`` of :data:`MODELS`, initialised from ``seed``."""
+    return MODELS[name](seed=seed)
 
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

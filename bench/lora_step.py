@@ -1,6 +1,12 @@
-"""One LoRA training step on the reference Llama: ours vs PEFT, side by side.
+"""One LoRA training step: ours vs PEFT, side by side, on the reference Llama or SmolLM2.
 
-    python -m bench.lora_step [--repeats 7] [--csv bench/results/lora_step.csv]
+    python -m bench.lora_step [--model reference|smollm2] [--batch B] [--seq T]
+                              [--repeats 7] [--csv bench/results/lora_step.csv]
+
+``--model reference`` (the default) is the issue's reference Llama (21M, batch 8 x 128);
+``--model smollm2`` is a randomly initialised model of SmolLM2-135M's shape, the code
+app's model (:func:`bench.common.smollm2_llama`; batch 4 x 256 by default, its own CSV,
+``lora_step_smollm2.csv``). LoRA r=16, alpha 32 on every linear layer of the blocks.
 
 Ours: LoRA from ``core.adapters`` (fused LoRA linear) and the LM loss from
 ``core.training.lm_loss`` (fused linear cross-entropy). PEFT: ``get_peft_model`` and the
@@ -23,10 +29,12 @@ import torch
 
 from .common import (
     LORA_TARGETS,
+    MODEL_TITLES,
+    MODELS,
+    build_model,
     current_rss_mb,
     interleaved_samples,
     peak_rss_mb,
-    reference_llama,
     report,
     reset_peak_rss,
     round_ratio_quartiles,
@@ -34,11 +42,14 @@ from .common import (
 )
 
 BATCH, SEQ, RANK = 8, 128, 16
+#: The default (batch, seq) of each model: the reference's 8 x 128 tokens; 4 x 256 for
+#: SmolLM2, whose step is about ten times the reference's, so a run stays within minutes.
+SHAPES = {"reference": (BATCH, SEQ), "smollm2": (4, 256)}
 
 
-def build(path: str) -> torch.nn.Module:
-    """The reference model with LoRA r=16 on every linear layer, ours or PEFT's."""
-    model = reference_llama()
+def build(path: str, model_name: str = "reference") -> torch.nn.Module:
+    """The model with LoRA r=16 on every linear layer of the blocks, ours or PEFT's."""
+    model = build_model(model_name)
     if path == "ours":
         from core.adapters import LoraConfig, inject
 
@@ -59,7 +70,7 @@ def make_step(
     from core.training.lm_loss import causal_lm_loss
 
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 8000, (batch, seq), generator=gen)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
@@ -76,7 +87,9 @@ def make_step(
     return step
 
 
-def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0) -> Callable[[], float]:
+def make_floor_step(
+    batch: int = BATCH, seq: int = SEQ, seed: int = 0, model_name: str = "reference"
+) -> Callable[[], float]:
     """The same step with no adapter at all: what any LoRA implementation must pay.
 
     The base model is frozen and the output of every linear layer LoRA would adapt is made
@@ -86,12 +99,13 @@ def make_floor_step(batch: int = BATCH, seq: int = SEQ, seed: int = 0) -> Callab
     """
     from core.training.lm_loss import causal_lm_loss
 
-    model = reference_llama().train()
+    model = build_model(model_name).train()
     model.requires_grad_(False)
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in LORA_TARGETS:
             module.register_forward_hook(_require_grad)
-    ids = torch.randint(0, 8000, (batch, seq), generator=torch.Generator().manual_seed(seed))
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
 
     def step() -> float:
         loss = causal_lm_loss(model, ids, fused=True)
@@ -106,9 +120,9 @@ def _require_grad(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
     return output if output.requires_grad else output.requires_grad_(True)
 
 
-def worker(path: str, batch: int, seq: int) -> None:
+def worker(path: str, batch: int, seq: int, model_name: str = "reference") -> None:
     torch.set_num_threads(2)
-    model = build(path)
+    model = build(path, model_name)
     step = make_step(model, path, batch, seq)
     before = current_rss_mb()
     reset_peak_rss()
@@ -119,23 +133,38 @@ def worker(path: str, batch: int, seq: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="reference",
+        help="reference: the issue's Llama 21M; smollm2: SmolLM2-135M's shape, random weights",
+    )
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=BATCH)
-    parser.add_argument("--seq", type=int, default=SEQ)
-    parser.add_argument("--csv", default="bench/results/lora_step.csv")
+    parser.add_argument("--batch", type=int, help="rows per step (default 8, smollm2: 4)")
+    parser.add_argument("--seq", type=int, help="tokens per row (default 128, smollm2: 256)")
+    parser.add_argument(
+        "--csv",
+        help="where to write the table (default bench/results/lora_step.csv, or "
+        "lora_step_smollm2.csv with --model smollm2)",
+    )
     parser.add_argument("--worker", choices=["ours", "peft"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    default_batch, default_seq = SHAPES[args.model]
+    batch = args.batch or default_batch
+    seq = args.seq or default_seq
     if args.worker:
-        worker(args.worker, args.batch, args.seq)
+        worker(args.worker, batch, seq, args.model)
         return
     torch.set_num_threads(2)
-    steps = {path: make_step(build(path), path, args.batch, args.seq) for path in ("ours", "peft")}
-    steps["no adapter (floor)"] = make_floor_step(args.batch, args.seq)
+    steps = {
+        path: make_step(build(path, args.model), path, batch, seq) for path in ("ours", "peft")
+    }
+    steps["no adapter (floor)"] = make_floor_step(batch, seq, model_name=args.model)
     samples = interleaved_samples(steps, args.repeats, args.warmup)
     times = {path: statistics.median(values) for path, values in samples.items()}
     low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
-    shape = ["--batch", str(args.batch), "--seq", str(args.seq)]
+    shape = ["--model", args.model, "--batch", str(batch), "--seq", str(seq)]
     memory = {p: run_worker("bench.lora_step", [*shape, "--worker", p]) for p in ("ours", "peft")}
     rows = [
         {
@@ -150,11 +179,12 @@ def main(argv: list[str] | None = None) -> None:
         }
         for path in steps
     ]
+    suffix = "" if args.model == "reference" else f"_{args.model}"
     report(
-        f"LoRA training step (Llama 21M, r={RANK} all linear, batch {args.batch}x{args.seq}, "
-        "AdamW, fp32)",
+        f"LoRA training step ({MODEL_TITLES[args.model]}, r={RANK} all linear, "
+        f"batch {batch}x{seq}, AdamW, fp32)",
         rows,
-        args.csv,
+        args.csv or f"bench/results/lora_step{suffix}.csv",
     )
 
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from bench import cross_entropy, lora_step, multi_adapter
+from bench import cross_entropy, lora_generation, lora_step, multi_adapter
 
 
 def _rows(path):
@@ -301,3 +301,68 @@ def test_speech_streaming_bench(tmp_path, capsys) -> None:
     assert rows[0]["look_ahead_ms"] == 40 and rows[0]["algorithmic_latency_ms"] == 215
     assert [r["streams"] for r in _rows(out)] == ["1", "3"]
     assert "| 3 |" in capsys.readouterr().out
+
+
+def test_lora_generation_bench(tmp_path, capsys) -> None:
+    """Ours and PEFT decode the same tokens with the same nonzero adapter; the plain model's
+    tokens differ, so the adapter is really applied."""
+    out = tmp_path / "gen.csv"
+    lora_generation.main(
+        ["--batch", "2", "--prompt", "4", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
+         "--csv", str(out)]
+    )  # fmt: skip
+    rows = {r["path"]: r for r in _rows(out)}
+    assert list(rows) == [lora_generation.OURS, lora_generation.PEFT, lora_generation.PLAIN]
+    ours, peft_row, plain = rows.values()
+    assert ours["same_tokens_as_peft"] == "True"
+    assert ours["new_tokens_matching_peft"] == "6"  # batch 2 x 3 new tokens
+    assert plain["same_tokens_as_peft"] == "False"
+    assert all(float(r["tokens_per_s"]) > 0 for r in rows.values())
+    assert float(peft_row["speed_vs_peft"]) == 1.0 and peft_row["per_round_iqr"] == ""
+    low, high = map(float, ours["per_round_iqr"].split("-"))  # one round: a single ratio
+    assert low == high == pytest.approx(float(ours["speed_vs_peft"]), abs=6e-4)
+    assert "| ours |" in capsys.readouterr().out
+
+
+def test_lora_generation_copies_our_adapter_into_peft() -> None:
+    """Every adapted layer of PEFT's model holds our A and B, and B is not zero."""
+    from core.adapters import adapter_layers
+
+    ours = lora_generation.build_ours("reference")
+    peft_model = lora_generation.build_peft("reference", ours)
+    inner = peft_model.base_model.model
+    layers = list(adapter_layers(ours))
+    assert len(layers) == 4 * 7
+    for name, layer in layers:
+        unit, target = layer.adapters["default"], inner.get_submodule(name)
+        assert torch.equal(target.lora_A["default"].weight, unit.lora_A.weight)
+        assert torch.equal(target.lora_B["default"].weight, unit.lora_B.weight)
+        assert unit.lora_B.weight.abs().sum() > 0
+
+
+def test_smollm2_shape() -> None:
+    """--model smollm2 builds SmolLM2-135M's architecture: its config numbers, 134.5M
+    parameters with tied embeddings, and the same LoRA size in ours and PEFT's (built on the
+    meta device: no memory, no step)."""
+    from bench.common import build_model, smollm2_config
+
+    config = smollm2_config()
+    assert (config.vocab_size, config.hidden_size, config.intermediate_size) == (49152, 576, 1536)
+    assert (config.num_hidden_layers, config.num_attention_heads) == (30, 9)
+    assert (config.num_key_value_heads, config.head_dim) == (3, 64)
+    assert config.rope_parameters["rope_theta"] == 100000.0
+    assert config.rms_norm_eps == 1e-5
+    assert config.max_position_embeddings == 8192
+    assert config.tie_word_embeddings
+    with torch.device("meta"):
+        model = build_model("smollm2")
+        lora = {path: lora_step.build(path, "smollm2") for path in ("ours", "peft")}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008
+    attention = model.model.layers[0].self_attn
+    assert (attention.k_proj.out_features, attention.o_proj.in_features) == (192, 576)
+    # r=16 on q, k, v, o (576 -> 576, 192, 192, 576) and gate, up, down (576 <-> 1536), x30.
+    per_layer = 16 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
+    for model in lora.values():
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 30 * per_layer
+    assert lora_step.SHAPES["smollm2"] == (4, 256)
