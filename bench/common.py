@@ -236,3 +236,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+
+def add_model_option(parser: Any) -> None:
+    """``--model reference|smollm2``: the model shape a benchmark runs on."""
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="reference",
+        help="reference: the issue's Llama 21M; smollm2: SmolLM2-135M's shape, random weights",
+    )

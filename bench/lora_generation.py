@@ -39,7 +39,7 @@ from torch import Tensor
 from .common import (
     LORA_TARGETS,
     MODEL_TITLES,
-    MODELS,
+    add_model_option,
     build_model,
     interleaved_samples,
     report,
@@ -112,12 +112,7 @@ def generation_paths(
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        choices=list(MODELS),
-        default="reference",
-        help="reference: the issue's Llama 21M; smollm2: SmolLM2-135M's shape, random weights",
-    )
+    add_model_option(parser)
     parser.add_argument("--batch", type=int, default=8, help="prompts decoded together")
     parser.add_argument("--prompt", type=int, default=64, help="tokens per prompt")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per prompt")

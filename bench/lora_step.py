@@ -30,7 +30,7 @@ import torch
 from .common import (
     LORA_TARGETS,
     MODEL_TITLES,
-    MODELS,
+    add_model_option,
     build_model,
     current_rss_mb,
     interleaved_samples,
@@ -133,12 +133,7 @@ def worker(path: str, batch: int, seq: int, model_name: str = "reference") -> No
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model",
-        choices=list(MODELS),
-        default="reference",
-        help="reference: the issue's Llama 21M; smollm2: SmolLM2-135M's shape, random weights",
-    )
+    add_model_option(parser)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, help="rows per step (default 8, smollm2: 4)")

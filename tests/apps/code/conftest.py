@@ -7,8 +7,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from apps.code import sandbox_bwrap
 from core.training import tiny_config
 from tests.threads import one_thread  # noqa: F401  (autouse fixture)
+
+#: Tests that run programs in the kernel sandbox: skipped, with bubblewrap's reason, where
+#: it cannot start (the refusal tests run anywhere).
+kernel = pytest.mark.skipif(
+    sandbox_bwrap.problem() != "",
+    reason=f"the kernel sandbox cannot start here: {sandbox_bwrap.problem()}",
+)
 
 #: The app's own one-step recipe (``apps/code/configs/tiny.yaml``), which the tests run.
 TINY_CONFIG = tiny_config("apps.code")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.code import doctest_bench, sandbox_bwrap
+from apps.code import doctest_bench
 from apps.code.corpus import is_held_out, list_modules, split_modules
 from apps.code.doctest_bench import (
     TRIVIAL_BODY,
@@ -17,11 +17,7 @@ from apps.code.doctest_bench import (
     score_completions,
 )
 
-#: Tests that run programs in the kernel sandbox (as test_sandbox.py marks them).
-kernel = pytest.mark.skipif(
-    sandbox_bwrap.problem() != "",
-    reason=f"the kernel sandbox cannot start here: {sandbox_bwrap.problem()}",
-)
+from .conftest import kernel
 
 #: A few problems of each kind: top-level, decorated (classmethod), methods reached through a
 #: module-level instance, dunder methods reached through operators.

@@ -19,11 +19,7 @@ from apps.code.sandbox import (
     unsandboxed_allowed,
 )
 
-#: Tests that run programs in the kernel sandbox; the refusal tests at the end run anywhere.
-kernel = pytest.mark.skipif(
-    sandbox_bwrap.problem() != "",
-    reason=f"the kernel sandbox cannot start here: {sandbox_bwrap.problem()}",
-)
+from .conftest import kernel
 
 
 @kernel
