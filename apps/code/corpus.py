@@ -71,6 +71,12 @@ def list_modules(root: Path | None = None) -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+def stable_fraction(key: str, salt: str) -> float:
+    """A number in [0, 1) fixed by ``key`` and ``salt`` (a hash, not random state)."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_held_out(name: str, fraction: float, salt: str = "code-heldout") -> bool:
     """Whether module ``name`` is held out: a stable hash of its top-level package.
 
@@ -79,9 +85,13 @@ def is_held_out(name: str, fraction: float, salt: str = "code-heldout") -> bool:
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"held-out fraction={fraction!r} must lie in [0, 1).")
-    top = name.split(".")[0]
-    digest = hashlib.sha256(f"{salt}:{top}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return stable_fraction(name.split(".")[0], salt) < fraction
+
+
+def held_out_part(name: str) -> str:
+    """``"val"`` or ``"test"``: the part held-out module ``name`` goes to (a stable hash of
+    the module's own name, so a package's modules spread over both)."""
+    return "val" if stable_fraction(name, "code-val") < 0.5 else "test"
 
 
 def split_modules(

@@ -19,7 +19,6 @@ model's (``trainer.lightning_module.tokenizer``) unless ``tokenizer`` names a lo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .corpus import iter_functions, list_modules, read_source, split_modules
+from .corpus import held_out_part, iter_functions, list_modules, read_source, split_modules
 from .fim import FimSentinels
 from .packing import Encoded, collate_packed, encode_plain, encode_record, pack
 from .records import Record, read_jsonl
@@ -40,10 +39,6 @@ from .tokenizer import load_code_tokenizer
 GENERAL = "general"
 #: Values of ``data.source``.
 SOURCES = ("embedded", "jsonl")
-
-
-def _stable_fraction(name: str, salt: str) -> float:
-    return int.from_bytes(hashlib.sha256(f"{salt}:{name}".encode()).digest()[:8], "big") / 2**64
 
 
 def embedded_records(
@@ -74,8 +69,7 @@ def embedded_records(
         source = read_source(path)
         if source is None:
             continue
-        part = "train" if is_train else (
-            "val" if _stable_fraction(name, "code-val") < 0.5 else "test")  # fmt: skip
+        part = "train" if is_train else held_out_part(name)
         parts[part].extend(iter_functions(name, source))
         if not is_train:
             texts[part].append(source)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .corpus import iter_functions, list_modules, read_source, split_modules
+from .corpus import held_out_part, iter_functions, list_modules, read_source, split_modules
 from .sandbox import SandboxResult, check_sandbox, run_program
 
 if TYPE_CHECKING:
@@ -110,13 +110,6 @@ class DoctestProblem:
     def is_method(self) -> bool:
         """Whether the function is defined in a class."""
         return "." in self.qualname
-
-
-def held_out_part(module: str) -> str:
-    """``"val"`` or ``"test"``: the part a held-out module goes to in ``embedded_records``."""
-    from .data import _stable_fraction  # the data module's own rule (imported lazily: slow)
-
-    return "val" if _stable_fraction(module, "code-val") < 0.5 else "test"
 
 
 def _decorators(source: str) -> dict[str, list[list[str]]]:

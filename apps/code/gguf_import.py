@@ -119,11 +119,13 @@ def _end_of_text_roles(tokenizer: Any) -> None:
     tokenizer.padding_side = "left"
 
 
-def convert_gguf(path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+def convert_gguf(
+    path: str | Path, out_dir: str | Path, sha256: str | None = None
+) -> dict[str, Any]:
     """Dequantize the GGUF at ``path`` into a ``save_pretrained`` folder ``out_dir``.
 
     Returns the facts written to ``out_dir/source.json`` (file, sha256, architecture,
-    parameters, end-of-text token).
+    parameters, end-of-text token). ``sha256``: the file's digest when already known.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -144,7 +146,7 @@ def convert_gguf(path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     tokenizer.save_pretrained(out_dir)
     facts = {
         "source": str(path.resolve()),
-        "sha256": sha256_file(path),
+        "sha256": sha256 or sha256_file(path),
         "architecture": arch,
         "model_class": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -166,11 +168,12 @@ def ensure_gguf_model(
     """
     path = Path(path)
     arch = gguf_architecture(path)  # fail on a bad file before hashing 100s of MB
-    key = {"sha256": sha256 or sha256_file(path), "architecture": arch, "version": CONVERT_VERSION}
+    digest = sha256 or sha256_file(path)
+    key = {"sha256": digest, "architecture": arch, "version": CONVERT_VERSION}
 
     def build(folder: Path) -> None:
         print(f"[apps.code] converting {path.name} to a transformers folder (done once).")
-        convert_gguf(path, folder)
+        convert_gguf(path, folder, sha256=digest)
 
     return cached_dir("gguf", key, build, app=APP, cache_dir=cache_dir)
 
