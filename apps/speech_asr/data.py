@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 #: The on-disk formats ``data.source`` names, besides ``embedded``.
 DISK_SOURCES = ("common_voice", "fleurs", "jsonl")
 SOURCES = ("embedded", *DISK_SOURCES)
+#: Feature front ends: the streaming foundation's log-mel, or Whisper's.
+FRONTENDS = ("logmel", "whisper")
 
 #: Training utterances per tail language in the embedded default: down to 40.
 DEFAULT_TRAIN_UTTERANCES = {"lt": 300, "lv": 120, "sl": 80, "is": 40}
@@ -112,6 +114,10 @@ class SpeechDataModule(pl.LightningDataModule):
         stride: Feature frames per network frame (the foundation's ``stride``): a
             transcript with more characters than network frames cannot be aligned by CTC,
             so such utterances are skipped (logged with their count).
+        frontend: ``logmel`` (the streaming foundation's features) or ``whisper``
+            (Whisper's log-mel, each clip padded to ``window_seconds``; no CTC skip).
+        window_seconds: The Whisper encoder's window (``frontend: whisper``); a longer clip
+            is an error naming it. The Whisper recipe links ``model.encoder_seconds`` to it.
     """
 
     def __init__(
@@ -130,6 +136,8 @@ class SpeechDataModule(pl.LightningDataModule):
         root_language: str | None = None,
         cache_dir: str | None = None,
         stride: int = 4,
+        frontend: str = "logmel",
+        window_seconds: float = 30.0,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -167,6 +175,13 @@ class SpeechDataModule(pl.LightningDataModule):
         self.root_language = root_language
         self.stride = stride
         self.vocabulary = CharVocabulary.for_languages(sorted(LANGUAGES))
+        if frontend not in FRONTENDS:
+            raise ValueError(f"data.frontend={frontend!r} must be one of {', '.join(FRONTENDS)}.")
+        self.frontend_name, self.window_seconds = frontend, window_seconds
+        if frontend == "whisper":
+            from .whisper.model import feature_extractor
+
+            self.whisper_extractor = feature_extractor(window_seconds)
         self.frontend = LogMel()
         self.splits: dict[str, ExampleSet] = {}
 
@@ -211,6 +226,8 @@ class SpeechDataModule(pl.LightningDataModule):
     def examples(self, utterances: Sequence[Utterance]) -> list[Example]:
         """Features and token ids for each utterance; an utterance whose transcript has more
         characters than the network has frames is skipped (CTC cannot align it), logged."""
+        if self.frontend_name == "whisper":
+            return self.whisper_examples(utterances)
         out, too_fast = [], []
         for u in utterances:
             assert u.audio is not None, "utterances() loads the audio"
@@ -232,6 +249,20 @@ class SpeechDataModule(pl.LightningDataModule):
             raise ValueError(
                 "speech_asr: every utterance was skipped (transcripts longer than the audio "
                 "allows at data.stride frames per character); check the transcripts."
+            )
+        return out
+
+    def whisper_examples(self, utterances: Sequence[Utterance]) -> list[Example]:
+        """Whisper log-mel features, each clip padded to the window; the text is tokenized
+        by the model (``tokens`` stays empty)."""
+        from .whisper.model import whisper_features
+
+        out = []
+        for u in utterances:
+            assert u.audio is not None, "utterances() loads the audio"
+            features = whisper_features(self.whisper_extractor, u.audio, self.window_seconds, u.id)
+            out.append(
+                Example(features, torch.zeros(0, dtype=torch.long), u.language, u.text, u.id)
             )
         return out
 

@@ -40,13 +40,10 @@ from .foundation import (
 )
 from .model import FoundationConfig
 from .report import speech_report
-
-ROUTINGS = ("per_language", "shared")
-#: The one adapter of ``adapter_routing: shared``.
-SHARED = "shared"
+from .routing import LanguageRouting, bank_names, check_routing
 
 
-class SpeechAdapterModule(FineTuneModule):
+class SpeechAdapterModule(LanguageRouting, FineTuneModule):
     """Tail-language ASR on a frozen streaming foundation.
 
     Args:
@@ -88,10 +85,7 @@ class SpeechAdapterModule(FineTuneModule):
         examples_per_language: int = 3,
         **kwargs: Any,
     ) -> None:
-        if adapter_routing not in ROUTINGS:
-            raise ValueError(
-                f"model.adapter_routing={adapter_routing!r} must be one of {', '.join(ROUTINGS)}."
-            )
+        check_routing(adapter_routing)
         if isinstance(foundation, dict):  # from a checkpoint's hyperparameters
             foundation = FoundationConfig(**foundation)
         if isinstance(pretraining, dict):
@@ -120,7 +114,7 @@ class SpeechAdapterModule(FineTuneModule):
         self.assemble_best = assemble_best
         self.examples_per_language = examples_per_language
         self.bank_adapter_config = adapter
-        names = self.languages if adapter_routing == "per_language" else [SHARED]
+        names = bank_names(self.languages, adapter_routing)
         # The bank injects into self.model in place; it stays out of the module tree
         # (self.__dict__) so its parameters are saved once, under model.*.
         self.__dict__["adapter_bank"] = (
@@ -130,33 +124,6 @@ class SpeechAdapterModule(FineTuneModule):
         self.best_adapters: dict[str, dict[str, Any]] = {}  # lang -> step, cer, tensors
         self._eval_batches: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
         self.evaluation: Evaluation | None = None
-
-    # ------------------------------------------------------------------ routing
-    def adapter_ids(self, languages: list[str]) -> Tensor:
-        """The bank id of each sample's language: its own adapter (``per_language``), the
-        shared one, or -1 (a head language: the foundation alone)."""
-        bank = self.adapter_bank
-        assert bank is not None
-        ids = []
-        for lang in languages:
-            if lang not in self.languages:
-                ids.append(-1)
-            else:
-                ids.append(bank.index(lang if self.routing == "per_language" else SHARED))
-        return torch.tensor(ids, dtype=torch.long)
-
-    @contextmanager
-    def route(self, languages: list[str], foundation_only: bool = False) -> Iterator[None]:
-        """Inside the block, each sample of the model's batches uses its language's adapter
-        (``foundation_only``: none, the frozen foundation)."""
-        if self.adapter_bank is None:
-            yield
-            return
-        ids = self.adapter_ids(languages)
-        if foundation_only:
-            ids = torch.full_like(ids, -1)
-        with self.adapter_bank.route(ids):
-            yield
 
     # ------------------------------------------------------------------ steps
     def forward(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:

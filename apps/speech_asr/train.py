@@ -10,6 +10,12 @@ of the model. Outputs go to ``runs/speech_asr/version_<n>`` (checkpoints, metric
 report.md, dev_cer.png, adapter/<language>/ and adapter_assembled/<language>/ in PEFT
 layout). Recipes: ``--config apps/speech_asr/configs/<recipe>.yaml`` (full_finetune,
 shared_adapter, lora); a run of seconds: ``--config apps/speech_asr/configs/tiny.yaml``.
+
+``--config apps/speech_asr/configs/whisper.yaml`` trains per-language LoRA on the installed
+multilingual Whisper base instead (:class:`apps.speech_asr.whisper.module.WhisperAdapterModule`).
+Each recipe names its module class (``model.class_path``); model options are given as
+``--model.<name>`` (or ``--model.init_args.<name>``), and ``fit --model.help <class>`` lists
+a class's options.
 """
 
 from __future__ import annotations
@@ -17,10 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.training import FineTuneCLI, run_cli
+from core.training import FineTuneCLI, FineTuneModule, run_cli
 
 from .data import SpeechDataModule
-from .module import SpeechAdapterModule
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 CONFIG_DIR = DEFAULT_CONFIG.parent
@@ -30,6 +35,7 @@ LINKS = {
     "data.languages": "model.languages",  # one adapter per tail language
     "data.head_languages": "model.head_languages",  # tested for forgetting
     "data.split_seed": "model.split_seed",  # the corpus the foundation pre-trains on
+    "data.window_seconds": "model.encoder_seconds",  # Whisper: features fill its window
 }
 
 
@@ -39,7 +45,14 @@ def main(args: Sequence[str] | None = None, run: bool = True) -> FineTuneCLI:
     ``run=False`` only instantiates model, data and trainer from the config (a recipe check).
     """
     return run_cli(
-        SpeechAdapterModule, SpeechDataModule, DEFAULT_CONFIG, args=args, run=run, links=LINKS
+        FineTuneModule,
+        SpeechDataModule,
+        DEFAULT_CONFIG,
+        args=args,
+        app_name="speech_asr",
+        subclass_mode=True,
+        run=run,
+        links=LINKS,
     )
 
 

@@ -366,3 +366,31 @@ def test_smollm2_shape() -> None:
     for model in lora.values():
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 30 * per_layer
     assert lora_step.SHAPES["smollm2"] == (4, 256)
+
+
+def test_sibling_gemms_fused_products_equal_the_separate_ones(tmp_path) -> None:
+    from bench import sibling_gemms
+
+    separate, fused = sibling_gemms.group_paths(8, [6, 2, 2], hidden=5)
+    (outs_a, grad_a), (outs_b, grad_b) = separate(), fused()
+    for a, b in zip(outs_a, outs_b, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(grad_a, grad_b)
+    rows = sibling_gemms.main(["--rows", "16", "--repeats", "1", "--csv", str(tmp_path / "s.csv")])
+    assert [r["group"] for r in rows] == ["q/k/v", "gate/up"]
+    assert (tmp_path / "s.csv").exists()
+
+
+def test_whisper_lora_step_bench(tmp_path) -> None:
+    from bench import whisper_lora_step
+
+    model = whisper_lora_step.build("ours", seconds=0.2)
+    assert model.config.max_source_positions == 10 and model.config.d_model == 512
+    trainable = {n.split(".")[-2] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"lora_A", "lora_B"}
+    whisper_lora_step.main(
+        ["--batch", "1", "--tokens", "2", "--seconds", "0.2", "--repeats", "1", "--warmup", "0",
+         "--csv", str(tmp_path / "w.csv")]
+    )  # fmt: skip
+    rows = list(csv.DictReader((tmp_path / "w.csv").read_text().splitlines()))
+    assert [r["path"] for r in rows] == ["ours", "peft", "no adapter (floor)"]

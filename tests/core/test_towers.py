@@ -50,5 +50,9 @@ def test_encode_pixels_batches_give_the_same_features():
     enc = efficientnet_lite0(split=6)
     rgb = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     whole = encode_pixels(enc.features, rgb, batch_size=5)
-    assert torch.allclose(encode_pixels(enc.features, rgb, batch_size=2), whole, atol=1e-5)
+    # Batches of another size may take another convolution algorithm: float32 rounding of
+    # features up to about 60 in size (2e-5 measured on an AVX-512 Xeon).
+    torch.testing.assert_close(
+        encode_pixels(enc.features, rgb, batch_size=2), whole, atol=1e-4, rtol=1e-5
+    )
     assert torch.allclose(enc.features((rgb - 0.5) / 0.5), whole, atol=1e-5)

@@ -364,7 +364,8 @@ def test_mixed_batch_loss_and_gradients_equal_each_sample_alone(kind: str, decod
                 data["target_lengths"][b : b + 1],
                 "none",
             )
-        torch.testing.assert_close(alone[0], per_sample[b], atol=ATOL, rtol=0)
+        # a sum of a few hundred float32 terms (about 23 here): float32's relative rounding
+        torch.testing.assert_close(alone[0], per_sample[b], atol=ATOL, rtol=2e-6)
         if IDS[b] >= 0:  # the bare foundation's samples reach no adapter
             alone.sum().backward()  # accumulates over the samples
     for name, param in trainable.items():
