@@ -1,12 +1,12 @@
 """One Whisper LoRA training step: ours vs PEFT, side by side, on Whisper base's shape.
 
-    python -m bench.whisper_lora_step [--batch 8] [--seconds 6] [--tokens 16]
+    python -m bench.whisper_lora_step [--batch 8] [--seconds 7] [--tokens 16]
                                       [--repeats 7] [--csv bench/results/whisper_lora_step.csv]
 
 The model is a randomly initialised ``WhisperForConditionalGeneration`` of Whisper base's
 shape (d_model 512, 6 + 6 layers, 8 heads, vocabulary 51865; time and memory depend on the
 shapes, not the values), its encoder window cut to ``--seconds`` as the speech app's
-Whisper recipe does (6 s: 300 encoder positions). LoRA r=8, alpha 16 on every attention and
+Whisper recipe does (7 s: 350 encoder positions). LoRA r=8, alpha 16 on every attention and
 feed-forward projection of encoder and decoder, the recipe's adapter. One step: forward
 with teacher forcing on ``--tokens`` decoder tokens, cross-entropy, backward, AdamW.
 
@@ -40,7 +40,7 @@ from .common import (
 
 RANK, ALPHA = 8, 16
 TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-BATCH, SECONDS, TOKENS = 8, 6.0, 16
+BATCH, SECONDS, TOKENS = 8, 7.0, 16
 
 
 def whisper_base_shape(seconds: float = SECONDS, seed: int = 0) -> torch.nn.Module:

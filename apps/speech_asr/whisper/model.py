@@ -1,7 +1,7 @@
 """Whisper as a fine-tuning foundation: a shorter encoder window, the decoder prompt, features.
 
 Whisper pads every input to 30 s, and on a CPU the encoder over those 1,500 positions is
-most of a training step (about 10x the step at a 6 s window, measured in
+most of a training step (several times the step at a 7 s window, measured in
 ``docs/speech_asr.md``). :func:`trim_encoder` keeps the first ``seconds * 50`` of the
 encoder's fixed sinusoidal positions, so the model takes ``seconds * 100`` mel frames;
 :func:`whisper_features` pads each clip's audio to that window, the way the feature

@@ -123,7 +123,7 @@ def test_whisper_recipe_trains_only_the_per_language_loras(whisper_run) -> None:
     encoder = [n for n in trainable if ".encoder." in n]
     decoder = [n for n in trainable if ".decoder." in n]
     assert encoder and decoder  # LoRA on both sides
-    assert module.expected_frames == 600  # the recipe's 6 s window
+    assert module.expected_frames == 700  # the recipe's 7 s window
 
 
 def test_whisper_run_reports_zero_shot_and_adapted_per_language(whisper_run) -> None:
@@ -172,3 +172,39 @@ def test_metrics_file_holds_the_per_language_rates(whisper_run) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     flat = json.dumps(metrics)
     assert "zero_shot/cer/lt" in flat and "adapted/cer/is" in flat
+
+
+def test_only_untrained_lora_counts_as_the_identity(whisper_run) -> None:
+    cli, _ = whisper_run
+    module = cli.model
+    factors = {n: p for n, p in module.model.named_parameters() if n.endswith("lora_B")}
+    assert not module.adapters_are_identity()  # trained: B moved away from zero
+    saved = {n: p.detach().clone() for n, p in factors.items()}
+    with torch.no_grad():
+        for p in factors.values():
+            p.zero_()
+        assert module.adapters_are_identity()
+        for n, p in factors.items():
+            p.copy_(saved[n])
+
+
+def test_whisper_benchmark_runs_seeds_alone_and_windows(tiny_folder, tmp_path) -> None:
+    from apps.speech_asr.whisper import benchmark
+
+    extra = [a for a in TINY_WHISPER if a not in ("--data.languages", "[lt, is]")]
+    extra[extra.index("{lt: 4, is: 4}")] = "{lt: 4, lv: 4, sl: 4, is: 4}"
+    summary = benchmark.run(
+        ["--seeds", "0", "--alone", "0", "--windows", "6.5", "--out", str(tmp_path),
+         "--model.pretrained", str(tiny_folder), *extra]
+    )  # fmt: skip
+    records = json.loads((tmp_path / "results.json").read_text())
+    kinds = [r["kind"] for r in records]
+    assert kinds == ["mixed", "alone_lt", "alone_lv", "alone_sl", "alone_is", "window_6.5"]
+    assert records[1]["languages"] == ["lt"]
+    text = summary.read_text()
+    for heading in ("Zero-shot against per-language LoRA", "each language alone", "window"):
+        assert heading in text
+    assert (tmp_path / "wer_per_language.png").is_file()
+    # --resume keeps every finished run
+    again = benchmark.run(["--seeds", "0", "--out", str(tmp_path), "--resume"])
+    assert "1 runs" in again.read_text()
