@@ -118,6 +118,9 @@ class SpeechDataModule(pl.LightningDataModule):
             (Whisper's log-mel, each clip padded to ``window_seconds``; no CTC skip).
         window_seconds: The Whisper encoder's window (``frontend: whisper``); a longer clip
             is an error naming it. The Whisper recipe links ``model.encoder_seconds`` to it.
+        pseudo_labels: A pseudo-label file (:mod:`apps.speech_asr.pseudo_labels`, embedded
+            source): train also on the embedded train utterances it names, beyond the
+            labelled ``train_utterances``, with the teacher's texts (noisy student).
     """
 
     def __init__(
@@ -138,6 +141,7 @@ class SpeechDataModule(pl.LightningDataModule):
         stride: int = 4,
         frontend: str = "logmel",
         window_seconds: float = 30.0,
+        pseudo_labels: str | None = None,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -178,6 +182,12 @@ class SpeechDataModule(pl.LightningDataModule):
         if frontend not in FRONTENDS:
             raise ValueError(f"data.frontend={frontend!r} must be one of {', '.join(FRONTENDS)}.")
         self.frontend_name, self.window_seconds = frontend, window_seconds
+        if pseudo_labels and source != "embedded":
+            raise ValueError(
+                "data.pseudo_labels names utterances of the embedded corpus; set "
+                "data.source: embedded (or add the pseudo-labelled rows to your manifest)."
+            )
+        self.pseudo_labels = pseudo_labels
         if frontend == "whisper":
             from .whisper.model import feature_extractor
 
@@ -215,6 +225,8 @@ class SpeechDataModule(pl.LightningDataModule):
     def _embedded(self, split: str) -> list[Utterance]:
         from .embedded import embedded_corpus
 
+        if split == "train" and self.pseudo_labels:
+            return self._pseudo_labelled_train()
         if split == "train":
             counts: Mapping[str, int] = {c: self.train_utterances[c] for c in self.languages}
         elif split == "dev":
@@ -222,6 +234,31 @@ class SpeechDataModule(pl.LightningDataModule):
         else:
             counts = dict.fromkeys([*self.languages, *self.head_languages], self.test_utterances)
         return embedded_corpus(counts, split, seed=self.split_seed, cache_dir=self.cache_dir)
+
+    def _pseudo_labelled_train(self) -> list[Utterance]:
+        """The labelled train utterances of each tail language, then the ones the
+        pseudo-label file names, with the teacher's texts."""
+        from .embedded import embedded_split
+        from .pseudo_labels import read_pseudo_labels, with_pseudo_labels
+
+        labelled = {c: self.train_utterances[c] for c in self.languages}
+        assert self.pseudo_labels is not None
+        texts = read_pseudo_labels(self.pseudo_labels, labelled)
+        out: list[Utterance] = []
+        for lang, count in labelled.items():
+            own = texts.get(lang, {})
+            total = max([count, *(i + 1 for i in own)])
+            rows = embedded_split(
+                lang, "train", total, seed=self.split_seed, cache_dir=self.cache_dir
+            )
+            out.extend(with_pseudo_labels(rows, count, own))
+        log.info(
+            "speech_asr: %d labelled and %d pseudo-labelled train utterances (%s)",
+            sum(labelled.values()),
+            len(out) - sum(labelled.values()),
+            self.pseudo_labels,
+        )
+        return out
 
     def examples(self, utterances: Sequence[Utterance]) -> list[Example]:
         """Features and token ids for each utterance; an utterance whose transcript has more
