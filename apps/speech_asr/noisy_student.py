@@ -1,11 +1,14 @@
 """``python -m apps.speech_asr.noisy_student``: Whisper teaches the streaming model.
 
-The label-scarce setting: each tail language has ``--labelled`` transcribed training
-utterances and ``--unlabelled`` more recordings without transcripts (the embedded corpus's
-next train utterances: same speakers and conditions, true texts never read).
+The label-scarce setting: each tail language has its transcribed training utterances (the
+recipes' 300 / 120 / 80 / 40 for lt / lv / sl / is, or ``--labelled N`` each) and
+``--unlabelled`` more recordings without transcripts (the embedded corpus's next train
+utterances: same speakers and conditions, true texts never read).
 
 1. **Teacher**: the Whisper recipe (``configs/whisper.yaml``: per-language LoRA on Whisper
-   base) fitted on the labelled utterances only (seed 0), tested like any run.
+   base) fitted on the labelled utterances only (seed 0), tested like any run; or
+   ``--teacher RUN_DIR`` (a finished run of that recipe with the same labelled counts:
+   its ``checkpoints/last.ckpt`` and ``metrics.json``).
 2. **Pseudo-labels**: the teacher transcribes the unlabelled audio with beam search over the
    whole clip (not streaming); ``pseudo_labels.json`` holds the texts, and the summary their
    CER against the true transcripts (known here, never used for training).
@@ -46,14 +49,17 @@ ROWS = (
 )
 
 
-def counts_option(languages: Sequence[str], count: int) -> list[str]:
-    """``--data.train_utterances {lt: n, ...}`` for every tail language."""
-    return ["--data.train_utterances", "{" + ", ".join(f"{c}: {count}" for c in languages) + "}"]
+def counts_option(counts: dict[str, int]) -> list[str]:
+    """``--data.train_utterances {lt: n, ...}``."""
+    return [
+        "--data.train_utterances",
+        "{" + ", ".join(f"{c}: {n}" for c, n in counts.items()) + "}",
+    ]
 
 
-def record(kind: str, seed: int, cli: Any) -> dict[str, Any]:
+def record(kind: str, seed: int, run_dir: str | Path) -> dict[str, Any]:
     """A run's test metrics and folder."""
-    run_dir = Path(cli.trainer.log_dir)
+    run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
     return {
         "kind": kind,
@@ -64,28 +70,28 @@ def record(kind: str, seed: int, cli: Any) -> dict[str, Any]:
 
 
 def pseudo_label(
-    cli: Any, languages: Sequence[str], labelled: int, unlabelled: int, path: Path
+    module: Any, data: Any, counts: dict[str, int], unlabelled: int, path: Path, teacher: str
 ) -> dict[str, Any]:
-    """Transcribe the unlabelled train utterances with the fitted teacher in ``cli``; write
-    the pseudo-label file; return the texts' CER/WER against the true transcripts."""
+    """Transcribe the ``unlabelled`` train utterances after each language's labelled ones
+    with the fitted teacher ``module`` (features from its data module ``data``); write the
+    pseudo-label file; return the texts' CER/WER against the true transcripts."""
     from .data import collate
     from .embedded import embedded_split
     from .pseudo_labels import write_pseudo_labels
 
-    data, module = cli.datamodule, cli.model
     utterances = [
         u
-        for lang in languages
+        for lang, n in counts.items()
         for u in embedded_split(
-            lang, "train", labelled + unlabelled, seed=data.split_seed, cache_dir=data.cache_dir
-        )[labelled:]
+            lang, "train", n + unlabelled, seed=data.split_seed, cache_dir=data.cache_dir
+        )[n:]
     ]
     examples = data.examples(utterances)
     size = data.eval_batch_size
     batches = [collate(examples[i : i + size]) for i in range(0, len(examples), size)]
     decoded = module.transcribe(batches, adapters=True, num_beams=module.num_beams)
     texts = dict(zip(decoded.ids, decoded.hypotheses, strict=True))
-    write_pseudo_labels(path, texts, teacher=str(cli.trainer.log_dir))
+    write_pseudo_labels(path, texts, teacher=teacher)
     rates = per_language_rates(decoded.languages, decoded.references, decoded.hypotheses)
     return {lang: {"cer": r["cer"], "wer": r["wer"]} for lang, r in rates.items()}
 
@@ -136,16 +142,50 @@ def cer_figure(records: list[dict], languages: list[str], path: Path) -> Path:
     return write_figure(figure, path)
 
 
+def teacher_model(args: argparse.Namespace, labelled: list[str], out: Path) -> tuple:
+    """(fitted Whisper module, its data module, its run folder): ``--teacher``'s run
+    loaded from its last checkpoint, or the recipe fitted now on the labelled utterances."""
+    if args.teacher:
+        from .data import SpeechDataModule
+        from .whisper.module import WhisperAdapterModule
+
+        run_dir = Path(args.teacher)
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file() or not (run_dir / "metrics.json").is_file():
+            raise FileNotFoundError(
+                f"--teacher {run_dir}: expected a finished run of the Whisper recipe there "
+                "(checkpoints/last.ckpt and metrics.json)."
+            )
+        module = WhisperAdapterModule.load_from_checkpoint(checkpoint)
+        data = SpeechDataModule(
+            languages=module.languages,
+            head_languages=[],
+            frontend="whisper",
+            window_seconds=module.expected_frames / 100,
+        )
+        return module, data, run_dir
+    print("[noisy student] teacher: Whisper recipe on the labelled utterances", flush=True)
+    # the teacher's extra options first: the labelled counts and the folder are ours
+    cli = main(["--config", str(WHISPER_RECIPE), *shlex.split(args.teacher_options),
+                *labelled, "--seed_everything", "0",
+                "--trainer.default_root_dir", str(out / "teacher")])  # fmt: skip
+    return cli.model, cli.datamodule, Path(cli.trainer.log_dir)
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--labelled", type=int, default=30, help="labelled per tail language")
+    parser.add_argument(
+        "--labelled", type=int, default=None,
+        help="labelled utterances per tail language (default: the recipe's own counts)",
+    )  # fmt: skip
     parser.add_argument("--unlabelled", type=int, default=150, help="unlabelled per language")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher-options", default="", help="options of the teacher run")
+    parser.add_argument("--teacher", help="a finished Whisper recipe run to use as teacher")
     parser.add_argument("--out", default="runs/noisy_student")
     parser.add_argument("--resume", action="store_true", help="keep runs in results.json")
     args, extra = parser.parse_known_args(argv)
-    if args.labelled < 1 or args.unlabelled < 1:
+    if (args.labelled is not None and args.labelled < 1) or args.unlabelled < 1:
         parser.error("--labelled and --unlabelled must be at least 1")
     return args, extra
 
@@ -154,8 +194,14 @@ def run(argv: Sequence[str] | None = None) -> Path:
     """Teacher, pseudo-labels, students; return the path of ``summary.md``."""
     args, extra = parse_args(argv)
     out = Path(args.out)
-    languages = list(yaml.safe_load(WHISPER_RECIPE.read_text())["data"]["languages"])
-    labelled = counts_option(languages, args.labelled)
+    recipe = yaml.safe_load(WHISPER_RECIPE.read_text())["data"]
+    languages = list(recipe["languages"])
+    counts = (
+        {c: int(recipe["train_utterances"][c]) for c in languages}
+        if args.labelled is None
+        else dict.fromkeys(languages, args.labelled)
+    )
+    labelled = counts_option(counts)
     state: dict[str, Any] = {"records": [], "pseudo_label_quality": {}}
     if args.resume and (out / "results.json").is_file():
         state = json.loads((out / "results.json").read_text())
@@ -167,16 +213,12 @@ def run(argv: Sequence[str] | None = None) -> Path:
         atomic_write_text(out / "results.json", json.dumps(state, indent=2) + "\n")
 
     if ("teacher", 0) not in done or not pseudo_path.is_file():
-        print("[noisy student] teacher: Whisper recipe on the labelled utterances", flush=True)
-        # the teacher's extra options first: the labelled counts and the folder are ours
-        cli = main(["--config", str(WHISPER_RECIPE), *shlex.split(args.teacher_options),
-                    *labelled, "--seed_everything", "0",
-                    "--trainer.default_root_dir", str(out / "teacher")])  # fmt: skip
+        module, data, run_dir = teacher_model(args, labelled, out)
         state["records"] = [r for r in state["records"] if r["kind"] != "teacher"]
-        state["records"].append(record("teacher", 0, cli))
+        state["records"].append(record("teacher", 0, run_dir))
         print("[noisy student] pseudo-labelling the unlabelled audio", flush=True)
         state["pseudo_label_quality"] = pseudo_label(
-            cli, languages, args.labelled, args.unlabelled, pseudo_path
+            module, data, counts, args.unlabelled, pseudo_path, teacher=str(run_dir)
         )
         save()
     pseudo = ["--data.pseudo_labels", str(pseudo_path)]
@@ -188,7 +230,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
             root = out / kind / f"seed{seed}"
             cli = main([*extra, *labelled, *options, "--seed_everything", str(seed),
                         "--trainer.default_root_dir", str(root)])  # fmt: skip
-            state["records"].append(record(kind, seed, cli))
+            state["records"].append(record(kind, seed, cli.trainer.log_dir))
             save()
     save()
     records = state["records"]
@@ -196,7 +238,7 @@ def run(argv: Sequence[str] | None = None) -> Path:
     lines = [
         "# Noisy student: Whisper base teaches the streaming Emformer",
         "",
-        f"Label-scarce setting: {args.labelled} labelled and {args.unlabelled} unlabelled "
+        f"Label-scarce setting: {counts} labelled and {args.unlabelled} unlabelled "
         f"training utterances per tail language (embedded corpus); students' test CER is "
         f"streaming, mean ± std over seeds {args.seeds}; the teacher is one run (seed 0).",
         "",

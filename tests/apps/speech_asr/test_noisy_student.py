@@ -92,3 +92,30 @@ def test_noisy_student_pipeline_on_tiny_models(tmp_path) -> None:
     text = summary.read_text()
     assert "noisy student: labelled + pseudo-labelled" in text and "pseudo-labels" in text
     assert Path(tmp_path / "ns" / "cer_per_language.png").is_file()
+
+
+def test_noisy_student_reuses_a_finished_teacher_run(tmp_path) -> None:
+    from apps.speech_asr import noisy_student
+    from apps.speech_asr.train import CONFIG_DIR, main
+
+    teacher = write_tiny_whisper(tmp_path / "tiny_whisper")
+
+    cli = main(
+        ["--config", str(CONFIG_DIR / "whisper.yaml"), "--model.pretrained", str(teacher),
+         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+         "--trainer.limit_test_batches", "1", "--trainer.enable_progress_bar", "false",
+         "--model.max_new_tokens", "3", "--model.num_beams", "1", "--data.dev_utterances", "2",
+         "--data.test_utterances", "2", "--data.head_languages", "[de]",
+         "--data.train_utterances", "{lt: 2, lv: 2, sl: 2, is: 2}",
+         "--trainer.default_root_dir", str(tmp_path / "teacher")]
+    )  # fmt: skip
+    noisy_student.run(
+        ["--labelled", "2", "--unlabelled", "1", "--seeds", "0", "--out", str(tmp_path / "ns"),
+         "--teacher", cli.trainer.log_dir, "--config", str(TINY)]
+    )  # fmt: skip
+    state = json.loads((tmp_path / "ns" / "results.json").read_text())
+    assert state["records"][0]["run_dir"] == cli.trainer.log_dir
+    texts = json.loads((tmp_path / "ns" / "pseudo_labels.json").read_text())["texts"]
+    assert sorted(texts) == [f"{c}-train-00002" for c in ("is", "lt", "lv", "sl")]
+    with pytest.raises(FileNotFoundError, match="finished run of the Whisper recipe"):
+        noisy_student.run(["--teacher", str(tmp_path), "--out", str(tmp_path / "ns3")])
