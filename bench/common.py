@@ -246,3 +246,36 @@ def add_model_option(parser: Any) -> None:
         default="reference",
         help="reference: the issue's Llama 21M; smollm2: SmolLM2-135M's shape, random weights",
     )
+
+
+def step_comparison_rows(
+    steps: dict[str, Callable[[], Any]],
+    repeats: int,
+    warmup: int,
+    module: str,
+    worker_args: list[str],
+) -> list[dict[str, Any]]:
+    """The table of a training-step comparison with paths ``ours``, ``peft`` (and others).
+
+    Times every path in turn in this process (:func:`interleaved_samples`; the ratio of
+    medians to PEFT's, and the quartiles of the round-by-round ours/PEFT ratios), and the
+    peak memory of ``ours`` and ``peft`` each in a fresh process: ``python -m module
+    *worker_args --worker <path>``, which prints ``{"added_mb": ...}``.
+    """
+    samples = interleaved_samples(steps, repeats, warmup)
+    times = {path: statistics.median(values) for path, values in samples.items()}
+    low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
+    memory = {p: run_worker(module, [*worker_args, "--worker", p]) for p in ("ours", "peft")}
+    return [
+        {
+            "path": path,
+            "step_ms": times[path] * 1e3,
+            "time_vs_peft": times[path] / times["peft"],
+            "per_round_iqr": f"{low:.3f}-{high:.3f}" if path == "ours" else "",
+            "step_peak_mb": memory[path]["added_mb"] if path in memory else "",
+            "memory_vs_peft": (
+                memory[path]["added_mb"] / memory["peft"]["added_mb"] if path in memory else ""
+            ),
+        }
+        for path in steps
+    ]

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable
 
 import torch
@@ -33,12 +32,10 @@ from .common import (
     add_model_option,
     build_model,
     current_rss_mb,
-    interleaved_samples,
     peak_rss_mb,
     report,
     reset_peak_rss,
-    round_ratio_quartiles,
-    run_worker,
+    step_comparison_rows,
 )
 
 BATCH, SEQ, RANK = 8, 128, 16
@@ -156,24 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         path: make_step(build(path, args.model), path, batch, seq) for path in ("ours", "peft")
     }
     steps["no adapter (floor)"] = make_floor_step(batch, seq, model_name=args.model)
-    samples = interleaved_samples(steps, args.repeats, args.warmup)
-    times = {path: statistics.median(values) for path, values in samples.items()}
-    low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
     shape = ["--model", args.model, "--batch", str(batch), "--seq", str(seq)]
-    memory = {p: run_worker("bench.lora_step", [*shape, "--worker", p]) for p in ("ours", "peft")}
-    rows = [
-        {
-            "path": path,
-            "step_ms": times[path] * 1e3,
-            "time_vs_peft": times[path] / times["peft"],
-            "per_round_iqr": f"{low:.3f}-{high:.3f}" if path == "ours" else "",
-            "step_peak_mb": memory[path]["added_mb"] if path in memory else "",
-            "memory_vs_peft": (
-                memory[path]["added_mb"] / memory["peft"]["added_mb"] if path in memory else ""
-            ),
-        }
-        for path in steps
-    ]
+    rows = step_comparison_rows(steps, args.repeats, args.warmup, "bench.lora_step", shape)
     suffix = "" if args.model == "reference" else f"_{args.model}"
     report(
         f"LoRA training step ({MODEL_TITLES[args.model]}, r={RANK} all linear, "

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from collections.abc import Callable
 
 import torch
@@ -30,12 +29,10 @@ import torch.nn.functional as F
 
 from .common import (
     current_rss_mb,
-    interleaved_samples,
     peak_rss_mb,
     report,
     reset_peak_rss,
-    round_ratio_quartiles,
-    run_worker,
+    step_comparison_rows,
 )
 
 RANK, ALPHA = 8, 16
@@ -155,9 +152,6 @@ def main(argv: list[str] | None = None) -> None:
         for path in ("ours", "peft")
     }
     steps["no adapter (floor)"] = make_floor_step(args.batch, args.tokens, args.seconds)
-    samples = interleaved_samples(steps, args.repeats, args.warmup)
-    times = {path: statistics.median(values) for path, values in samples.items()}
-    low, high = round_ratio_quartiles(samples["ours"], samples["peft"])
     shape = [
         "--batch",
         str(args.batch),
@@ -166,22 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "--seconds",
         str(args.seconds),
     ]
-    memory = {
-        p: run_worker("bench.whisper_lora_step", [*shape, "--worker", p]) for p in ("ours", "peft")
-    }
-    rows = [
-        {
-            "path": path,
-            "step_ms": times[path] * 1e3,
-            "time_vs_peft": times[path] / times["peft"],
-            "per_round_iqr": f"{low:.3f}-{high:.3f}" if path == "ours" else "",
-            "step_peak_mb": memory[path]["added_mb"] if path in memory else "",
-            "memory_vs_peft": (
-                memory[path]["added_mb"] / memory["peft"]["added_mb"] if path in memory else ""
-            ),
-        }
-        for path in steps
-    ]
+    rows = step_comparison_rows(steps, args.repeats, args.warmup, "bench.whisper_lora_step", shape)
     report(
         f"Whisper LoRA training step (Whisper base shape, random weights, window "
         f"{args.seconds:g} s, r={RANK} on {len(TARGETS)} projection kinds, batch {args.batch} "

@@ -56,14 +56,22 @@ def run_one(recipe: str, seed: int, out: Path, extra: Sequence[str]) -> dict[str
     root = out / recipe / f"seed{seed}"
     cli = main([*args, "--seed_everything", str(seed), "--trainer.default_root_dir", str(root),
                 *extra])  # fmt: skip
+    return {"recipe": recipe, "seed": seed, **run_record(cli)}
+
+
+def test_metrics_of(run_dir: str | Path) -> dict[str, float]:
+    """A finished run's test metrics (``metrics.json``), without the ``test/`` prefix."""
+    metrics = json.loads((Path(run_dir) / "metrics.json").read_text())["test"]
+    return {k.removeprefix("test/"): v for k, v in metrics.items()}
+
+
+def run_record(cli: Any) -> dict[str, Any]:
+    """What a benchmark keeps of a finished run: its languages, test metrics and folder."""
     run_dir = Path(cli.trainer.log_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
     return {
-        "recipe": recipe,
-        "seed": seed,
         "languages": list(cli.datamodule.languages),
         "head_languages": list(cli.datamodule.head_languages),
-        "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
+        "metrics": test_metrics_of(run_dir),
         "run_dir": str(run_dir),
     }
 

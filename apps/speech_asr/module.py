@@ -24,10 +24,8 @@ import torch
 from torch import Tensor
 
 from core.adapters import AdapterBank, AdapterConfig, adapter_layers
-from core.training import FineTuneModule
 from core.training.module import coerce_adapter_config, default_loss
 from core.training.report import TestReport
-from core.training.schedules import with_warmup_cosine
 
 from .assembly import AssembledAdapterExport
 from .evaluation import Evaluation, evaluate, summarize
@@ -39,11 +37,12 @@ from .foundation import (
     load_foundation,
 )
 from .model import FoundationConfig
+from .module_base import SpeechModuleBase
 from .report import speech_report
-from .routing import LanguageRouting, bank_names, check_routing
+from .routing import bank_names, check_routing
 
 
-class SpeechAdapterModule(LanguageRouting, FineTuneModule):
+class SpeechAdapterModule(SpeechModuleBase):
     """Tail-language ASR on a frozen streaming foundation.
 
     Args:
@@ -122,7 +121,7 @@ class SpeechAdapterModule(LanguageRouting, FineTuneModule):
         )
         self.dev_history: list[dict[str, Any]] = []  # {"step", "cer": {lang: cer}}
         self.best_adapters: dict[str, dict[str, Any]] = {}  # lang -> step, cer, tensors
-        self._eval_batches: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        self.keep_eval_batches()
         self.evaluation: Evaluation | None = None
 
     # ------------------------------------------------------------------ steps
@@ -138,20 +137,6 @@ class SpeechAdapterModule(LanguageRouting, FineTuneModule):
                 features, batch["feature_lengths"], batch["targets"], batch["target_lengths"]
             )
         return {"loss": loss, "batch_size": features.shape[0]}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        self._eval_batches["val"].append(batch)
-        return super().validation_step(batch, batch_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        self._eval_batches["test"].append(batch)
-        return super().test_step(batch, batch_idx)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_batches["val"] = []
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_batches["test"] = []
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_end(self) -> None:
@@ -249,14 +234,3 @@ class SpeechAdapterModule(LanguageRouting, FineTuneModule):
     def configure_callbacks(self) -> list[pl.Callback]:
         """Write the best-step assembled bank after ``fit`` (``adapter_assembled/``)."""
         return [AssembledAdapterExport()] if self.assemble_best else []
-
-    def configure_optimizers(self) -> Any:
-        """The base optimizer with a per-step warm-up + cosine schedule over the run's steps
-        (unless the recipe sets its own ``lr_scheduler``)."""
-        configured = super().configure_optimizers()
-        if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
-            return configured
-        # max_steps, or the steps max_epochs amounts to (capped by limit_train_batches).
-        return with_warmup_cosine(
-            configured, self.warmup_steps, self.trainer.estimated_stepping_batches
-        )

@@ -37,6 +37,7 @@ import yaml
 from core.atomic import atomic_write_text
 from core.benchmarking import mean_std, write_summary
 
+from .benchmark import test_metrics_of
 from .metrics import per_language_rates
 from .train import CONFIG_DIR, main
 
@@ -59,14 +60,8 @@ def counts_option(counts: dict[str, int]) -> list[str]:
 
 def record(kind: str, seed: int, run_dir: str | Path) -> dict[str, Any]:
     """A run's test metrics and folder."""
-    run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
-    return {
-        "kind": kind,
-        "seed": seed,
-        "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
-        "run_dir": str(run_dir),
-    }
+    metrics = test_metrics_of(run_dir)
+    return {"kind": kind, "seed": seed, "metrics": metrics, "run_dir": str(run_dir)}
 
 
 def pseudo_label(

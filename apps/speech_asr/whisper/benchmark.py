@@ -28,6 +28,7 @@ from typing import Any
 from core.atomic import atomic_write_text
 from core.benchmarking import mean_std, write_summary
 
+from ..benchmark import run_record
 from ..train import CONFIG_DIR, main
 
 RECIPE = CONFIG_DIR / "whisper.yaml"
@@ -44,16 +45,7 @@ def run_one(
     command = [subcommand] if subcommand else []
     cli = main([*command, "--config", str(RECIPE), "--seed_everything", str(seed),
                 "--trainer.default_root_dir", str(root), *args])  # fmt: skip
-    run_dir = Path(cli.trainer.log_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())["test"]
-    return {
-        "kind": kind,
-        "seed": seed,
-        "languages": list(cli.datamodule.languages),
-        "head_languages": list(cli.datamodule.head_languages),
-        "metrics": {k.removeprefix("test/"): v for k, v in metrics.items()},
-        "run_dir": str(run_dir),
-    }
+    return {"kind": kind, "seed": seed, **run_record(cli)}
 
 
 def planned_runs(

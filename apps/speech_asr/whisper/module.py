@@ -25,15 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.adapters import AdapterBank, AdapterConfig, LoraConfig
-from core.training import FineTuneModule
 from core.training.module import coerce_adapter_config
 from core.training.report import TestReport
-from core.training.schedules import with_warmup_cosine
 
 from ..evaluation import Decoded
 from ..features import spec_augment
 from ..metrics import relative_reduction
-from ..routing import LanguageRouting, bank_names, check_routing
+from ..module_base import SpeechModuleBase
+from ..routing import bank_names, check_routing
 from ..text import normalize
 from .model import IGNORE, decoder_batch, trim_encoder
 
@@ -41,7 +40,7 @@ from .model import IGNORE, decoder_batch, trim_encoder
 VARIANTS = ("zero_shot", "adapted")
 
 
-class WhisperAdapterModule(LanguageRouting, FineTuneModule):
+class WhisperAdapterModule(SpeechModuleBase):
     """Tail-language ASR with per-language LoRA on a frozen pretrained Whisper.
 
     Args:
@@ -114,7 +113,7 @@ class WhisperAdapterModule(LanguageRouting, FineTuneModule):
         self.__dict__["adapter_bank"] = AdapterBank(
             self.model, adapter, names=bank_names(self.languages, adapter_routing)
         )
-        self._eval_batches: dict[str, list[dict[str, Any]]] = {"val": [], "test": []}
+        self.keep_eval_batches()
         self.decoded: dict[str, Decoded] = {}
         self.dev_history: list[dict[str, Any]] = []
 
@@ -146,20 +145,6 @@ class WhisperAdapterModule(LanguageRouting, FineTuneModule):
             logits = self(features, decoder_ids)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
         return {"loss": loss, "batch_size": features.shape[0]}
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        self._eval_batches["val"].append(batch)
-        return super().validation_step(batch, batch_idx)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        self._eval_batches["test"].append(batch)
-        return super().test_step(batch, batch_idx)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_batches["val"] = []
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_batches["test"] = []
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
@@ -284,11 +269,3 @@ class WhisperAdapterModule(LanguageRouting, FineTuneModule):
         return report
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> Any:
-        """The base optimizer with a per-step warm-up + cosine schedule over the run."""
-        configured = super().configure_optimizers()
-        if self.lr_scheduler_factory is not None or self.warmup_steps <= 0:
-            return configured
-        return with_warmup_cosine(
-            configured, self.warmup_steps, self.trainer.estimated_stepping_batches
-        )
