@@ -36,9 +36,6 @@ from ..routing import bank_names, check_routing
 from ..text import normalize
 from .model import IGNORE, decoder_batch, trim_encoder
 
-#: The decoded variants of the test, in report order.
-VARIANTS = ("zero_shot", "adapted")
-
 
 class WhisperAdapterModule(SpeechModuleBase):
     """Tail-language ASR with per-language LoRA on a frozen pretrained Whisper.
@@ -52,8 +49,8 @@ class WhisperAdapterModule(SpeechModuleBase):
             ``data.window_seconds``.
         languages: The tail languages, one adapter each (set by ``data.languages``).
         head_languages: Tested with adapters off, for forgetting (``data.head_languages``).
-        adapter: The adapter of each tail language (LoRA on every attention and
-            feed-forward projection of encoder and decoder by default).
+        adapter: The adapter of each tail language (required; the recipe: LoRA r=8 on
+            every attention and feed-forward projection of encoder and decoder).
         adapter_routing: ``per_language`` (one adapter per tail language, routed per
             sample) or ``shared`` (one for all tail languages).
         spec_augment: Mask frequency bands and time spans of the training features.
