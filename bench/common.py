@@ -279,3 +279,19 @@ def step_comparison_rows(
         }
         for path in steps
     ]
+
+
+def require_grad_hook(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    """Forward hook for the frozen "floor" rows: the layer's output joins the graph as a
+    LoRA layer's output would, so backward runs the same input gradients."""
+    return output if output.requires_grad else output.requires_grad_(True)
+
+
+def print_step_memory(path: str, step: Callable[[], Any]) -> None:
+    """A memory worker's report: peak RSS over two calls of ``step`` minus the RSS before
+    them, printed as the one JSON line :func:`run_worker` reads."""
+    before = current_rss_mb()
+    reset_peak_rss()
+    step()
+    step()
+    print(json.dumps({"path": path, "added_mb": peak_rss_mb() - before}))

@@ -21,7 +21,6 @@ state included).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 
 import torch
@@ -31,10 +30,9 @@ from .common import (
     MODEL_TITLES,
     add_model_option,
     build_model,
-    current_rss_mb,
-    peak_rss_mb,
+    print_step_memory,
     report,
-    reset_peak_rss,
+    require_grad_hook,
     step_comparison_rows,
 )
 
@@ -100,7 +98,7 @@ def make_floor_step(
     model.requires_grad_(False)
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in LORA_TARGETS:
-            module.register_forward_hook(_require_grad)
+            module.register_forward_hook(require_grad_hook)
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=gen)
 
@@ -112,20 +110,11 @@ def make_floor_step(
     return step
 
 
-def _require_grad(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-    """Forward hook: the output joins the graph as a LoRA layer's output would."""
-    return output if output.requires_grad else output.requires_grad_(True)
-
-
 def worker(path: str, batch: int, seq: int, model_name: str = "reference") -> None:
     torch.set_num_threads(2)
     model = build(path, model_name)
     step = make_step(model, path, batch, seq)
-    before = current_rss_mb()
-    reset_peak_rss()
-    step()
-    step()
-    print(json.dumps({"path": path, "added_mb": peak_rss_mb() - before}))
+    print_step_memory(path, step)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,17 +21,15 @@ built model before them).
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .common import (
-    current_rss_mb,
-    peak_rss_mb,
+    print_step_memory,
     report,
-    reset_peak_rss,
+    require_grad_hook,
     step_comparison_rows,
 )
 
@@ -114,23 +112,15 @@ def make_floor_step(
     model.requires_grad_(False)
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in TARGETS:
-            module.register_forward_hook(_require_grad)
+            module.register_forward_hook(require_grad_hook)
     return make_step(model, batch, tokens)
-
-
-def _require_grad(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
-    return output if output.requires_grad else output.requires_grad_(True)
 
 
 def worker(path: str, batch: int, tokens: int, seconds: float) -> None:
     torch.set_num_threads(2)
     model = build(path, seconds)
     step = make_step(model, batch, tokens)
-    before = current_rss_mb()
-    reset_peak_rss()
-    step()
-    step()
-    print(json.dumps({"path": path, "added_mb": peak_rss_mb() - before}))
+    print_step_memory(path, step)
 
 
 def main(argv: list[str] | None = None) -> None:
