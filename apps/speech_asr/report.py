@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from .module import SpeechAdapterModule
 
 
-def _fmt(value: float | None, digits: int = 3) -> str:
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A rate with ``digits`` decimals, or a dash where there is none (None or NaN)."""
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
@@ -38,15 +39,15 @@ def language_table(module: SpeechAdapterModule, evaluation: Evaluation) -> str:
         base, last = rates["foundation"][lang], rates["last"][lang]
         role = "tail" if lang in module.languages else "head"
         row = (
-            f"| {lang} | {role} | {last['utterances']} | {_fmt(base['cer'])} | "
-            f"{_fmt(last['cer'])} | {_fmt(last['wer'])} |"
+            f"| {lang} | {role} | {last['utterances']} | {fmt(base['cer'])} | "
+            f"{fmt(last['cer'])} | {fmt(last['wer'])} |"
         )
         if assembled:
             best = rates["assembled"].get(lang)
             step = evaluation.best_steps.get(lang)
-            row += f" {_fmt(best['cer'] if best else None)} | {step if step is not None else '–'} |"
+            row += f" {fmt(best['cer'] if best else None)} | {step if step is not None else '–'} |"
         reduction = evaluation.metrics.get(f"cer_reduction/{lang}")
-        row += f" {_fmt(reduction * 100 if reduction is not None else None, 1)}% |"
+        row += f" {fmt(reduction * 100 if reduction is not None else None, 1)}% |"
         rows.append(row.replace("–%", "–"))
     return "\n".join(rows)
 
@@ -60,22 +61,22 @@ def summary_text(module: SpeechAdapterModule, evaluation: Evaluation) -> str:
         kind = f"{module.routing.replace('_', '-')} adapters ({method})"
     lines = [
         f"Method: {kind}. Decoding: streaming, one batch of mixed-language streams, "
-        f"algorithmic latency {_fmt(m.get('latency_ms'), 0)} ms (segment + look-ahead).",
-        f"Tail languages: mean CER {_fmt(m.get('cer_tail'))} against the frozen foundation's "
-        f"{_fmt(m.get('foundation/cer_tail'))} (mean relative reduction "
-        f"{_fmt(100 * m.get('cer_reduction_tail', math.nan), 1)}%).",
+        f"algorithmic latency {fmt(m.get('latency_ms'), 0)} ms (segment + look-ahead).",
+        f"Tail languages: mean CER {fmt(m.get('cer_tail'))} against the frozen foundation's "
+        f"{fmt(m.get('foundation/cer_tail'))} (mean relative reduction "
+        f"{fmt(100 * m.get('cer_reduction_tail', math.nan), 1)}%).",
     ]
     if "assembled/cer_tail" in m:
         lines.append(
             f"Best-checkpoint assembly (each language's adapter from its own best dev step): "
-            f"mean tail CER {_fmt(m['assembled/cer_tail'])} against {_fmt(m['cer_tail'])} at "
+            f"mean tail CER {fmt(m['assembled/cer_tail'])} against {fmt(m['cer_tail'])} at "
             "the last step."
         )
     if "forgetting_head" in m:
         lines.append(
-            f"Head languages: CER {_fmt(m.get('cer_head'))} against the foundation's "
-            f"{_fmt(m.get('foundation/cer_head'))}; forgetting (core.continual) "
-            f"{_fmt(m['forgetting_head'], 4)}."
+            f"Head languages: CER {fmt(m.get('cer_head'))} against the foundation's "
+            f"{fmt(m.get('foundation/cer_head'))}; forgetting (core.continual) "
+            f"{fmt(m['forgetting_head'], 4)}."
         )
     share = m.get("parameters/adapter_share")
     if share is not None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ..report import fmt
+
 if TYPE_CHECKING:
     from .module import WhisperAdapterModule
-
-
-def _fmt(value: float | None, digits: int = 3) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
 def language_table(module: WhisperAdapterModule) -> str:
@@ -28,10 +26,8 @@ def language_table(module: WhisperAdapterModule) -> str:
         role = "tail (own LoRA)" if lang in module.languages else "head (adapters off)"
         reduction = (z["cer"] - a["cer"]) / z["cer"] if z["cer"] > 0 else math.nan
         rows.append(
-            f"| {lang} | {role} | {a['utterances']} | {_fmt(z['wer'])} | {_fmt(a['wer'])} | "
-            f"{_fmt(z['cer'])} | {_fmt(a['cer'])} | {_fmt(100 * reduction, 1)}% |".replace(
-                "–%", "–"
-            )
+            f"| {lang} | {role} | {a['utterances']} | {fmt(z['wer'])} | {fmt(a['wer'])} | "
+            f"{fmt(z['cer'])} | {fmt(a['cer'])} | {fmt(100 * reduction, 1)}% |".replace("–%", "–")
         )
     return "\n".join(rows)
 
@@ -61,16 +57,16 @@ def whisper_sections(module: WhisperAdapterModule) -> dict[str, str]:
         f"frozen; encoder window {module.expected_frames / 100:g} s. Adapters: "
         f"{module.routing.replace('_', '-')} {type(config).__name__} in one AdapterBank. "
         f"Decoding: beam search, {module.num_beams} beams; WER/CER on normalised text.",
-        f"Tail languages: mean WER {_fmt(metrics.get('adapted/wer_tail'))} adapted against "
-        f"{_fmt(metrics.get('zero_shot/wer_tail'))} zero-shot; mean CER "
-        f"{_fmt(metrics.get('adapted/cer_tail'))} against "
-        f"{_fmt(metrics.get('zero_shot/cer_tail'))}.",
+        f"Tail languages: mean WER {fmt(metrics.get('adapted/wer_tail'))} adapted against "
+        f"{fmt(metrics.get('zero_shot/wer_tail'))} zero-shot; mean CER "
+        f"{fmt(metrics.get('adapted/cer_tail'))} against "
+        f"{fmt(metrics.get('zero_shot/cer_tail'))}.",
     ]
     if "head_unchanged" in metrics:
         same = "identical to" if metrics["head_unchanged"] == 1.0 else "DIFFERENT from"
         lines.append(
             f"Head languages (no adapter): transcripts {same} zero-shot Whisper's; mean WER "
-            f"{_fmt(metrics.get('adapted/wer_head'))}."
+            f"{fmt(metrics.get('adapted/wer_head'))}."
         )
     return {
         "Summary": "\n\n".join(lines),
