@@ -131,7 +131,7 @@ def rows(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], str]]
 def summary_table(results: list[dict[str, Any]]) -> str:
     """Markdown table: every figure per row, with problems solved, and the mean task loss."""
     head = "| model | " + " | ".join(label for _, _, label in FIGURES)
-    lines = [head + " | mean val task loss | fit min |", "|---" * (len(FIGURES) + 3) + "|"]
+    lines = [head + " | mean test task loss | fit min |", "|---" * (len(FIGURES) + 3) + "|"]
     for label, result, who in rows(results):
         cells = []
         for section, key, _ in FIGURES:
@@ -160,7 +160,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> Path:
     for i, (label, result, who) in enumerate(table):
         values = [_value(result, s, k, who) or 0.0 for s, k, _ in FIGURES]
         bars = ax.bar(x + i * width, values, width, label=label)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
     ax.set_xticks(x + width * (len(table) - 1) / 2, [label for _, _, label in FIGURES])
     ax.set_ylabel("share of problems")
     ax.set_title("Code app: base vs fine-tuned (greedy)")

@@ -29,9 +29,12 @@ BASE_STATS = ("params", "tokens_seen", "held_out_loss", "seconds")
 
 
 def forgetting(base_loss: float, tuned_loss: float) -> dict[str, float]:
-    """Perplexity of plain held-out code before and after fine-tuning, and their ratio."""
-    before, after = perplexity(base_loss), perplexity(tuned_loss)
-    ratio = after / before if math.isfinite(base_loss) else math.nan
+    """Perplexity of plain held-out code before and after fine-tuning, and their ratio; the
+    base's perplexity and the ratio are ``nan`` when the base was not scored (a benchmark
+    scores it once, with its first variant), not ``inf``, which would read as a broken base."""
+    measured = math.isfinite(base_loss)
+    before, after = perplexity(base_loss) if measured else math.nan, perplexity(tuned_loss)
+    ratio = after / before if measured else math.nan
     return {"base_ppl": before, "tuned_ppl": after, "ratio": ratio}
 
 

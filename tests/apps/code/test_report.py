@@ -44,7 +44,8 @@ def test_sections_show_every_measured_part_in_order(tmp_path):
 
 def test_forgetting_without_a_base_and_base_summary(tmp_path):
     lost = forgetting(math.nan, 5.0)
-    assert math.isnan(lost["ratio"]) and lost["tuned_ppl"] == pytest.approx(math.exp(5.0))
+    assert math.isnan(lost["ratio"]) and math.isnan(lost["base_ppl"])
+    assert lost["tuned_ppl"] == pytest.approx(math.exp(5.0))
     assert base_summary(tmp_path) is None  # model.pretrained: not pre-trained here
     stats = {"params": 10, "tokens_seen": 20, "held_out_loss": 5.0, "seconds": 1.0, "curve": []}
     (tmp_path / "pretrain.json").write_text(json.dumps(stats))
