@@ -63,6 +63,7 @@ PEFT_LORA_FIELDS = PEFT_BASE_FIELDS | {
     "target_parameters",
     "use_bdlora",
     "arrow_config",
+    "astra_config",
     "kasa_config",
     "ensure_weight_tying",
 }
