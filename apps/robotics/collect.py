@@ -20,6 +20,14 @@ run ``num_envs`` at a time in lockstep (:class:`~apps.robotics.envs.VectorEnv`) 
 ``episodes`` successful ones in seed order are kept, so the dataset depends on ``seed``,
 ``families``, ``episodes`` and ``image_size`` only, not on ``num_envs``. Failed expert
 episodes (rare: the expert succeeds on about every seed) are dropped and counted.
+
+Noise injection (DART, Laskey et al. 2017; ``action_noise`` > 0): the env executes the
+expert's action plus Gaussian noise of that standard deviation (table units per second, per
+axis), while the dataset records the expert's clean action. The demonstrations then visit the
+states a slightly wrong policy reaches (a block pushed off line, past its goal) and show how
+the expert recovers from them: behaviour cloning's compounding error is what it addresses.
+The noise of episode ``i`` is drawn from a generator seeded by its env seed, so the data
+still does not depend on ``num_envs``.
 """
 
 from __future__ import annotations
@@ -133,6 +141,7 @@ def _episodes(
     num_envs: int,
     image_size: int,
     progress: bool,
+    action_noise: float = 0.0,
 ) -> Iterator[Episode]:
     """Successful expert episodes in seed order, ``num_envs`` candidates at a time."""
     vec = VectorEnv("tabletop", num_envs=num_envs, families=list(families), image_size=image_size)
@@ -144,6 +153,7 @@ def _episodes(
             seeds = [episode_seed(seed, start + k) for k in range(num_envs)]
             start += num_envs
             obs, infos = vec.reset(seeds)
+            noise = [np.random.default_rng((s, 1)) for s in seeds]
             images: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
             states: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
             actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
@@ -153,7 +163,9 @@ def _episodes(
                     images[i].append(obs["image"][i])
                     states[i].append(obs["state"][i])
                     actions[i].append(act[i])
-                obs, *_ = vec.step(act)
+                if action_noise > 0:
+                    act = act + np.stack([action_noise * g.standard_normal(2) for g in noise])
+                obs, *_ = vec.step(act.astype(np.float32))
             success = vec.success
             for i in range(num_envs):
                 if summary.episodes == episodes:
@@ -196,6 +208,7 @@ def collect(
     image_size: int = 96,
     overwrite: bool = False,
     progress: bool = True,
+    action_noise: float = 0.0,
 ) -> CollectSummary:
     """Record ``episodes`` successful expert episodes into ``out``; return a summary.
 
@@ -207,6 +220,8 @@ def collect(
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise must be >= 0 (table units per second), got {action_noise}")
     if isinstance(families, str):
         families = [families]
     families = [check_family(f) for f in families]
@@ -219,7 +234,16 @@ def collect(
     began = time.perf_counter()
     write_dataset(
         out,
-        _episodes(summary, episodes, families, seed, min(num_envs, episodes), image_size, progress),
+        _episodes(
+            summary,
+            episodes,
+            families,
+            seed,
+            min(num_envs, episodes),
+            image_size,
+            progress,
+            float(action_noise),
+        ),
         fps=TabletopEnv.fps,
         features=_features(image_size),
         robot_type=ROBOT_TYPE,
@@ -243,6 +267,7 @@ def collect_demonstrations(
     num_envs: int = 16,
     image_size: int = 96,
     overwrite: bool = False,
+    action_noise: float = 0.0,
 ) -> Path:
     """Record ``episodes`` successful scripted-expert episodes as a LeRobotDataset v3.0.
 
@@ -256,6 +281,8 @@ def collect_demonstrations(
         num_envs: Envs stepped in lockstep (speed only; the data does not depend on it).
         image_size: Camera resolution in pixels (square).
         overwrite: Replace a non-empty existing ``out`` (an empty folder is always reused).
+        action_noise: Standard deviation of the Gaussian noise added to the executed action
+            (DART; the clean expert action is recorded); 0 records the expert as it is.
 
     Returns:
         ``out`` as a ``Path``.
@@ -264,7 +291,9 @@ def collect_demonstrations(
         FileExistsError: ``out`` exists, is not empty and ``overwrite`` is False.
         ValueError: an unknown family or a bad count / size.
     """
-    return collect(out, episodes, families, seed, num_envs, image_size, overwrite).path
+    return collect(
+        out, episodes, families, seed, num_envs, image_size, overwrite, action_noise=action_noise
+    ).path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -286,6 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
     parser.add_argument("--num-envs", type=int, default=16, help="envs stepped in lockstep")
     parser.add_argument("--image-size", type=int, default=96, help="camera pixels (square)")
+    parser.add_argument(
+        "--action-noise",
+        type=float,
+        default=0.0,
+        help="std of Gaussian noise on the executed action, table units/s (DART; default 0)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -299,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             image_size=args.image_size,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            action_noise=args.action_noise,
         )
     except (FileExistsError, ValueError) as err:
         parser.error(str(err))

@@ -56,13 +56,7 @@ from tqdm import tqdm
 from apps.robotics.collect import collect_demonstrations
 from apps.robotics.dataset import ACTION, LeRobotDataset, read_dataset
 from apps.robotics.dataset.stats import vector_stats
-from apps.robotics.envs.instructions import (
-    FAMILIES,
-    PARAPHRASE_TEMPLATES,
-    TASK_SPECS,
-    TRAIN_TEMPLATES,
-    check_family,
-)
+from apps.robotics.envs.instructions import FAMILIES, check_family, spec_of_instruction
 from apps.robotics.normalize import Normalizer, check_within_stats
 from core.cache import cached, cached_dir, config_hash
 from core.towers import SplitEncoder, efficientnet_lite0, normalize_pixels
@@ -149,23 +143,11 @@ def encode_trunk(
     return torch.cat(out)
 
 
-def _family_table() -> dict[str, str]:
-    table = {}
-    for family in FAMILIES:
-        for spec in TASK_SPECS[family]:
-            slots = {f"c{i + 1}": c for i, c in enumerate(spec.colours)}
-            for template in (*TRAIN_TEMPLATES[family], *PARAPHRASE_TEMPLATES[family]):
-                table[template.format(**slots)] = family
-    return table
-
-
-_FAMILY_OF = _family_table()
-
-
 def family_of(instruction: str) -> str | None:
     """The tabletop family an instruction (any training template or paraphrase, filled in)
     belongs to, or None for text the suite does not produce."""
-    return _FAMILY_OF.get(instruction)
+    spec = spec_of_instruction(instruction)
+    return None if spec is None else spec.family
 
 
 def embedded_dataset(
@@ -174,6 +156,7 @@ def embedded_dataset(
     seed: int = 0,
     image_size: int = 96,
     cache_dir: str | Path | None = None,
+    action_noise: float = 0.0,
 ) -> Path:
     """The embedded demonstrations' LeRobotDataset folder, recorded on the first call.
 
@@ -189,10 +172,17 @@ def embedded_dataset(
         "seed": int(seed),
         "image_size": int(image_size),
     }
+    if action_noise:  # absent at 0, so the noiseless datasets keep their cache entries
+        config["action_noise"] = float(action_noise)
 
     def build(folder: Path) -> None:
         collect_demonstrations(
-            folder / "dataset", episodes, families=families, seed=seed, image_size=image_size
+            folder / "dataset",
+            episodes,
+            families=families,
+            seed=seed,
+            image_size=image_size,
+            action_noise=action_noise,
         )
 
     return cached_dir("demos", config, build, app=CACHE_APP, cache_dir=cache_dir) / "dataset"
@@ -294,6 +284,9 @@ class RoboticsDataModule(pl.LightningDataModule):
         pretrained_trunk: ImageNet weights (True) or a random initialisation from ``seed``
             (False, the ImageNet-vs-random ablation).
         image_size: Camera resolution of the embedded recording (square, pixels).
+        demo_noise: Embedded: standard deviation of the Gaussian noise on the expert's
+            executed actions while recording (DART, ``apps.robotics.collect``; the clean
+            actions are the labels), in table units per second; 0 records the plain expert.
         cache_dir: Folder for the cache entries (demos, trunk features) instead of
             ``<cache root>/robotics`` (``core.cache``; the root is
             ``$SPECIALIST_FINETUNERS_CACHE`` or ``~/.cache/specialist-finetuners``).
@@ -316,6 +309,7 @@ class RoboticsDataModule(pl.LightningDataModule):
         trunk_split: int = 2,
         pretrained_trunk: bool = True,
         image_size: int = 96,
+        demo_noise: float = 0.0,
         cache_dir: str | None = None,
     ) -> None:
         super().__init__()
@@ -361,6 +355,9 @@ class RoboticsDataModule(pl.LightningDataModule):
         self.image_features = image_features
         self.trunk_split, self.pretrained_trunk = int(trunk_split), bool(pretrained_trunk)
         self.image_size, self.cache_dir = int(image_size), cache_dir
+        if not demo_noise >= 0:
+            raise ValueError(f"data.demo_noise={demo_noise} must be >= 0 (table units/s)")
+        self.demo_noise = float(demo_noise)
         #: Seconds spent in each stage of ``setup`` (collect, read, decode or encode).
         self.timings: dict[str, float] = {}
         self._ready = False
@@ -558,6 +555,7 @@ class RoboticsDataModule(pl.LightningDataModule):
             seed=self.seed,
             image_size=self.image_size,
             cache_dir=self.cache_dir,
+            action_noise=self.demo_noise,
         )
 
     def _check_features(self, ds: LeRobotDataset) -> None:

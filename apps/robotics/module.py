@@ -27,8 +27,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from core.adapters import AdapterConfig
 from core.atomic import atomic_write_text
 from core.training import FineTuneModule
@@ -36,6 +34,7 @@ from core.training.module import coerce_adapter_config
 from core.training.report import TestReport
 from core.training.schedules import with_warmup_cosine
 
+from .augment import InstructionAugmenter, drop_words
 from .chunking import MODES as CHUNK_MODES
 from .chunking import ChunkExecutor
 from .evaluation import BASELINES, INSTRUCTION_MODES, evaluate, results_to_dict, write_rollout_gifs
@@ -51,24 +50,6 @@ EVALUATION_FILE = "evaluation.json"
 #: The policy's configuration and normalisation, beside ``adapter/`` (what a user needs to
 #: rebuild the policy from the adapter alone).
 POLICY_FILE = "policy.json"
-
-
-def drop_words(
-    instructions: list[str], p: float, generator: torch.Generator | None = None
-) -> list[str]:
-    """Each instruction with every word dropped with probability ``p`` (torch's RNG, so the
-    run's seed decides); an instruction never loses all its words (one is kept at random)."""
-    out = []
-    for text in instructions:
-        words = text.split()
-        if not words:
-            out.append(text)
-            continue
-        keep = torch.rand(len(words), generator=generator) >= p
-        if not keep.any():
-            keep[torch.randint(len(words), (1,), generator=generator)] = True
-        out.append(" ".join(w for w, k in zip(words, keep.tolist(), strict=True) if k))
-    return out
 
 
 class PolicyModule(FineTuneModule):
@@ -106,6 +87,11 @@ class PolicyModule(FineTuneModule):
         word_dropout: Training-time instruction augmentation: each word of an instruction is
             dropped with this probability (random deletion, re-embedded by the text tower), so
             the policy cannot lean on one exact wording; 0 turns it off.
+        instruction_augmentation: Training-time probability of replacing a demonstration's
+            instruction by another wording of its task from the augmentation grammar
+            (:class:`apps.robotics.augment.InstructionAugmenter`, DIAL-style; no word of the
+            held-out paraphrases); 0 turns it off.
+        augmentation_pool: Wordings per task in the augmentation pool.
         adapter: The adapter on the image tower's top (the default config: LoRA r = 8); its unset
             ``target_modules`` become the top's layers the method supports.
         **base: The other ``FineTuneModule`` arguments (optimizer, scheduler, regularizers).
@@ -132,6 +118,8 @@ class PolicyModule(FineTuneModule):
         hz_steps: int = 20,
         warmup_steps: int = 100,
         word_dropout: float = 0.0,
+        instruction_augmentation: float = 0.0,
+        augmentation_pool: int = 64,
         adapter: AdapterConfig | None = None,
         **base: Any,
     ) -> None:
@@ -179,6 +167,14 @@ class PolicyModule(FineTuneModule):
         if not 0.0 <= word_dropout < 1.0:
             raise ValueError(f"model.word_dropout={word_dropout} must lie in [0, 1)")
         self.word_dropout = float(word_dropout)
+        try:
+            self.augmenter = (
+                InstructionAugmenter(instruction_augmentation, augmentation_pool, tower_seed)
+                if instruction_augmentation > 0
+                else None
+            )
+        except ValueError as err:
+            raise ValueError(f"model.instruction_augmentation: {err}") from err
         self.evaluation: dict[str, Any] | None = None
         self._gifs: list[tuple[str, Any, str]] = []
 
@@ -215,6 +211,8 @@ class PolicyModule(FineTuneModule):
 
     # ------------------------------------------------------------------ steps
     def shared_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+        if stage == "train" and self.augmenter is not None:
+            batch = {**batch, "instruction": self.augmenter(batch["instruction"])}
         if stage == "train" and self.word_dropout > 0:
             batch = {**batch, "instruction": drop_words(batch["instruction"], self.word_dropout)}
         return {"loss": self.policy.loss(batch), "batch_size": len(batch["instruction"])}

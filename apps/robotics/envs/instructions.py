@@ -85,6 +85,57 @@ PARAPHRASE_TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+#: Instruction augmentation (DIAL's idea, with a hand-written grammar instead of a language
+#: model): per family, sentence frames whose ``{verb}``, ``{obj}``, ``{goal}`` / ``{zone}``
+#: slots take any word of :data:`AUGMENT_WORDS`. Training on many wordings of each task makes
+#: the policy read the colour words rather than one sentence. Every content word here differs
+#: from every held-out paraphrase's (tested), so the paraphrase test stays held out.
+AUGMENT_FRAMES: dict[str, tuple[str, ...]] = {
+    "which_target": (
+        "{verb} the {obj} to the {c1} {goal}",
+        "{verb} the {obj} onto the {c1} {goal}",
+        "please {verb} the {obj} on the {c1} {goal}",
+        "can you {verb} the {obj} to the {c1} {goal}",
+        "the {obj} should end on the {c1} {goal}",
+        "{verb} the {obj} toward the {c1} {goal} and stop there",
+        "{c1} {goal}: {verb} the {obj} there",
+        "your job is to {verb} the {obj} onto the {c1} {goal}",
+    ),
+    "which_object": (
+        "{verb} the {c1} {obj} to the {zone}",
+        "{verb} the {c1} {obj} into the {zone}",
+        "please {verb} the {c1} {obj} into the {zone}",
+        "can you {verb} the {c1} {obj} to the {zone}",
+        "the {c1} {obj} should end in the {zone}",
+        "{verb} only the {c1} {obj} into the {zone}",
+        "{c1} {obj}: {verb} to the {zone}",
+        "your job is to {verb} the {c1} {obj} into the {zone}",
+    ),
+    "ordering": (
+        "{verb} the {c1} {obj} to the {zone}, then the {c2} {obj}",
+        "first {verb} the {c1} {obj} into the {zone}, then {verb} the {c2} {obj}",
+        "{verb} the {c1} {obj} into the {zone} and next the {c2} {obj}",
+        "{c1} {obj} into the {zone} first, {c2} {obj} second",
+        "the {c1} {obj} comes first, then the {c2} {obj}, both into the {zone}",
+        "{verb} the {c1} {obj} to the {zone}; once done, {verb} the {c2} {obj} there too",
+        "the {c1} {obj} should reach the {zone} first and the {c2} {obj} later",
+        "{verb} the {c1} {obj} into the {zone} ahead of the {c2} {obj}",
+    ),
+}
+#: The words the augmentation frames' slots take.
+AUGMENT_WORDS: dict[str, tuple[str, ...]] = {
+    "verb": (
+        "push", "slide", "put", "get", "take", "drive", "guide", "send", "steer", "deliver",
+        "drag", "place", "carry", "position",
+    ),
+    "obj": ("block", "box", "square", "brick", "piece", "object", "tile", "item"),
+    "goal": ("target", "dot", "patch", "pad", "point", "location", "destination"),
+    "zone": (
+        "zone", "target zone", "centre", "center", "middle", "central zone", "middle zone",
+        "pen", "enclosure", "zone in the middle",
+    ),
+}  # fmt: skip
+
 #: How many colours each family names.
 COLOURS_PER_FAMILY: dict[str, int] = {"which_target": 1, "which_object": 1, "ordering": 2}
 
@@ -162,6 +213,35 @@ def instruction_for(task: str, rng: np.random.Generator, paraphrase: bool = Fals
     spec = parse_task(task)
     templates = (PARAPHRASE_TEMPLATES if paraphrase else TRAIN_TEMPLATES)[spec.family]
     return _fill(templates[int(rng.integers(len(templates)))], spec.colours)
+
+
+def augmented_instruction(task: str, rng: np.random.Generator) -> str:
+    """A random wording of ``task`` from the augmentation grammar (:data:`AUGMENT_FRAMES`),
+    every slot word drawn uniformly. For training only: never a held-out paraphrase."""
+    spec = parse_task(task)
+    frames = AUGMENT_FRAMES[spec.family]
+    frame = frames[int(rng.integers(len(frames)))]
+    words = {k: v[int(rng.integers(len(v)))] for k, v in AUGMENT_WORDS.items()}
+    slots = {f"c{i + 1}": c for i, c in enumerate(spec.colours)}
+    return frame.format(**words, **slots)
+
+
+def _wording_table() -> dict[str, TaskSpec]:
+    table = {}
+    for family in FAMILIES:
+        for spec in TASK_SPECS[family]:
+            for template in (*TRAIN_TEMPLATES[family], *PARAPHRASE_TEMPLATES[family]):
+                table[_fill(template, spec.colours)] = spec
+    return table
+
+
+_SPEC_OF_WORDING = _wording_table()
+
+
+def spec_of_instruction(text: str) -> TaskSpec | None:
+    """The task an instruction of the suite names (any training template or held-out
+    paraphrase, filled in), or None for text the suite does not produce."""
+    return _SPEC_OF_WORDING.get(text)
 
 
 def content_words(text: str) -> set[str]:

@@ -83,6 +83,29 @@ def test_independent_of_num_envs(recorded, tmp_path):
     np.testing.assert_array_equal(a.images(TOP, [0, 5]), b.images(TOP, [0, 5]))
 
 
+def test_noise_injection_records_clean_expert_labels(tmp_path):
+    """DART: the env executes expert + noise, the dataset holds the expert's own action at
+    every recorded state; the noise depends on the episode's seed, not on num_envs."""
+    noisy = read_dataset(collect_demonstrations(tmp_path / "n", 3, seed=3, action_noise=15.0))
+    alone = read_dataset(
+        collect_demonstrations(tmp_path / "n1", 3, seed=3, num_envs=1, action_noise=15.0)
+    )
+    np.testing.assert_array_equal(noisy.column(ACTION), alone.column(ACTION))
+    episode = noisy.episode(0)
+    env, noise = TabletopEnv(), np.random.default_rng((episode_seed(3, 0), 1))
+    obs, _ = env.reset(episode_seed(3, 0))
+    perturbed = 0.0
+    for t, action in enumerate(episode.data[ACTION]):
+        np.testing.assert_allclose(obs["state"], episode.data[ENV_STATE][t])
+        np.testing.assert_array_equal(env.expert_action(), action)
+        executed = action + 15.0 * noise.standard_normal(2)
+        perturbed = max(perturbed, float(np.abs(executed - action).max()))
+        obs, _, terminated, _, _ = env.step(executed.astype(np.float32))
+    assert terminated and env.success and perturbed > 5.0
+    clean = read_dataset(collect_demonstrations(tmp_path / "c", 3, seed=3))
+    assert not np.array_equal(clean.episode(0).data[ACTION], episode.data[ACTION])
+
+
 def test_families_filter(tmp_path):
     ds = read_dataset(collect_demonstrations(tmp_path / "d", 3, families=["which_object"]))
     assert set(ds.tasks) <= training_instructions(["which_object"])
@@ -124,6 +147,7 @@ def test_output_folder_rules(tmp_path):
         ({"num_envs": 0}, "num_envs must be >= 1"),
         ({"image_size": 4}, "image_size"),
         ({"families": []}, "families is empty"),
+        ({"action_noise": -1.0}, "action_noise must be >= 0"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, match):

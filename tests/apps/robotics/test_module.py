@@ -107,21 +107,21 @@ def test_a_run_without_a_logger_writes_no_files(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
 
 
-def test_word_dropout_keeps_an_ordered_nonempty_subset_of_the_words():
-    from apps.robotics.module import drop_words
-
-    text = "push the red block to the target zone then the blue block"
-    gen = torch.Generator().manual_seed(0)
-    outs = drop_words([text] * 200, 0.5, gen)
-    assert drop_words([text], 0.0) == [text] and drop_words([""], 0.5) == [""]
-    words = text.split()
-    for out in outs:
-        kept = out.split()
-        assert kept, "an instruction never loses every word"
-        it = iter(words)
-        assert all(w in it for w in kept), "a subsequence, in order"
-    mean_kept = sum(len(o.split()) for o in outs) / len(outs) / len(words)
-    assert 0.4 < mean_kept < 0.6
-    assert drop_words([text] * 5, 0.999, torch.Generator().manual_seed(1)) != [text] * 5
+def test_bad_augmentation_settings_name_the_option():
     with pytest.raises(ValueError, match=r"model\.word_dropout"):
         PolicyModule(word_dropout=1.0, **SMALL)
+    with pytest.raises(ValueError, match=r"model\.instruction_augmentation"):
+        PolicyModule(instruction_augmentation=1.5, **SMALL)
+
+
+def test_instruction_augmentation_applies_to_training_batches_only(monkeypatch):
+    module = PolicyModule(instruction_augmentation=1.0, **SMALL)
+    seen: list[list[str]] = []
+    monkeypatch.setattr(
+        module.policy, "loss", lambda batch: seen.append(batch["instruction"]) or torch.zeros(())
+    )
+    instructions = ["push the block to the red target"] * 8
+    module.shared_step({"instruction": instructions}, "train")
+    module.shared_step({"instruction": instructions}, "val")
+    assert all(text != instructions[0] and "red" in text for text in seen[0])
+    assert seen[1] == instructions
