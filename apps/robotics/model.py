@@ -203,7 +203,9 @@ class VisionLanguageEncoder(nn.Module):
         pretrained: ImageNet weights for the image tower (``False``: random init seeded with
             ``seed``, for the pretrained-vs-scratch ablation).
         trunk_split: Blocks of EfficientNet-Lite0 in the frozen trunk.
-        top_blocks: Blocks after the trunk in the fine-tunable ``top`` (the rest is dropped).
+        top_blocks: Blocks after the trunk in the fine-tunable ``top`` (the rest is dropped);
+            0: no top, the frozen trunk's map is the image feature (nothing of the image
+            tower trains, and cached trunk features make a training step very cheap).
         num_keypoints: Spatial-softmax keypoints.
         feature_dim: Size of the output features.
         proprio_dim: Size of the (normalised) proprioception vector.
@@ -233,7 +235,7 @@ class VisionLanguageEncoder(nn.Module):
         if image_tower is None:
             image_tower = self.build_image_tower(pretrained, trunk_split, top_blocks, seed)
         self.image = image_tower
-        self.channels = _out_channels(self.image.top)
+        self.channels = _out_channels(self.image.top) if len(self.image.top) else self.trunk_channels
         # Held outside the module tree (object.__setattr__): not trained, not saved.
         object.__setattr__(self, "text", build_text_embedder(text_tower))
         self.text_dim = self.text.dim
@@ -276,9 +278,9 @@ class VisionLanguageEncoder(nn.Module):
                 tower = efficientnet_lite0(split=trunk_split, weights=None)
         # SplitEncoder's top is (block stages..., conv_head, bn2): keep the first stages.
         blocks = [m for m in tower.top if isinstance(m, nn.Sequential)]
-        if not 1 <= top_blocks <= len(blocks):
+        if not 0 <= top_blocks <= len(blocks):
             raise ValueError(
-                f"top_blocks={top_blocks} must lie in [1, {len(blocks)}] for "
+                f"top_blocks={top_blocks} must lie in [0, {len(blocks)}] for "
                 f"trunk_split={trunk_split} (EfficientNet-Lite0 has 7 blocks)"
             )
         tower.top = nn.Sequential(*blocks[:top_blocks])
@@ -313,7 +315,11 @@ class VisionLanguageEncoder(nn.Module):
         return self.image.features(self.prepare_image(image))
 
     def feature_map(self, image: Tensor) -> Tensor:
-        """The top's spatial map ``(B, C, h, w)`` of pixels or trunk features."""
+        """The top's spatial map ``(B, C, h, w)`` of pixels or trunk features (the trunk's
+        own map, in float32, when the top is empty)."""
+        if not len(self.image.top):
+            x = self.prepare_image(image)
+            return (self.image.features(x) if x.shape[1] == 3 else x).float()
         return self.image.feature_map(self.prepare_image(image))
 
     def embed(self, instructions: Sequence[str], device: torch.device | None = None) -> Tensor:

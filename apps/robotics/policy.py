@@ -94,7 +94,10 @@ def top_adapter_targets(top: nn.Module, method: str, prefix: str = "") -> list[s
             f"no adapter targets for method {method!r}; choose one of {ADAPTER_METHODS}"
         )
     if not names:
-        raise ValueError(f"the image tower's top has no layer that {method} can adapt")
+        raise ValueError(
+            f"the image tower's top has no layer that {method} can adapt (with "
+            "model.top_blocks=0 there is no top: set model.adapter to null)"
+        )
     return [f"{prefix}{n}" for n in names]
 
 
