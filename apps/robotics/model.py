@@ -235,7 +235,9 @@ class VisionLanguageEncoder(nn.Module):
         if image_tower is None:
             image_tower = self.build_image_tower(pretrained, trunk_split, top_blocks, seed)
         self.image = image_tower
-        self.channels = _out_channels(self.image.top) if len(self.image.top) else self.trunk_channels
+        self.channels = (
+            _out_channels(self.image.top) if len(self.image.top) else self.trunk_channels
+        )
         # Held outside the module tree (object.__setattr__): not trained, not saved.
         object.__setattr__(self, "text", build_text_embedder(text_tower))
         self.text_dim = self.text.dim

@@ -122,6 +122,24 @@ def test_the_top_is_cut_short_and_batch_norms_stay_in_eval(tower):
         VisionLanguageEncoder.build_image_tower(False, trunk_split=2, top_blocks=9)
 
 
+def test_no_top_uses_the_cached_trunk_map_itself():
+    """top_blocks=0: the trunk's map (split 3: 40 channels at stride 8) is the image feature,
+    the same from pixels and from cached features, and no adapter can attach."""
+    bare = VisionLanguageEncoder.build_image_tower(pretrained=False, trunk_split=3, top_blocks=0)
+    encoder = make_encoder(bare).eval()
+    assert len(encoder.image.top) == 0 and encoder.channels == encoder.trunk_channels == 40
+    images, proprio, texts = pixels(), torch.zeros(3, 2), ["a", "b", ""]
+    trunk = encoder.trunk_features(images)
+    torch.testing.assert_close(encoder.feature_map(images), trunk)
+    torch.testing.assert_close(
+        encoder(trunk.half(), proprio, texts), encoder(images, proprio, texts), atol=5e-3, rtol=5e-3
+    )
+    policy = VLAPolicy(encoder=make_encoder(bare), chunk_size=CHUNK, finetune="frozen")
+    assert trainable_names(policy) == new_layer_names(policy)
+    with pytest.raises(ValueError, match="top_blocks=0 there is no top"):
+        VLAPolicy(encoder=make_encoder(bare), chunk_size=CHUNK, finetune="adapter", adapter="lora")
+
+
 def test_film_lets_the_instruction_move_the_keypoints(tower):
     encoder = make_encoder(tower).eval()
     images = pixels(2)
