@@ -166,7 +166,7 @@ def embedded_dataset(
     families = list(FAMILIES if families is None else families)
     config = {
         "kind": "robotics-demos",
-        "version": 1,
+        "version": 2,  # 2: the expert goes round a block the same way when in front of it
         "episodes": int(episodes),
         "families": families,
         "seed": int(seed),

@@ -60,6 +60,22 @@ def test_the_scripted_expert_succeeds_on_at_least_95_percent_of_50_seeds(family)
     assert wins / 50 >= 0.95, f"{family}: expert {wins}/50"
 
 
+def test_in_front_of_the_block_the_expert_always_goes_round_the_same_way():
+    """Standing between block and goal, a hair to either side of the line, the expert orbits
+    in the same sense (choosing by the side flips there, and a cloned policy that averages
+    the two ways round pushes the block away from its goal)."""
+    from apps.robotics.envs.tabletop import push_action
+
+    block, goal = np.array([48.0, 48.0]), np.array([78.0, 48.0])
+    above = push_action(np.array([63.0, 47.7]), block, goal)
+    below = push_action(np.array([63.0, 48.3]), block, goal)
+    assert np.sign(above[1]) == np.sign(below[1]) != 0
+    # Off the front, it still takes the short way round (the sign of the side decides).
+    side_a = push_action(np.array([48.0, 33.0]), block, goal)
+    side_b = push_action(np.array([48.0, 63.0]), block, goal)
+    assert side_a[0] < 0 and side_b[0] < 0 and np.sign(side_a[1]) != np.sign(side_b[1])
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_pursuing_another_colour_fails_so_the_instruction_matters(family):
     # Same scene, expert chasing a different task of the family: the true task never succeeds.
