@@ -195,14 +195,12 @@ def push_action(
             target = obj - u * _STANDOFF
         else:
             step = math.radians(60 if radius >= _ORBIT - 1.0 else 20)
-            if abs(theta) > math.radians(120):
-                # Nearly in front: either way round will do, so always try the same one first.
-                # Choosing by the sign of theta flips the direction right where a cloned
-                # policy stands between block and goal; averaging the two ways round, it
-                # pushes the block away from the goal.
-                sides = [1.0, -1.0]
-            else:
-                sides = [1.0 if theta >= 0 else -1.0]
+            # Nearly in front (beyond 120 degrees), either way round will do, so always try
+            # the same one first. Choosing by the sign of theta flips the direction right
+            # where a cloned policy stands between block and goal; averaging the two ways
+            # round, it pushes the block away from the goal.
+            in_front = abs(theta) > math.radians(120)
+            sides = [1.0, -1.0] if in_front else [1.0 if theta >= 0 else -1.0]
             target = None
             for side in sides:
                 angle = theta - side * min(step, abs(theta))
