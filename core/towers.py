@@ -141,14 +141,10 @@ class SplitEncoder(nn.Module):
                 f"input has {x.shape[1]} channels; give RGB pixels (3) or trunk features "
                 f"({self.trunk_channels})."
             )
-        # Cached trunk features are float16: compute in the top's own dtype.
-        return self.top(
-            x.to(
-                self.top[0].weight.dtype
-                if hasattr(self.top[0], "weight")
-                else next(self.top.parameters()).dtype
-            )
-        )
+        # Cached trunk features are float16: compute in the top's own dtype (float32 for an
+        # empty top, whose map is the trunk's own).
+        dtype = next((p.dtype for p in self.top.parameters()), torch.float32)
+        return self.top(x.to(dtype))
 
     def forward(self, x: Tensor) -> Tensor:
         """Globally pooled features ``(B, C)`` of pixels or trunk features."""

@@ -153,7 +153,7 @@ def _episodes(
             seeds = [episode_seed(seed, start + k) for k in range(num_envs)]
             start += num_envs
             obs, infos = vec.reset(seeds)
-            noise = [np.random.default_rng((s, 1)) for s in seeds]
+            noise = [np.random.default_rng((s, 1)) for s in seeds] if action_noise > 0 else []
             images: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
             states: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
             actions: list[list[np.ndarray]] = [[] for _ in range(num_envs)]
@@ -163,7 +163,7 @@ def _episodes(
                     images[i].append(obs["image"][i])
                     states[i].append(obs["state"][i])
                     actions[i].append(act[i])
-                if action_noise > 0:
+                if noise:
                     act = act + np.stack([action_noise * g.standard_normal(2) for g in noise])
                 obs, *_ = vec.step(act.astype(np.float32))
             success = vec.success

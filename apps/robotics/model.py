@@ -319,9 +319,6 @@ class VisionLanguageEncoder(nn.Module):
     def feature_map(self, image: Tensor) -> Tensor:
         """The top's spatial map ``(B, C, h, w)`` of pixels or trunk features (the trunk's
         own map, in float32, when the top is empty)."""
-        if not len(self.image.top):
-            x = self.prepare_image(image)
-            return (self.image.features(x) if x.shape[1] == 3 else x).float()
         return self.image.feature_map(self.prepare_image(image))
 
     def embed(self, instructions: Sequence[str], device: torch.device | None = None) -> Tensor:

@@ -153,9 +153,10 @@ class TaskSpec:
         return _fill(TRAIN_TEMPLATES[self.family][0], self.colours)
 
 
-def _fill(template: str, colours: tuple[str, ...]) -> str:
-    """``template`` with ``{c1}``/``{c2}`` replaced by ``colours``."""
-    return template.format(**{f"c{i + 1}": c for i, c in enumerate(colours)})
+def _fill(template: str, colours: tuple[str, ...], **words: str) -> str:
+    """``template`` with ``{c1}``/``{c2}`` replaced by ``colours`` (and any other slot by
+    ``words``)."""
+    return template.format(**words, **{f"c{i + 1}": c for i, c in enumerate(colours)})
 
 
 def _colour_tuples(family: str) -> list[tuple[str, ...]]:
@@ -222,8 +223,7 @@ def augmented_instruction(task: str, rng: np.random.Generator) -> str:
     frames = AUGMENT_FRAMES[spec.family]
     frame = frames[int(rng.integers(len(frames)))]
     words = {k: v[int(rng.integers(len(v)))] for k, v in AUGMENT_WORDS.items()}
-    slots = {f"c{i + 1}": c for i, c in enumerate(spec.colours)}
-    return frame.format(**words, **slots)
+    return _fill(frame, spec.colours, **words)
 
 
 def _wording_table() -> dict[str, TaskSpec]:

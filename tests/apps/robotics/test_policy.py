@@ -131,6 +131,8 @@ def test_no_top_uses_the_cached_trunk_map_itself():
     images, proprio, texts = pixels(), torch.zeros(3, 2), ["a", "b", ""]
     trunk = encoder.trunk_features(images)
     torch.testing.assert_close(encoder.feature_map(images), trunk)
+    with pytest.raises(ValueError, match="channels"):  # neither pixels nor trunk features
+        encoder.feature_map(torch.zeros(3, 5, 12, 12))
     torch.testing.assert_close(
         encoder(trunk.half(), proprio, texts), encoder(images, proprio, texts), atol=5e-3, rtol=5e-3
     )
