@@ -6,13 +6,13 @@ Studies (``--studies``, default all; :data:`STUDIES` lists their arms, the refer
   towers (``random_towers.yaml``) at 20 and 80 demonstrations (``--demos``);
 * ``heads``: the L1 action-chunk head (default) against OpenVLA's tokens and a diffusion head;
 * ``execution``: temporal ensembling (default) against receding-horizon and open-loop chunks;
-* ``adapters``: LoRA (default) against DoRA, SSF and full fine-tuning of the top block.
+* ``adapters``: full fine-tuning of the top block (default) against LoRA, DoRA and SSF on it.
 
 Every run is ``python -m apps.robotics.train`` (fit, then the closed-loop test) in-process,
 with ``seed_everything`` and ``data.seed`` (the demonstrations, the split and the random
 towers' initialisation) both set to the seed. Arms that change nothing share one run: the
 default recipe is fitted once per seed and serves ``heads/l1_chunk``, ``execution/ensemble``
-and ``adapters/lora``. The execution arms only change the test, so they re-test the default
+and ``adapters/top``. The execution arms only change the test, so they re-test the default
 run's checkpoint (``python -m apps.robotics.train test --config <run>/config.yaml --ckpt_path
 <ckpt> --model.execution <mode>``); since a test refuses a model option that differs from the
 checkpoint's hyperparameters, ``<ckpt>`` is a copy of ``last.ckpt`` with only
@@ -121,10 +121,10 @@ def studies(demos: Iterable[int] = DEMOS) -> dict[str, tuple[Arm, ...]]:
             Arm("open_loop", execution="open_loop"),
         ),
         "adapters": (
-            Arm("lora"),
+            Arm("top"),
+            Arm("lora", "lora.yaml"),
             Arm("dora", "dora.yaml"),
             Arm("ssf", "ssf.yaml"),
-            Arm("top", "top.yaml"),
         ),
     }
 

@@ -108,7 +108,7 @@ def test_studies_share_the_default_run():
     assert list(STUDIES) == ["data", "heads", "execution", "adapters"]
     runs = {(study, arm.name): arm.run for study, arms in STUDIES.items() for arm in arms}
     assert runs["heads", "l1_chunk"] == runs["execution", "ensemble"] == "default"
-    assert runs["adapters", "lora"] == "default"
+    assert runs["adapters", "top"] == "default"
     assert runs["execution", "open_loop"] == "default+open_loop"
     assert runs["data", "pretrained@20"] == "default@20"
     assert runs["data", "random@80"] == "random_towers@80"
