@@ -180,6 +180,12 @@ class EpisodeResult:
         steps: Control steps taken (``max_steps`` for a failure).
         frames: Camera images from the reset to the last step (uint8 ``(H, W, 3)`` each), or
             ``None`` when not recorded.
+        proprio: With ``record_transitions``: the proprioception ``(steps, 2)`` the policy saw
+            before each step (env units), else ``None``.
+        actions: With ``record_transitions``: the actions executed ``(steps, action_dim)``
+            (after any exploration noise, clipped to the env's bounds), else ``None``.
+        final_frame: The camera image the episode ended on (always kept: what a success
+            classifier judges).
     """
 
     seed: int
@@ -189,6 +195,9 @@ class EpisodeResult:
     success: bool
     steps: int
     frames: list[np.ndarray] | None = None
+    proprio: np.ndarray | None = None
+    actions: np.ndarray | None = None
+    final_frame: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (no frames) for JSON."""
@@ -315,6 +324,8 @@ def rollout(
     env_name: str = "tabletop",
     progress: bool = True,
     desc: str | None = None,
+    record_transitions: bool = False,
+    action_noise: float = 0.0,
 ) -> RolloutResult:
     """Run one episode per seed in lockstep batches of ``num_envs`` and record the outcomes.
 
@@ -332,6 +343,12 @@ def rollout(
         env_name: Env registry name.
         progress: Show a tqdm bar (episodes done).
         desc: The bar's label (default ``rollout <mode>``).
+        record_transitions: Keep every episode's frames, proprioception and executed actions
+            (what learning from the policy's own rollouts needs; ``record_frames`` is then
+            every episode).
+        action_noise: Standard deviation of Gaussian noise added to each executed action, in
+            env units (exploration; drawn from each episode's seed, so results do not depend
+            on batching); 0 plays the policy's actions as they are.
     """
     mode = _check_mode(instruction_mode)
     seeds = [int(s) for s in seeds]
@@ -339,6 +356,10 @@ def rollout(
         raise ValueError("seeds is empty: give at least one seed (see eval_seeds)")
     if num_envs < 1:
         raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    if not action_noise >= 0:
+        raise ValueError(f"action_noise={action_noise} must be >= 0 (env action units)")
+    if record_transitions:
+        record_frames = len(seeds)
     options = dict(env_options or {})
     if "paraphrase" in options:
         raise ValueError(
@@ -368,6 +389,9 @@ def rollout(
             ]
             if callable(bind):
                 bind(vec, infos, batch)
+            noise = [np.random.default_rng([s, 31]) for s in batch] if action_noise else None
+            seen: list[list[np.ndarray]] = [[] for _ in range(n)]
+            done_actions: list[list[np.ndarray]] = [[] for _ in range(n)]
             batch_executor.reset()
             while not vec.done.all():
                 chunks = None
@@ -388,6 +412,17 @@ def rollout(
                     chunks[alive] = alive_chunks
                 actions = batch_executor.act(chunks)
                 running = ~vec.done
+                if noise is not None:
+                    actions = np.array(actions, dtype=np.float32)  # never the executor's buffer
+                    for i in np.flatnonzero(running):
+                        actions[i] = actions[i] + noise[i].normal(
+                            0.0, action_noise, actions.shape[1]
+                        )
+                    actions = np.clip(actions, vec.action_low, vec.action_high)
+                if record_transitions:
+                    for i in np.flatnonzero(running):
+                        seen[i].append(obs["state"][i, :2].astype(np.float32))
+                        done_actions[i].append(np.asarray(actions[i], dtype=np.float32))
                 result.env_steps += int(running.sum())
                 obs, _, _, _, infos = vec.step(actions)
                 for i in np.flatnonzero(running):
@@ -403,6 +438,11 @@ def rollout(
                         success=bool(info["success"]),
                         steps=int(info["step"]),
                         frames=frames[i],
+                        final_frame=obs["image"][i].copy(),
+                        proprio=_stacked(seen[i], 2) if record_transitions else None,
+                        actions=_stacked(done_actions[i], vec.action_dim)
+                        if record_transitions
+                        else None,
                     )
                 )
             bar.update(n)
@@ -412,6 +452,11 @@ def rollout(
         bar.close()
     result.wall_s = time.perf_counter() - start
     return result
+
+
+def _stacked(rows: list[np.ndarray], width: int) -> np.ndarray:
+    """``rows`` as a float32 ``(len, width)`` array (``(0, width)`` when empty)."""
+    return np.stack(rows) if rows else np.zeros((0, width), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- baselines
