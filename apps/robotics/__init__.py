@@ -17,5 +17,9 @@ Modules, one job each:
 - ``evaluation``, ``intervals``, ``report``: closed-loop success with Wilson intervals,
   baselines, speed, GIFs and ``report.md``;
 - ``module``, ``train``: the Lightning module and ``python -m apps.robotics.train``;
-- ``benchmark``: the ablations over seeds (``python -m apps.robotics.benchmark``).
+- ``benchmark``: the ablations over seeds (``python -m apps.robotics.benchmark``);
+- ``success``: a learned success detector (final frame + instruction) on labelled rollouts
+  (``python -m apps.robotics.success``);
+- ``online``: RoboFuME-style self-improvement from the detector's verdicts, filtered BC and
+  AWR (``python -m apps.robotics.online``).
 """

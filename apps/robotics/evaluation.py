@@ -422,7 +422,7 @@ def rollout(
                 if record_transitions:
                     for i in np.flatnonzero(running):
                         seen[i].append(obs["state"][i, :2].astype(np.float32))
-                        done_actions[i].append(np.asarray(actions[i], dtype=np.float32))
+                        done_actions[i].append(np.array(actions[i], dtype=np.float32))
                 result.env_steps += int(running.sum())
                 obs, _, _, _, infos = vec.step(actions)
                 for i in np.flatnonzero(running):

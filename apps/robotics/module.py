@@ -13,10 +13,11 @@ MiniLM towers, FiLM, spatial softmax, one action head) in the core's ``FineTuneM
   ``evaluation.json`` and a few rollouts to GIFs in the run directory, and ``report.md`` gets
   the tables (:func:`apps.robotics.report.add_evaluation`).
 
-What trains: ``adapter`` (default LoRA on the image tower's top block) plus the new layers
-(instruction pooling, FiLM, keypoints, MLP, action head) as the adapter's ``modules_to_save``; with
-``adapter: null``, ``train_top`` picks full fine-tuning of the top block (True) or only the
-new layers (False). The trunk is always frozen, which is what lets the data module cache its
+What trains: with ``adapter: null`` (the default config), ``train_top`` picks full fine-tuning
+of the image tower's top block (True, the default) or only the new layers (False), plus the new
+layers (instruction pooling, FiLM, keypoints, MLP, action head); with an ``adapter`` (e.g.
+``lora.yaml``: LoRA r = 8 on the top block), the adapter plus the new layers as its
+``modules_to_save``. The trunk is always frozen, which is what lets the data module cache its
 features.
 """
 
@@ -92,8 +93,9 @@ class PolicyModule(FineTuneModule):
             (:class:`apps.robotics.augment.InstructionAugmenter`, DIAL-style; no word of the
             held-out paraphrases); 0 turns it off.
         augmentation_pool: Wordings per task in the augmentation pool.
-        adapter: The adapter on the image tower's top (the default config: LoRA r = 8); its unset
-            ``target_modules`` become the top's layers the method supports.
+        adapter: An adapter on the image tower's top (the default config: none; ``lora.yaml``:
+            LoRA r = 8); its unset ``target_modules`` become the top's layers the method
+            supports.
         **base: The other ``FineTuneModule`` arguments (optimizer, scheduler, regularizers).
     """
 

@@ -34,7 +34,7 @@ import argparse
 import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,9 +247,11 @@ def record_labelled_rollouts(
         rngs = [np.random.default_rng([s, 7]) for s in seeds]
         tasks = []
         for info, rng, kind in zip(infos, rngs, kinds, strict=True):
-            options_ = tasks_for(info["family"])
-            wrong = kind == "language_blind"
-            tasks.append(options_[int(rng.integers(len(options_)))] if wrong else info["task"])
+            if kind == "language_blind":  # a random task of the family (maybe the right one)
+                family_tasks = tasks_for(info["family"])
+                tasks.append(family_tasks[int(rng.integers(len(family_tasks)))])
+            else:
+                tasks.append(info["task"])
         frames: list[list[np.ndarray]] = [[obs["image"][i].copy()] for i in range(n)]
         while not vec.done.all():
             running = np.flatnonzero(~vec.done)
@@ -548,17 +550,6 @@ def load_classifier(
     return classifier.eval()
 
 
-def classifier_reward(
-    classifier: SuccessClassifier, threshold: float = 0.5
-) -> Callable[[np.ndarray, Sequence[str]], np.ndarray]:
-    """A reward function ``(final frames, instructions) -> bool (N,)`` from ``classifier``."""
-
-    def reward(frames: np.ndarray, instructions: Sequence[str]) -> np.ndarray:
-        return classifier.probability(frames, instructions) >= threshold
-
-    return reward
-
-
 # --------------------------------------------------------------------------- command line
 def _table(scores: dict[str, Any]) -> str:
     """A markdown table of final-frame metrics: overall, per family, per behaviour."""
@@ -688,7 +679,6 @@ __all__ = [
     "LabelledFrames",
     "SuccessClassifier",
     "binary_metrics",
-    "classifier_reward",
     "fit_classifier",
     "load_classifier",
     "record_labelled_rollouts",

@@ -3,12 +3,14 @@
 With no arguments: record scripted-expert demonstrations of the embedded tabletop suite into a
 LeRobotDataset v3.0 folder (cached), encode their frames once with the frozen ImageNet
 EfficientNet-Lite0 trunk (cached), fine-tune the vision-language-action policy (MiniLM
-instruction embedding, FiLM, spatial softmax, L1 action-chunk head; LoRA on the image tower's
-top block) by behaviour cloning, then test it closed loop on 100 held-out seeds per
+instruction embedding, FiLM, spatial softmax, L1 action-chunk head; the image tower's top
+block fine-tuned in full, or an adapter on it with ``lora.yaml`` and the like) by behaviour
+cloning, then test it closed loop on 100 held-out seeds per
 instruction condition (trained wording, held-out paraphrases, blank) with Wilson intervals,
 beside the expert, random and language-blind baselines. Outputs go to
 ``runs/robotics/version_<n>``: checkpoints, metrics.json, evaluation.json, report.md, rollout
-GIFs, ``adapter/`` (PEFT layout) and ``policy.json`` (the policy's config and normalisation).
+GIFs, ``policy.json`` (the policy's config and normalisation) and, with an adapter,
+``adapter/`` (PEFT layout).
 Recipes: ``--config apps/robotics/configs/<recipe>.yaml``; a run of seconds:
 ``--config apps/robotics/configs/tiny.yaml``.
 """
