@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import time
@@ -119,14 +120,15 @@ def rollout_dataset(
     proprio = np.concatenate([e.proprio for e in kept])
     actions = np.concatenate([e.actions for e in kept])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    episode = np.repeat(np.arange(len(kept)), lengths)  # also the index of its instruction
     normalizer = policy.normalizer
     return ChunkDataset(
         encode_trunk(policy.encoder.image, images),
         torch.from_numpy(np.asarray(normalizer.normalize_state(proprio), dtype=np.float32)),
         torch.from_numpy(np.asarray(normalizer.normalize_action(actions), dtype=np.float32)),
         np.repeat(starts + lengths, lengths),
-        np.repeat(np.arange(len(kept)), lengths),
-        np.repeat(np.arange(len(kept)), lengths),
+        episode,
+        episode,
         [e.instruction for e in kept],
         np.arange(int(lengths.sum())),
         chunk_size,
@@ -248,13 +250,18 @@ def _test(
         policy,
         eval_seeds(episodes),
         env_options={"families": [target]},
-        executor=lambda n: ChunkExecutor("ensemble", policy.chunk_size, n),
+        executor=_ensembling(policy),
         num_envs=num_envs,
         progress=False,
     )
     truth = np.array([e.success for e in result.episodes])
     judged = _verdicts(classifier, result.episodes)
     return result.summary().to_dict(), float(judged.mean()), float((judged == truth).mean())
+
+
+def _ensembling(policy: VLAPolicy) -> functools.partial:
+    """The default recipe's executor factory: temporal ensembling of the policy's chunks."""
+    return functools.partial(ChunkExecutor, "ensemble", policy.chunk_size)
 
 
 def _verdicts(classifier: SuccessClassifier, episodes: Sequence[EpisodeResult]) -> np.ndarray:
@@ -295,7 +302,7 @@ def run_method(
             policy,
             range(first, first + rollouts_per_round),
             env_options={"families": [target]},
-            executor=lambda n: ChunkExecutor("ensemble", policy.chunk_size, n),
+            executor=_ensembling(policy),
             num_envs=num_envs,
             record_transitions=True,
             action_noise=noise,

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from core.atomic import atomic_write, atomic_write_text
 
-from .data import build_trunk, encode_trunk
+from .data import encode_trunk
 from .envs import VectorEnv, tasks_for
 from .model import TextEmbedder, TextFn, VisionLanguageEncoder
 
@@ -96,7 +96,7 @@ class LabelledFrames:
     families: list[str]
     behaviours: list[str]
     final: np.ndarray
-    seeds: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    seeds: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -105,8 +105,6 @@ class LabelledFrames:
                 f"images must be uint8 (N, H, W, 3); got {self.images.dtype} "
                 f"{tuple(self.images.shape)}"
             )
-        if len(self.seeds) == 0 and n:
-            self.seeds = np.full(n, -1, dtype=np.int64)
         lengths = {
             "instructions": len(self.instructions),
             "labels": len(self.labels),
@@ -292,10 +290,9 @@ def record_labelled_rollouts(
 
 
 # --------------------------------------------------------------------------- model
-def tower_signature(trunk_split: int, pretrained: bool, init_seed: int = 0) -> dict[str, Any]:
+def tower_signature(trunk: nn.Module, trunk_split: int, pretrained: bool) -> dict[str, Any]:
     """What a classifier's inputs depend on: the image tower, its cut and a hash of its
-    trunk weights (so a checkpoint trained on other towers is told apart)."""
-    trunk = build_trunk(trunk_split, pretrained, init_seed)
+    trunk's weights (so a checkpoint trained on other towers is told apart)."""
     digest = hashlib.sha256()
     for name, tensor in trunk.state_dict().items():
         digest.update(name.encode() + b"\0")
@@ -361,14 +358,22 @@ class SuccessClassifier(nn.Module):
         """Cached-form trunk features (float16) of uint8 frames ``(N, H, W, 3)``."""
         return encode_trunk(self.encoder.image, images)
 
+    def signature(self) -> dict[str, Any]:
+        """:func:`tower_signature` of this classifier's own trunk."""
+        split, pretrained = self.config["trunk_split"], self.config["pretrained"]
+        return tower_signature(self.encoder.image.trunk, split, pretrained)
+
     @torch.no_grad()
-    def probability(self, images: np.ndarray, instructions: Sequence[str]) -> np.ndarray:
-        """Success probabilities ``(N,)`` of uint8 frames ``(N, H, W, 3)``."""
+    def probability(
+        self, images: np.ndarray, instructions: Sequence[str], features: Tensor | None = None
+    ) -> np.ndarray:
+        """Success probabilities ``(N,)`` of uint8 frames ``(N, H, W, 3)`` (``features``:
+        their :meth:`trunk_features`, when already computed)."""
         if len(images) != len(instructions):
             raise ValueError(f"{len(images)} frames but {len(instructions)} instructions")
         was = self.training
         self.eval()
-        feats = self.trunk_features(np.asarray(images))
+        feats = self.trunk_features(np.asarray(images)) if features is None else features
         out = torch.sigmoid(self(feats.float(), list(instructions))).numpy()
         self.train(was)
         return out
@@ -425,8 +430,8 @@ def fit_classifier(
     """Train ``classifier`` with a class-balanced binary cross-entropy on ``train``.
 
     The trunk features are computed once (or given as ``features``, matching ``train``), so a
-    step costs the FiLM, keypoints and MLP only. AdamW with a cosine decay; ``val`` is scored
-    every ``val_every`` steps and at the end.
+    step costs the FiLM, keypoints and MLP only (``val``'s too, once). AdamW with a cosine
+    decay; ``val`` is scored every ``val_every`` steps and at the end.
     """
     if len(train) == 0:
         raise ValueError("no training frames: record labelled rollouts first")
@@ -443,6 +448,8 @@ def fit_classifier(
             "needs both outcomes (record more episodes or other behaviours)"
         )
     pos_weight = torch.tensor((len(labels) - positives) / positives)
+    scored = val is not None and len(val) > 0
+    val_features = classifier.trunk_features(val.images) if scored else None
     params = classifier.trainable_parameters()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -464,20 +471,24 @@ def fit_classifier(
         if step % 50 == 0 or step == steps:
             history.losses.append((step, loss.item()))
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        if val is not None and len(val) and (step % val_every == 0 or step == steps):
-            history.validation.append((step, score_classifier(classifier, val)["final"]))
+        if scored and (step % val_every == 0 or step == steps):
+            scores = score_classifier(classifier, val, features=val_features)
+            history.validation.append((step, scores["final"]))
             classifier.train()
     classifier.eval()
     return history
 
 
 def score_classifier(
-    classifier: SuccessClassifier, frames: LabelledFrames, threshold: float = 0.5
+    classifier: SuccessClassifier,
+    frames: LabelledFrames,
+    threshold: float = 0.5,
+    features: Tensor | None = None,
 ) -> dict[str, Any]:
     """The classifier against the simulator: :func:`binary_metrics` on every frame (``all``),
     on final frames (``final``: what a rollout's reward uses), per family and per behaviour
-    (final frames)."""
-    prob = classifier.probability(frames.images, frames.instructions)
+    (final frames). ``features``: the frames' trunk features, when already computed."""
+    prob = classifier.probability(frames.images, frames.instructions, features)
     predicted = prob >= threshold
     out: dict[str, Any] = {
         "all": binary_metrics(predicted, frames.labels),
@@ -499,7 +510,7 @@ def save_classifier(path: str | Path, classifier: SuccessClassifier) -> Path:
     payload = {
         "format": "robotics-success-classifier/1",
         "config": dict(config),
-        "towers": tower_signature(config["trunk_split"], config["pretrained"], config["init_seed"]),
+        "towers": classifier.signature(),
         "state_dict": {k: v for k, v in classifier.state_dict().items() if ".image." not in k},
     }
     path = Path(path)
@@ -529,17 +540,19 @@ def load_classifier(
             f"{str(path)!r} is not a success classifier saved by "
             "apps.robotics.success.save_classifier"
         )
-    config, saved = payload["config"], payload["towers"]
-    wanted_split = saved["trunk_split"] if trunk_split is None else int(trunk_split)
-    wanted_pretrained = saved["pretrained"] if pretrained is None else bool(pretrained)
-    current = tower_signature(wanted_split, wanted_pretrained, config["init_seed"])
+    config, saved = dict(payload["config"]), payload["towers"]
+    if trunk_split is not None:
+        config["trunk_split"] = int(trunk_split)
+    if pretrained is not None:
+        config["pretrained"] = bool(pretrained)
+    classifier = SuccessClassifier(text_tower=text_tower, **config)
+    current = classifier.signature()
     if current != saved:
         raise ValueError(
             f"success classifier {str(path)!r} was trained on towers {saved}, but the towers "
             f"here are {current}: train a classifier for these towers (or pass the "
             "trunk_split / pretrained it was trained with)"
         )
-    classifier = SuccessClassifier(text_tower=text_tower, **config)
     missing, unexpected = classifier.load_state_dict(payload["state_dict"], strict=False)
     missing = [k for k in missing if ".image." not in k]
     if missing or unexpected:
@@ -589,7 +602,10 @@ def run(
         val_episodes, seed, mid_frames=mid_frames, first_index=HELD_OUT_INDEX, progress=progress
     )
     classifier = SuccessClassifier(trunk_split=trunk_split, text_tower=text_tower, init_seed=seed)
-    fit = fit_classifier(classifier, train, held_out, steps=steps, seed=seed, progress=progress)
+    train_features = classifier.trunk_features(train.images)
+    fit = fit_classifier(
+        classifier, train, steps=steps, seed=seed, progress=progress, features=train_features
+    )
     metrics = {
         "seed": seed,
         "train_episodes": episodes,
@@ -597,7 +613,7 @@ def run(
         "train_frames": len(train),
         "train_success_fraction": float(train.labels.mean()),
         "held_out_success_fraction": float(held_out.labels[held_out.final].mean()),
-        "train": score_classifier(classifier, train),
+        "train": score_classifier(classifier, train, features=train_features),
         "held_out": score_classifier(classifier, held_out),
         "losses": fit.losses,
         "config": classifier.config,
