@@ -20,6 +20,10 @@ Modules, one job each:
 - ``benchmark``: the ablations over seeds (``python -m apps.robotics.benchmark``);
 - ``success``: a learned success detector (final frame + instruction) on labelled rollouts
   (``python -m apps.robotics.success``);
+- ``behaviour_cloning``: the plain BC loop the two studies below share (weighted sources);
 - ``online``: RoboFuME-style self-improvement from the detector's verdicts, filtered BC and
-  AWR (``python -m apps.robotics.online``).
+  AWR (``python -m apps.robotics.online``);
+- ``fisher``, ``continual``: task families learned in sequence (naive, EWC with the L1
+  head's Fisher, replay, per-family adapters in an ``AdapterBank``) and the adapters merged
+  (``python -m apps.robotics.continual``).
 """

@@ -357,10 +357,10 @@ class VisionLanguageEncoder(nn.Module):
             raise ValueError(
                 f"proprio must be (B, {self.proprio_dim}); got shape {tuple(proprio.shape)}"
             )
-        device = self.mlp[0].weight.device
+        first = next(self.mlp.parameters())  # (an adapter may wrap the layer itself)
+        device, dtype = first.device, first.dtype
         text = text.to(device)
         points = self.keypoints_of(image.to(device), text).flatten(1)
-        dtype = self.mlp[0].weight.dtype
         x = torch.cat([points.to(dtype), proprio.to(device, dtype), text.to(dtype)], dim=-1)
         return self.mlp(x)
 

@@ -68,7 +68,9 @@ class AdapterBank(nn.Module):
         self.names = list(configs)
         self.configs = dict(configs)
         method = get_method(methods.pop())
-        self.stacked = _stackable(method, list(configs.values()))
+        self.stacked = _stackable(method, list(configs.values())) and _targets_stack(
+            model, method, next(iter(configs.values()))
+        )
         if self.stacked:
             self._inject_stacks(method)
         else:
@@ -209,6 +211,19 @@ class AdapterBank(nn.Module):
         with torch.no_grad():
             for key, view in targets.items():
                 view.copy_(tensors[key].to(view.dtype))
+
+
+def _targets_stack(model: nn.Module, method: AdapterMethod, config: AdapterConfig) -> bool:
+    """Whether every layer the configs target can hold a stack (LoRA stacks: linear layers).
+
+    A bank over other layers too (the 1x1 convolutions of a CNN) keeps one unit per name
+    and routes samples with :func:`core.adapters.routing.routed_forward`.
+    """
+    stacking = method.stacking
+    assert stacking is not None  # _stackable checked it
+    modules = logical_modules(model)
+    targets = resolve_targets(model, config.target_modules, method.supports, method.name, modules)
+    return all(stacking.supports(modules[t]) for t in targets)
 
 
 def _stackable(method: AdapterMethod, configs: list[AdapterConfig]) -> bool:

@@ -42,6 +42,8 @@ from .base import (
 from .snapshot import call_with_state, eval_mode
 
 LabelChoice = Literal["sampled", "true"]
+#: A custom Fisher estimator: ``(model, data, params, generator) -> {name: F}``.
+FisherFn = Callable[[nn.Module, Iterable[Any], dict[str, nn.Parameter], torch.Generator], Any]
 PerSample = Literal["auto", "vmap", "loop"]
 LABEL_CHOICES = ("sampled", "true")
 
@@ -256,6 +258,11 @@ class EWC(ContinualRegularizer):
         per_sample: ``"auto"`` / ``"vmap"`` / ``"loop"``, see :func:`per_sample_fisher`.
         input_fn / target_fn / output_fn: Pick inputs and labels out of a batch, logits
             out of a model output.
+        fisher_fn: The Fisher estimator for models whose output is not a categorical
+            distribution (a regression policy): called as ``fisher_fn(model, data, params,
+            generator)`` and returning ``{name: F}`` for ``params``; ``labels``,
+            ``max_samples``, ``chunk_size``, ``per_sample`` and the three ``*_fn`` pickers
+            are then the estimator's business. Default: :func:`per_sample_fisher`.
         name: Logged name (default the class name).
     """
 
@@ -274,6 +281,7 @@ class EWC(ContinualRegularizer):
         input_fn: Callable[[Any], Any] = default_inputs,
         target_fn: Callable[[Any], Tensor] = default_targets,
         output_fn: Callable[[Any], Tensor] = default_logits,
+        fisher_fn: FisherFn | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -297,6 +305,7 @@ class EWC(ContinualRegularizer):
         self.chunk_size = chunk_size
         self.per_sample = per_sample
         self.input_fn, self.target_fn, self.output_fn = input_fn, target_fn, output_fn
+        self.fisher_fn = fisher_fn
         # Keys "<term>/<parameter name>": one term per task offline, term 0 online.
         self.fisher = TensorStore()
         self.anchor = TensorStore()
@@ -320,19 +329,22 @@ class EWC(ContinualRegularizer):
             )
         params = self._parameters_of(model)
         generator = torch.Generator().manual_seed(self.seed + int(self.num_updates.item()))
-        new = per_sample_fisher(
-            model,
-            data,
-            self.labels,
-            params=params,
-            max_samples=self.max_samples,
-            generator=generator,
-            input_fn=self.input_fn,
-            target_fn=self.target_fn,
-            output_fn=self.output_fn,
-            chunk_size=self.chunk_size,
-            per_sample=self.per_sample,
-        )
+        if self.fisher_fn is not None:
+            new = self._custom_fisher(model, data, params, generator)
+        else:
+            new = per_sample_fisher(
+                model,
+                data,
+                self.labels,
+                params=params,
+                max_samples=self.max_samples,
+                generator=generator,
+                input_fn=self.input_fn,
+                target_fn=self.target_fn,
+                output_fn=self.output_fn,
+                chunk_size=self.chunk_size,
+                per_sample=self.per_sample,
+            )
         with torch.no_grad():
             if self.mode == "offline":
                 term = len(self.terms())
@@ -345,6 +357,30 @@ class EWC(ContinualRegularizer):
                     old = self.fisher[key] if key in self.fisher else torch.zeros_like(value)
                     self.fisher[key] = self.gamma * old + value
                     self.anchor[key] = params[name].detach().clone()
+
+    def _custom_fisher(
+        self,
+        model: nn.Module,
+        data: Iterable[Any],
+        params: dict[str, nn.Parameter],
+        generator: torch.Generator,
+    ) -> dict[str, Tensor]:
+        """``fisher_fn``'s estimate, checked: one finite tensor per parameter, its shape."""
+        assert self.fisher_fn is not None
+        new = dict(self.fisher_fn(model, data, params, generator))
+        missing = sorted(set(params) - set(new))
+        if missing:
+            raise ValueError(
+                f"{self.name}: fisher_fn returned no Fisher for {missing[:5]}; it must return "
+                "one tensor per parameter it is given."
+            )
+        for name, value in new.items():
+            if name in params and tuple(value.shape) != tuple(params[name].shape):
+                raise ValueError(
+                    f"{self.name}: fisher_fn's Fisher for {name!r} has shape "
+                    f"{tuple(value.shape)}, the parameter {tuple(params[name].shape)}."
+                )
+        return {n: new[n].detach().float() for n in params}
 
     def _parameters_of(self, model: nn.Module) -> dict[str, nn.Parameter]:
         if self.ready:  # later tasks protect the same parameters as the first one did

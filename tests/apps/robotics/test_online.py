@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from apps.robotics.behaviour_cloning import Source, build_policy, draw_batch, train_policy
 from apps.robotics.envs import VectorEnv
 from apps.robotics.evaluation import ExpertPolicy, rollout
 from apps.robotics.model import fake_text_tower
@@ -15,13 +16,9 @@ from apps.robotics.normalize import Normalizer
 from apps.robotics.online import (
     AWR_MAX_WEIGHT,
     FIGURE,
-    Source,
     awr_weights,
-    build_policy,
-    draw_batch,
     rollout_dataset,
     run,
-    train_policy,
 )
 
 SEEDS = list(range(500, 506))

@@ -266,3 +266,32 @@ def test_a_widened_batch_needs_generate_or_expand() -> None:
         AdapterBank(MODEL_CASES["mlp"].build(), SsfConfig(), names=["a"]).generate(
             torch.zeros(1, 4), adapter_ids=torch.tensor([0])
         )
+
+
+def test_lora_bank_over_convolutions_routes_per_name_units() -> None:
+    """LoRA stacks hold linear layers only: a bank that also targets a 1x1 convolution keeps
+    one unit per name (routed), and each sample still sees its adapter alone."""
+
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 1), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 5)
+        )
+
+    config = LoraConfig(r=2, target_modules=["0", "2"])
+    bank = AdapterBank(build(), config, names=["a", "b"])
+    assert not bank.stacked
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in bank.model.parameters():
+            if p.requires_grad:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen))
+    x = torch.randn(3, 3, 2, 2, generator=gen)
+    ids = torch.tensor([1, -1, 0])
+    routed = bank(x, adapter_ids=ids)
+    for row, adapter_id in enumerate(ids.tolist()):
+        with bank.route(torch.tensor([adapter_id])):
+            alone = bank.model(x[row : row + 1])
+        torch.testing.assert_close(routed[row : row + 1], alone)
+    torch.testing.assert_close(routed[1:2], build()(x[1:2]))  # -1: the base model
+    assert not torch.allclose(routed[0:1], build()(x[0:1]))

@@ -224,3 +224,33 @@ def test_ewc_bad_inputs_are_named() -> None:
         per_sample_fisher(EncoderHead(), [])
     with pytest.raises(ValueError, match="mode='online'"):
         OnlineEWC(mode="offline")
+
+
+def test_custom_fisher_fn_is_stored_and_penalised_in_closed_form() -> None:
+    """A regression model brings its own Fisher estimator; EWC stores it and penalises
+    0.5 * lambda * sum F (theta - theta*)^2 with it."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    seen = {}
+
+    def fisher_fn(m, data, params, generator):
+        seen["data"], seen["generator"] = data, generator
+        return {n: torch.full_like(p, float(i + 1)) for i, (n, p) in enumerate(params.items())}
+
+    ewc = EWC(lambda_=4.0, fisher_fn=fisher_fn)
+    ewc.update(model, data=["batch"])
+    assert seen["data"] == ["batch"] and isinstance(seen["generator"], torch.Generator)
+    anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.weight.add_(0.5)
+        model.bias.sub_(1.0)
+    expected = 0.5 * 4.0 * (1.0 * (0.5**2) * 6 + 2.0 * 1.0 * 2)
+    torch.testing.assert_close(ewc.penalty(model), torch.tensor(expected))
+    assert torch.equal(ewc.anchor["0/weight"], anchor["weight"])
+
+    bad = EWC(fisher_fn=lambda m, d, params, g: {"weight": torch.ones(3)})
+    with pytest.raises(ValueError, match="no Fisher for"):
+        bad.update(model, data=[1])
+    wrong = EWC(fisher_fn=lambda m, d, params, g: {n: torch.ones(1) for n in params})
+    with pytest.raises(ValueError, match="shape"):
+        wrong.update(model, data=[1])
