@@ -25,13 +25,16 @@ from core.adapters import disable_adapters
 from core.atomic import atomic_write_text
 
 from .data import collate
+from .labeler import POSITIVE, label_report
 from .metrics import clinical_f1_per_report
 
 if TYPE_CHECKING:
     from .report_module import ReportGenModule
 
 #: The fields of a pair written to ``preference_pairs.jsonl``.
-PAIR_FIELDS = ("study_id", "reference", "chosen", "rejected", "chosen_score", "rejected_score")
+PAIR_FIELDS = (
+    "study_id", "reference", "normal", "chosen", "rejected", "chosen_score", "rejected_score",
+)  # fmt: skip
 
 
 class PreferencePairs(Dataset):
@@ -113,6 +116,7 @@ def mine_pairs(
                     "label_states": batch["label_states"][i] if reference_prompt else None,
                     "study_id": batch["study_id"][i],
                     "reference": ref,
+                    "normal": label_report(ref)["No Finding"] == POSITIVE,
                     "chosen": cands[best],
                     "rejected": cands[worst],
                     "chosen_score": scores[best],
@@ -123,6 +127,19 @@ def mine_pairs(
     module.model.train(was_training)
     rank_zero_info(f"preference pairs: {len(pairs)} of {n} studies")
     return pairs
+
+
+def balance_normal_abnormal(pairs: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """At most as many pairs of normal studies as of abnormal ones (a seeded subset, order
+    kept). Most training studies are normal, so most pairs otherwise reward a normal
+    report over one that names a finding, and DPO learns to name less."""
+    abnormal = [i for i, p in enumerate(pairs) if not p["normal"]]
+    normal = [i for i, p in enumerate(pairs) if p["normal"]]
+    if not abnormal or len(normal) <= len(abnormal):
+        return list(pairs)
+    rng = np.random.default_rng(seed)
+    kept = set(abnormal) | set(rng.choice(normal, size=len(abnormal), replace=False).tolist())
+    return [p for i, p in enumerate(pairs) if i in kept]
 
 
 def add_reference_logprobs(module: ReportGenModule, pairs: list[dict[str, Any]]) -> None:

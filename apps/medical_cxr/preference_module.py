@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from core.adapters import AdapterConfig
 from core.training.preference import LOSS_TYPES, dpo_loss
 
 from .data import run_seed
-from .preference_data import PreferencePairs, mine_pairs, write_pairs
+from .preference_data import (
+    PreferencePairs,
+    balance_normal_abnormal,
+    mine_pairs,
+    write_pairs,
+)
 from .report_module import ReportGenModule, balanced_pos_weight
 from .weights import architecture, read_checkpoint
 
@@ -42,6 +48,8 @@ ARCH_KEYS = (
 REWARD_WEIGHTS = ("uniform", "balanced")
 #: Which label prompt the candidates are sampled and scored with.
 PAIR_PROMPTS = ("predicted", "reference")
+#: Which mined pairs train (``pair_balance``).
+PAIR_BALANCES = ("none", "normal_abnormal")
 #: Of :data:`ARCH_KEYS`, those a checkpoint written before they existed may lack (their
 #: default then holds).
 OPTIONAL_ARCH_KEYS = ("label_prompt",)
@@ -91,6 +99,8 @@ class PreferenceModule(ReportGenModule):
             report's labels: the pairs then reward saying what the prompt says; the
             classifier's errors are not the decoder's to fix). Without a label prompt in the
             SFT model only ``predicted`` applies.
+        pair_balance: ``none`` (every mined pair) or ``normal_abnormal`` (at most as many
+            pairs of normal studies as of abnormal ones, a seeded subset).
         **kwargs: Decoding, evaluation and optimisation options of
             :class:`~.report_module.ReportGenModule` and its bases, passed through.
     """
@@ -109,6 +119,7 @@ class PreferenceModule(ReportGenModule):
         sft_weight: float = 0.0,
         reward_weights: str = "uniform",
         pair_prompt: str = "predicted",
+        pair_balance: str = "none",
         **kwargs: Any,
     ) -> None:
         check_preference_options(
@@ -123,6 +134,7 @@ class PreferenceModule(ReportGenModule):
             sft_weight=sft_weight,
             reward_weights=reward_weights,
             pair_prompt=pair_prompt,
+            pair_balance=pair_balance,
         )
         # The network is the SFT model: its shape and tokenizer come from the checkpoint (the
         # data's image size is checked against it at setup).
@@ -135,6 +147,7 @@ class PreferenceModule(ReportGenModule):
         self.sft_weight = sft_weight
         self.reward_weights = reward_weights
         self.pair_prompt = pair_prompt
+        self.pair_balance = pair_balance
         if pair_prompt == "reference" and not self.model.label_prompt:
             raise ValueError(
                 f"model.pair_prompt=reference: the SFT model {pretrained!r} has no label "
@@ -162,6 +175,10 @@ class PreferenceModule(ReportGenModule):
             weights=weights,
             reference_prompt=self.pair_prompt == "reference",
         )
+        if self.pair_balance == "normal_abnormal":
+            mined = len(self.pairs)
+            self.pairs = balance_normal_abnormal(self.pairs, seed=run_seed())
+            rank_zero_info(f"preference pairs balanced: {len(self.pairs)} of {mined} kept")
         if not self.pairs:
             raise ValueError(
                 "no preference pair could be formed: every sampled report scored the same; "
@@ -221,6 +238,7 @@ def check_preference_options(
     sft_weight: float,
     reward_weights: str = "uniform",
     pair_prompt: str = "predicted",
+    pair_balance: str = "none",
 ) -> None:
     """Raise ``ValueError`` naming the first :class:`PreferenceModule` option out of range."""
     if adapter is None:
@@ -250,6 +268,10 @@ def check_preference_options(
         (
             pair_prompt in PAIR_PROMPTS,
             f"model.pair_prompt={pair_prompt!r} must be one of {PAIR_PROMPTS}",
+        ),
+        (
+            pair_balance in PAIR_BALANCES,
+            f"model.pair_balance={pair_balance!r} must be one of {PAIR_BALANCES}",
         ),
     ]
     for ok, message in checks:

@@ -1,5 +1,5 @@
-"""Behaviour cloning outside Lightning: the default recipe's policy, batches mixed from
-weighted sources, and a short AdamW loop.
+"""Behaviour cloning outside Lightning: the default recipe's policy, training samples from
+recorded rollouts, batches mixed from weighted sources, and a short AdamW loop.
 
 :mod:`apps.robotics.online` (rounds of the policy's own rollouts) and
 :mod:`apps.robotics.continual` (task families in sequence) train many small stages in one
@@ -16,13 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .augment import InstructionAugmenter
 from .chunking import ChunkExecutor
-from .data import ChunkDataset, collate
+from .data import ChunkDataset, collate, encode_trunk
+from .evaluation import EpisodeResult
 from .model import TextFn
 from .policy import VLAPolicy
 
@@ -121,6 +123,44 @@ def train_policy(
         losses.append(loss.item())
     policy.eval()
     return losses
+
+
+def rollout_dataset(
+    policy: VLAPolicy, episodes: Sequence[EpisodeResult], chunk_size: int
+) -> ChunkDataset:
+    """Training samples from recorded rollouts (``rollout(record_transitions=True)``):
+    every step's frame (trunk features), proprioception and executed action, normalised by
+    the policy's normaliser, chunked like the demonstrations."""
+    if policy.normalizer is None:
+        raise ValueError("the policy has no normaliser: train it on demonstrations first")
+    kept = [e for e in episodes if e.actions is not None and len(e.actions)]
+    for e in kept:
+        if e.frames is None or len(e.frames) < len(e.actions) or e.proprio is None:
+            raise ValueError(
+                f"rollout of seed {e.seed} has {0 if e.frames is None else len(e.frames)} "
+                f"frames for {len(e.actions)} actions: record it with "
+                "rollout(record_transitions=True)"
+            )
+    if not kept:
+        raise ValueError("no recorded steps: the rollouts hold no transitions")
+    lengths = np.array([len(e.actions) for e in kept], dtype=np.int64)
+    images = np.stack([f for e in kept for f in e.frames[: len(e.actions)]])
+    proprio = np.concatenate([e.proprio for e in kept])
+    actions = np.concatenate([e.actions for e in kept])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    episode = np.repeat(np.arange(len(kept)), lengths)  # also the index of its instruction
+    normalizer = policy.normalizer
+    return ChunkDataset(
+        encode_trunk(policy.encoder.image, images),
+        torch.from_numpy(np.asarray(normalizer.normalize_state(proprio), dtype=np.float32)),
+        torch.from_numpy(np.asarray(normalizer.normalize_action(actions), dtype=np.float32)),
+        np.repeat(starts + lengths, lengths),
+        episode,
+        episode,
+        [e.instruction for e in kept],
+        np.arange(int(lengths.sum())),
+        chunk_size,
+    )
 
 
 def ensembling(policy: VLAPolicy) -> functools.partial:

@@ -58,7 +58,14 @@ from core.merging import merge_state_dicts
 from core.regularizers import EWC
 
 from .augment import InstructionAugmenter
-from .behaviour_cloning import Source, build_policy, draw_batch, ensembling, train_policy
+from .behaviour_cloning import (
+    Source,
+    build_policy,
+    draw_batch,
+    ensembling,
+    rollout_dataset,
+    train_policy,
+)
 from .data import ChunkDataset, RoboticsDataModule, family_of
 from .envs import FAMILIES
 from .envs.instructions import check_family
@@ -71,6 +78,13 @@ from .policy import VLAPolicy
 ORDER: tuple[str, ...] = ("which_object", "which_target", "ordering")
 #: Sequential methods (``--methods``).
 METHODS: tuple[str, ...] = ("naive", "ewc", "replay", "adapters")
+#: Where EWC measures its Fisher (``--fisher-states``): the finished family's
+#: demonstrations, or the policy's own closed-loop rollouts on it.
+FISHER_STATES: tuple[str, ...] = ("demos", "rollouts")
+#: First env seed of the rollouts a Fisher is measured on: apart from the demonstrations
+#: (< 10^9), evaluation (10^9 + i), the success classifier's (2 * 10^9 + ...) and the online
+#: rollouts (3 * 10^9 + ...).
+FISHER_SEED_BASE = 4 * 10**9
 #: Merges of the per-family adapters (``--merges``): ``core.merging`` methods.
 MERGES: tuple[str, ...] = ("task_arithmetic", "ties")
 #: The new layers' linear and 1x1 layers the per-family LoRA adapters also adapt.
@@ -230,6 +244,8 @@ def run_method(
     rank: int,
     evaluate: Callable[[Callable[[str], Any]], list[dict[str, Any]]],
     progress: bool,
+    fisher_states: str = "demos",
+    num_envs: int = 20,
 ) -> dict[str, Any]:
     """Train families ``families[1:]`` in sequence by ``method`` from a copy of ``first``
     (trained on ``families[0]``); the matrix rows, training losses and, for ``adapters``,
@@ -239,9 +255,18 @@ def run_method(
     policy = copy.deepcopy(first)
     rows, losses, penalties = [first_row], [], []
     ewc = bank = None
+    if fisher_states not in FISHER_STATES:
+        raise ValueError(f"fisher_states={fisher_states!r}: choose one of {FISHER_STATES}")
+
+    def fisher_data(t: int) -> list[dict[str, Any]]:
+        data = tasks[families[t]]
+        if fisher_states == "rollouts":
+            data = rollout_states(policy, families[t], fisher_samples // 8, seed, t, num_envs)
+        return sample_batches(data, fisher_samples, seed + t)
+
     if method == "ewc":
         ewc = EWC(lambda_=ewc_lambda, fisher_fn=_fisher_fn(fisher_samples), seed=seed)
-        ewc.update(policy, sample_batches(tasks[families[0]], fisher_samples, seed))
+        ewc.update(policy, fisher_data(0))
     if method == "adapters":
         bank = adapter_bank(policy, families[1:], rank)
     for t, family in enumerate(families[1:], start=1):
@@ -265,12 +290,26 @@ def run_method(
             with torch.no_grad():
                 penalties.append(float(ewc.penalty(policy)))
             if t < len(families) - 1:
-                ewc.update(policy, sample_batches(tasks[family], fisher_samples, seed + t))
+                ewc.update(policy, fisher_data(t))
         if bank is not None:
             rows.append(evaluate(_routing(policy, bank, families[0])))
         else:
             rows.append(evaluate(lambda _family, p=policy: p))
     return {"rows": rows, "train_loss": losses, "ewc_penalty": penalties, "bank": bank}
+
+
+def rollout_states(
+    policy: VLAPolicy, family: str, episodes: int, seed: int, index: int, num_envs: int = 20
+) -> ChunkDataset:
+    """The states ``policy`` visits closed loop on ``episodes`` training seeds of ``family``
+    (from :data:`FISHER_SEED_BASE`), as samples for a Fisher: the sampled-label Fisher needs
+    no action label, so it can be measured where the policy actually goes."""
+    first = FISHER_SEED_BASE + seed * 1_000_003 + index * 10_007
+    result = rollout(
+        policy, range(first, first + max(1, episodes)), env_options={"families": [family]},
+        executor=ensembling(policy), num_envs=num_envs, record_transitions=True, progress=False,
+    )  # fmt: skip
+    return rollout_dataset(policy, result.episodes, policy.chunk_size)
 
 
 def _fisher_fn(samples: int) -> Callable[..., dict[str, Tensor]]:
@@ -322,6 +361,7 @@ def run(
     lr: float = 1e-3,
     ewc_lambda: float = 100.0,
     fisher_samples: int = 256,
+    fisher_states: str = "demos",
     rank: int = 8,
     eval_episodes: int = 40,
     seed: int = 0,
@@ -343,6 +383,8 @@ def run(
     unknown = sorted(set(merges) - set(MERGE_METHODS))
     if unknown:
         raise ValueError(f"merges {unknown}: choose from {sorted(MERGE_METHODS)}")
+    if fisher_states not in FISHER_STATES:
+        raise ValueError(f"fisher_states={fisher_states!r}: choose one of {list(FISHER_STATES)}")
     if merges and "adapters" not in methods:
         raise ValueError("merges combine the per-family adapters: add 'adapters' to methods")
     out = Path(out)
@@ -379,7 +421,8 @@ def run(
         results[method] = run_method(
             method, policy, tasks, families, first_row, steps=steps, lr=lr, seed=seed,
             ewc_lambda=ewc_lambda, fisher_samples=fisher_samples, rank=rank,
-            evaluate=evaluate, progress=progress,
+            evaluate=evaluate, progress=progress, fisher_states=fisher_states,
+            num_envs=num_envs,
         )  # fmt: skip
         timings[method] = time.perf_counter() - tick
     merged: dict[str, list[dict[str, Any]]] = {}
@@ -403,6 +446,7 @@ def run(
             "lr": lr,
             "ewc_lambda": ewc_lambda,
             "fisher_samples": fisher_samples,
+            "fisher_states": fisher_states,
             "rank": rank,
             "eval_episodes": eval_episodes,
             "merge_parameters": {m: dict(MERGE_METHODS[m].params) for m in merges},
@@ -501,9 +545,10 @@ def plot_matrices(payload: dict[str, Any], path: str | Path) -> Path:
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=8)
         ticks = range(len(families))
         ax.set_xticks(ticks, labels=families, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(ticks, labels=[f"after {f}" for f in families], fontsize=7)
-        forgetting = payload["methods"][method]["metrics"]["forgetting"]
-        ax.set_title(f"{method} (forgetting {forgetting:.2f})", fontsize=9)
+        rows = [f"after {f}" for f in families] if ax is axes[0] else []
+        ax.set_yticks(ticks, labels=rows, fontsize=7)
+        steps = ", ".join(f"{v:.2f}" for v in forgetting_after(R.tolist()))
+        ax.set_title(f"{method}\nforgetting after each: {steps}", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=list(axes), fraction=0.02, pad=0.02)
     path = Path(path)
@@ -525,6 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--first-steps", type=int, default=800, help="steps on the first family")
     parser.add_argument("--steps", type=int, default=400, help="steps on each later family")
     parser.add_argument("--ewc-lambda", type=float, default=100.0)
+    parser.add_argument(
+        "--fisher-states",
+        choices=FISHER_STATES,
+        default="demos",
+        help="EWC's Fisher on the family's demonstrations or the policy's own rollouts",
+    )
     parser.add_argument("--eval-episodes", type=int, default=40, help="held-out seeds per family")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/robotics_continual"))
@@ -534,7 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         payload = run(
             args.out, families=args.families, methods=args.methods, merges=args.merges,
             demos_per_family=args.demos, first_steps=args.first_steps, steps=args.steps,
-            ewc_lambda=args.ewc_lambda, eval_episodes=args.eval_episodes, seed=args.seed,
+            ewc_lambda=args.ewc_lambda, fisher_states=args.fisher_states,
+            eval_episodes=args.eval_episodes, seed=args.seed,
             progress=not args.quiet,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as err:

@@ -47,8 +47,8 @@ import torch
 from core.atomic import atomic_write, atomic_write_text
 
 from .augment import InstructionAugmenter
-from .behaviour_cloning import Source, build_policy, ensembling, train_policy
-from .data import ChunkDataset, RoboticsDataModule, encode_trunk
+from .behaviour_cloning import Source, build_policy, ensembling, rollout_dataset, train_policy
+from .data import ChunkDataset, RoboticsDataModule
 from .envs import FAMILIES
 from .envs.instructions import check_family
 from .envs.tabletop import MAX_SPEED
@@ -76,45 +76,7 @@ AWR_MAX_WEIGHT = 20.0
 FIGURE = "success_over_rounds.png"
 
 
-# --------------------------------------------------------------------------- rollout data
-def rollout_dataset(
-    policy: VLAPolicy, episodes: Sequence[EpisodeResult], chunk_size: int
-) -> ChunkDataset:
-    """Training samples from recorded rollouts (``rollout(record_transitions=True)``):
-    every step's frame (trunk features), proprioception and executed action, normalised by
-    the policy's normaliser, chunked like the demonstrations."""
-    if policy.normalizer is None:
-        raise ValueError("the policy has no normaliser: train it on demonstrations first")
-    kept = [e for e in episodes if e.actions is not None and len(e.actions)]
-    for e in kept:
-        if e.frames is None or len(e.frames) < len(e.actions) or e.proprio is None:
-            raise ValueError(
-                f"rollout of seed {e.seed} has {0 if e.frames is None else len(e.frames)} "
-                f"frames for {len(e.actions)} actions: record it with "
-                "rollout(record_transitions=True)"
-            )
-    if not kept:
-        raise ValueError("no recorded steps: the rollouts hold no transitions")
-    lengths = np.array([len(e.actions) for e in kept], dtype=np.int64)
-    images = np.stack([f for e in kept for f in e.frames[: len(e.actions)]])
-    proprio = np.concatenate([e.proprio for e in kept])
-    actions = np.concatenate([e.actions for e in kept])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    episode = np.repeat(np.arange(len(kept)), lengths)  # also the index of its instruction
-    normalizer = policy.normalizer
-    return ChunkDataset(
-        encode_trunk(policy.encoder.image, images),
-        torch.from_numpy(np.asarray(normalizer.normalize_state(proprio), dtype=np.float32)),
-        torch.from_numpy(np.asarray(normalizer.normalize_action(actions), dtype=np.float32)),
-        np.repeat(starts + lengths, lengths),
-        episode,
-        episode,
-        [e.instruction for e in kept],
-        np.arange(int(lengths.sum())),
-        chunk_size,
-    )
-
-
+# --------------------------------------------------------------------------- rewards
 def awr_weights(rewards: np.ndarray, beta: float = 0.5) -> np.ndarray:
     """Per-rollout AWR weights ``min(exp((r - mean r) / beta), AWR_MAX_WEIGHT)``."""
     rewards = np.asarray(rewards, dtype=np.float64)

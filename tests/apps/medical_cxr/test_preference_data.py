@@ -13,6 +13,7 @@ from apps.medical_cxr.model import train_tokenizer
 from apps.medical_cxr.preference_data import (
     PAIR_FIELDS,
     PreferencePairs,
+    balance_normal_abnormal,
     mine_pairs,
     sequence_logprobs,
     write_pairs,
@@ -84,7 +85,7 @@ def test_reference_logprobs_are_the_network_without_its_adapter():
 
 def test_pairs_dataset_and_jsonl(tmp_path):
     pairs = [
-        {"study_id": "S1", "reference": "a", "chosen": "b", "rejected": "c",
+        {"study_id": "S1", "reference": "a", "normal": True, "chosen": "b", "rejected": "c",
          "chosen_score": 1.0, "rejected_score": 0.0, "image": torch.zeros(1, 4, 4)},
     ]  # fmt: skip
     data = PreferencePairs(pairs)
@@ -92,3 +93,20 @@ def test_pairs_dataset_and_jsonl(tmp_path):
     path = write_pairs(tmp_path / "pairs.jsonl", pairs)
     (line,) = path.read_text().splitlines()
     assert json.loads(line) == {k: pairs[0][k] for k in PAIR_FIELDS}
+
+
+def test_pairs_know_whether_their_study_is_normal_and_balance_keeps_as_many_normal():
+    module = tiny_module()
+    pairs = mine_pairs(module, studies(8), num_samples=4, temperature=1.5, seed=3)
+    for pair in pairs:  # REPORTS 0 and 2 are normal, 1 and 3 name findings
+        assert pair["normal"] == (pair["reference"] in (REPORTS[0], REPORTS[2]))
+    fake = [{"normal": i % 4 != 0, "study_id": f"S{i}"} for i in range(12)]  # 3 abnormal
+    kept = balance_normal_abnormal(fake, seed=1)
+    assert sum(not p["normal"] for p in kept) == 3 and sum(p["normal"] for p in kept) == 3
+    assert [p["study_id"] for p in kept] == sorted(
+        (p["study_id"] for p in kept), key=lambda s: int(s[1:])
+    )  # order kept
+    assert balance_normal_abnormal(fake, seed=1) == kept  # seeded
+    assert balance_normal_abnormal(fake, seed=2) != kept
+    only_normal = [p for p in fake if p["normal"]]
+    assert balance_normal_abnormal(only_normal) == only_normal  # nothing to balance against

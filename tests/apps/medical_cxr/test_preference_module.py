@@ -120,6 +120,7 @@ def test_sft_architecture_reads_the_names_older_checkpoints_used(tmp_path):
         ({"sft_weight": -1.0}, r"model\.sft_weight"),
         ({"reward_weights": "rare"}, r"model\.reward_weights='rare' must be one of"),
         ({"pair_prompt": "truth"}, r"model\.pair_prompt='truth' must be one of"),
+        ({"pair_balance": "even"}, r"model\.pair_balance='even' must be one of"),
     ],
 )
 def test_options_are_checked_before_the_checkpoint_is_read(tmp_path, option, message):

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from apps.robotics.behaviour_cloning import Source, build_policy, draw_batch, train_policy
+from apps.robotics.behaviour_cloning import (
+    Source,
+    build_policy,
+    draw_batch,
+    rollout_dataset,
+    train_policy,
+)
 from apps.robotics.continual import (
     FIGURE,
     RoutedPolicy,
@@ -20,6 +26,7 @@ from apps.robotics.continual import (
     forgetting_after,
     main,
     merged_policy,
+    rollout_states,
     run,
     train_only,
 )
@@ -28,7 +35,6 @@ from apps.robotics.evaluation import ExpertPolicy, rollout
 from apps.robotics.fisher import policy_fisher
 from apps.robotics.model import fake_text_tower
 from apps.robotics.normalize import Normalizer
-from apps.robotics.online import rollout_dataset
 
 SMALL = {"pretrained": False, "num_keypoints": 8, "feature_dim": 32}
 
@@ -112,6 +118,20 @@ def test_fisher_errors(policy, data):
     tokens.head.name = "tokens"
     with pytest.raises(ValueError, match="l1_chunk"):
         policy_fisher(tokens, [batch], params)
+
+
+def test_rollout_states_are_the_policys_own_closed_loop_steps(policy):
+    """EWC's Fisher on the states the policy visits: its rollouts on the family, recorded."""
+    states = rollout_states(policy, "ordering", episodes=2, seed=0, index=1, num_envs=2)
+    assert len(states) > 0
+    assert {family_of(states[i]["instruction"]) for i in range(len(states))} == {"ordering"}
+    again = rollout_states(policy, "ordering", episodes=2, seed=0, index=1, num_envs=2)
+    assert torch.equal(states.proprio, again.proprio)  # seeded
+    other = rollout_states(policy, "ordering", episodes=2, seed=0, index=2, num_envs=2)
+    assert not torch.equal(states.proprio[:5], other.proprio[:5])
+    batches = [draw_batch([Source(states)], 4, torch.Generator().manual_seed(0))]
+    fisher = policy_fisher(policy, batches, {"b": policy.head.net[-1].bias})
+    assert fisher["b"].shape == (8,) and (fisher["b"] > 0).all()
 
 
 # --------------------------------------------------------------------------- data
@@ -244,6 +264,7 @@ def test_whole_study_writes_matrices_and_report(tmp_path):
         ({"methods": ["naive", "sgd"]}, "sgd"),
         ({"methods": ["naive"]}, "add 'adapters'"),
         ({"merges": ["average_of_everything"]}, "average_of_everything"),
+        ({"fisher_states": "replays"}, "fisher_states"),
     ],
 )
 def test_bad_settings_are_refused_by_name(tmp_path, options, message):

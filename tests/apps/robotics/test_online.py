@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from apps.robotics.behaviour_cloning import Source, build_policy, draw_batch, train_policy
+from apps.robotics.behaviour_cloning import (
+    Source,
+    build_policy,
+    draw_batch,
+    rollout_dataset,
+    train_policy,
+)
 from apps.robotics.envs import VectorEnv
 from apps.robotics.evaluation import ExpertPolicy, rollout
 from apps.robotics.model import fake_text_tower
@@ -17,7 +23,6 @@ from apps.robotics.online import (
     AWR_MAX_WEIGHT,
     FIGURE,
     awr_weights,
-    rollout_dataset,
     run,
 )
 
