@@ -34,18 +34,13 @@ from apps.robotics.data import family_of
 from apps.robotics.evaluation import ExpertPolicy, rollout
 from apps.robotics.fisher import policy_fisher
 from apps.robotics.model import fake_text_tower
-from apps.robotics.normalize import Normalizer
 
-SMALL = {"pretrained": False, "num_keypoints": 8, "feature_dim": 32}
+from .small_policy import SMALL, small_policy
 
 
 @pytest.fixture(scope="module")
 def policy():
-    p = build_policy(0, chunk_size=4, text_tower=fake_text_tower(), **SMALL)
-    p.normalizer = Normalizer(
-        action_low=[-40.0, -40.0], action_high=[40.0, 40.0], state_low=[0, 0], state_high=[96, 96]
-    )
-    return p
+    return small_policy()
 
 
 @pytest.fixture(scope="module")

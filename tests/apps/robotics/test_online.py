@@ -10,7 +10,6 @@ import torch
 
 from apps.robotics.behaviour_cloning import (
     Source,
-    build_policy,
     draw_batch,
     rollout_dataset,
     train_policy,
@@ -18,7 +17,6 @@ from apps.robotics.behaviour_cloning import (
 from apps.robotics.envs import VectorEnv
 from apps.robotics.evaluation import ExpertPolicy, rollout
 from apps.robotics.model import fake_text_tower
-from apps.robotics.normalize import Normalizer
 from apps.robotics.online import (
     AWR_MAX_WEIGHT,
     FIGURE,
@@ -26,8 +24,9 @@ from apps.robotics.online import (
     run,
 )
 
+from .small_policy import SMALL, small_policy
+
 SEEDS = list(range(500, 506))
-SMALL = {"pretrained": False, "num_keypoints": 8, "feature_dim": 32}
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +36,7 @@ def recorded():
 
 @pytest.fixture(scope="module")
 def policy():
-    p = build_policy(0, chunk_size=4, text_tower=fake_text_tower(), **SMALL)
-    p.normalizer = Normalizer(
-        action_low=[-40.0, -40.0], action_high=[40.0, 40.0], state_low=[0, 0], state_high=[96, 96]
-    )
-    return p
+    return small_policy()
 
 
 def test_recorded_transitions_replay_to_the_same_outcome(recorded):
