@@ -111,9 +111,14 @@ def family_subset(data: ChunkDataset, families: Sequence[str]) -> ChunkDataset:
             f"no demonstration of families {list(families)} in the data (its families: "
             f"{sorted({f for f in of_task if f})}); record demonstrations of every family"
         )
+    return serving(data, data.frames[keep])
+
+
+def serving(data: ChunkDataset, frames: np.ndarray) -> ChunkDataset:
+    """``data``'s arrays serving the samples of ``frames`` (local frame indices)."""
     return ChunkDataset(
         data.images, data.proprio, data.actions, data.episode_end, data.episode_index,
-        data.instructions, data.tasks, data.frames[keep], data.chunk_size,
+        data.instructions, data.tasks, frames, data.chunk_size,
     )  # fmt: skip
 
 
@@ -122,9 +127,7 @@ def sample_batches(
 ) -> list[dict[str, Any]]:
     """``samples`` random training samples of ``data`` as batches (for a Fisher)."""
     gen = torch.Generator().manual_seed(seed)
-    sizes = [batch_size] * (samples // batch_size) + (
-        [samples % batch_size] if samples % batch_size else []
-    )
+    sizes = [min(batch_size, samples - start) for start in range(0, samples, batch_size)]
     return [draw_batch([Source(data)], n, gen) for n in sizes]
 
 
@@ -165,16 +168,11 @@ def adapter_deltas(bank: AdapterBank) -> tuple[dict[str, Tensor], list[dict[str,
     base = {f"{n}.weight": layer.base_layer.weight.detach().clone() for n, layer in layers.items()}
     tuned = []
     for name in bank.names:
-        tuned.append(
-            {
-                f"{n}.weight": layer.base_layer.weight.detach()
-                + layer.adapters[name]
-                .delta_matrix()
-                .detach()
-                .reshape(layer.base_layer.weight.shape)
-                for n, layer in layers.items()
-            }
-        )
+        tuned.append({})
+        for n, layer in layers.items():
+            weight = base[f"{n}.weight"]
+            delta = layer.adapters[name].delta_matrix().detach().reshape(weight.shape)
+            tuned[-1][f"{n}.weight"] = weight + delta
     return base, tuned
 
 
@@ -255,8 +253,7 @@ def run_method(
     policy = copy.deepcopy(first)
     rows, losses, penalties = [first_row], [], []
     ewc = bank = None
-    if fisher_states not in FISHER_STATES:
-        raise ValueError(f"fisher_states={fisher_states!r}: choose one of {FISHER_STATES}")
+    check_fisher_states(fisher_states)
 
     def fisher_data(t: int) -> list[dict[str, Any]]:
         data = tasks[families[t]]
@@ -273,7 +270,8 @@ def run_method(
         sources = [Source(tasks[family])]
         loss_fn = None
         if method == "replay":
-            earlier = _union(tasks, families[:t])
+            earlier_frames = np.concatenate([tasks[f].frames for f in families[:t]])
+            earlier = serving(tasks[family], earlier_frames)  # the views share their arrays
             sources = [Source(tasks[family], share=0.5), Source(earlier, share=0.5)]
         elif ewc is not None:
             loss_fn = _with_penalty(policy, ewc)
@@ -296,6 +294,13 @@ def run_method(
         else:
             rows.append(evaluate(lambda _family, p=policy: p))
     return {"rows": rows, "train_loss": losses, "ewc_penalty": penalties, "bank": bank}
+
+
+def check_fisher_states(fisher_states: str) -> str:
+    """``fisher_states`` itself, or a ValueError naming the choices."""
+    if fisher_states not in FISHER_STATES:
+        raise ValueError(f"fisher_states={fisher_states!r}: choose one of {list(FISHER_STATES)}")
+    return fisher_states
 
 
 def rollout_states(
@@ -338,16 +343,6 @@ def _routing(policy: VLAPolicy, bank: AdapterBank, first: str) -> Callable[[str]
     return lambda family: RoutedPolicy(policy, bank, -1 if family == first else bank.index(family))
 
 
-def _union(tasks: dict[str, ChunkDataset], families: Sequence[str]) -> ChunkDataset:
-    """One dataset serving every sample of ``families`` (their datasets share arrays)."""
-    any_set = tasks[families[0]]
-    frames = np.concatenate([tasks[f].frames for f in families])
-    return ChunkDataset(
-        any_set.images, any_set.proprio, any_set.actions, any_set.episode_end,
-        any_set.episode_index, any_set.instructions, any_set.tasks, frames, any_set.chunk_size,
-    )  # fmt: skip
-
-
 # --------------------------------------------------------------------------- the whole run
 def run(
     out: str | Path,
@@ -383,8 +378,7 @@ def run(
     unknown = sorted(set(merges) - set(MERGE_METHODS))
     if unknown:
         raise ValueError(f"merges {unknown}: choose from {sorted(MERGE_METHODS)}")
-    if fisher_states not in FISHER_STATES:
-        raise ValueError(f"fisher_states={fisher_states!r}: choose one of {list(FISHER_STATES)}")
+    check_fisher_states(fisher_states)
     if merges and "adapters" not in methods:
         raise ValueError("merges combine the per-family adapters: add 'adapters' to methods")
     out = Path(out)
@@ -451,17 +445,7 @@ def run(
             "eval_episodes": eval_episodes,
             "merge_parameters": {m: dict(MERGE_METHODS[m].params) for m in merges},
         },
-        "methods": {
-            m: {
-                "R": rates(r["rows"]),
-                "cells": r["rows"],
-                "metrics": summary(rates(r["rows"])),
-                "forgetting_after": forgetting_after(rates(r["rows"])),
-                "train_loss": r["train_loss"],
-                **({"ewc_penalty": r["ewc_penalty"]} if r["ewc_penalty"] else {}),
-            }
-            for m, r in results.items()
-        },
+        "methods": {m: _method_record(r) for m, r in results.items()},
         "merged": {m: {"success": rates([row])[0], "cells": row} for m, row in merged.items()},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
@@ -475,6 +459,21 @@ def run(
 
 
 # --------------------------------------------------------------------------- outputs
+def _method_record(result: dict[str, Any]) -> dict[str, Any]:
+    """One method's entry of ``continual.json``: its matrix, cells, metrics and losses."""
+    R = rates(result["rows"])
+    record = {
+        "R": R,
+        "cells": result["rows"],
+        "metrics": summary(R),
+        "forgetting_after": forgetting_after(R),
+        "train_loss": result["train_loss"],
+    }
+    if result["ewc_penalty"]:
+        record["ewc_penalty"] = result["ewc_penalty"]
+    return record
+
+
 def report(payload: dict[str, Any]) -> str:
     """``report.md``: the metrics per method, each matrix, the merged adapters."""
     families = payload["families"]

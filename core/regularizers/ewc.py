@@ -365,7 +365,7 @@ class EWC(ContinualRegularizer):
         params: dict[str, nn.Parameter],
         generator: torch.Generator,
     ) -> dict[str, Tensor]:
-        """``fisher_fn``'s estimate, checked: one finite tensor per parameter, its shape."""
+        """``fisher_fn``'s estimate, checked: one tensor per parameter, of its shape."""
         assert self.fisher_fn is not None
         new = dict(self.fisher_fn(model, data, params, generator))
         missing = sorted(set(params) - set(new))
