@@ -7,6 +7,8 @@
   the 14 observations, labels read from both texts by :func:`~.labeler.label_report`.
 * :func:`clinical_f1_per_report`: the same F1 for one report pair, the judge that ranks
   sampled reports for preference tuning.
+* :func:`f1_gains`: what one more hit or false alarm of each observation adds to corpus
+  micro + macro F1 (first order), the other judge preference tuning may use.
 * :func:`macro_auroc`: mean one-vs-rest AUROC over the classes that have both positives and
   negatives; the classes left out are counted, not silently averaged as NaN.
 * :func:`dice_score`: MONAI's Dice for segmentation masks.
@@ -220,6 +222,41 @@ def clinical_f1_per_report(
     return 1.0 if positives == 0 else 2 * float((w * (true & pred)).sum()) / positives
 
 
+def _f1_slopes(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d F1 / d TP (a miss turned into a hit) and d F1 / d FP of ``F1 = 2 TP / (2 TP + FP +
+    FN)`` with the positives ``TP + FN`` fixed; 0 where F1 has nothing to count."""
+    denominator = 2 * tp + fp + fn
+    safe = np.where(denominator > 0, denominator, 1.0) ** 2
+    hit = np.where(denominator > 0, 2 * (tp + fn + fp) / safe, 0.0)
+    false_alarm = np.where(denominator > 0, 2 * tp / safe, 0.0)
+    return hit, false_alarm
+
+
+def f1_gains(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per observation, what one more report naming it adds to corpus micro F1 + macro F1.
+
+    At the operating point ``pred`` against ``true`` (binary (reports, observations)
+    matrices, :func:`precision_recall_f1`'s F1s), the first-order change of micro F1 +
+    macro F1 when one more report names observation ``k`` and is right (``hit[k] > 0``: a
+    miss becomes a hit) or wrong (``false_alarm[k] >= 0``, a cost). Summed over the
+    observations a report names, this ranks reports by their share of the corpus scores
+    the issue's targets are stated in; the per-report F1 of :func:`clinical_f1_per_report`
+    instead punishes one false alarm on a normal study as hard as missing everything, which
+    teaches a decoder to name less. Naming ``k`` pays when the chance it is right exceeds
+    ``false_alarm[k] / (hit[k] + false_alarm[k])`` (half of ``k``'s F1, for macro alone).
+    """
+    true, pred = np.asarray(true, dtype=bool), np.asarray(pred, dtype=bool)
+    if true.shape != pred.shape or true.ndim != 2:
+        raise ValueError(f"true {true.shape} and pred {pred.shape} must be equal 2-D shapes")
+    tp = (true & pred).sum(0).astype(float)
+    fp = (~true & pred).sum(0).astype(float)
+    fn = (true & ~pred).sum(0).astype(float)
+    macro_hit, macro_false_alarm = _f1_slopes(tp, fp, fn)
+    micro_hit, micro_false_alarm = _f1_slopes(tp.sum(), fp.sum(), fn.sum())
+    labels = true.shape[1]
+    return micro_hit + macro_hit / labels, micro_false_alarm + macro_false_alarm / labels
+
+
 def macro_auroc(probs: np.ndarray | Tensor, targets: np.ndarray | Tensor) -> tuple[float, int]:
     """Mean one-vs-rest AUROC over classes with both labels present, and how many were not.
 
@@ -285,6 +322,7 @@ __all__ = [
     "clinical_efficacy",
     "clinical_f1_per_report",
     "dice_score",
+    "f1_gains",
     "java_available",
     "macro_auroc",
     "nlg_metrics",

@@ -25,12 +25,14 @@ from core.adapters import disable_adapters
 from core.atomic import atomic_write_text
 
 from .data import collate
-from .labeler import POSITIVE, label_report
-from .metrics import clinical_f1_per_report
+from .labeler import POSITIVE, label_report, label_vector
+from .metrics import clinical_f1_per_report, f1_gains
 
 if TYPE_CHECKING:
     from .report_module import ReportGenModule
 
+#: What a pair's rejected report is (``mine_pairs``'s ``rejected``).
+REJECTED = ("worst_sample", "beam_search")
 #: The fields of a pair written to ``preference_pairs.jsonl``.
 PAIR_FIELDS = (
     "study_id", "reference", "normal", "chosen", "rejected", "chosen_score", "rejected_score",
@@ -61,6 +63,8 @@ def mine_pairs(
     seed: int = 0,
     weights: Sequence[float] | None = None,
     reference_prompt: bool = False,
+    corpus_gain: bool = False,
+    rejected: str = "worst_sample",
 ) -> list[dict[str, Any]]:
     """Sample, score and pair reports for the first ``max_studies`` studies of ``dataset``.
 
@@ -79,17 +83,27 @@ def mine_pairs(
             set to the reference report's labels (``label_states``) instead of the
             classifier's predictions: the pairs then teach the decoder to say what its
             prompt says, not to second-guess the classifier.
+        corpus_gain: Score each candidate by its first-order gain in corpus micro + macro
+            F1 (:func:`candidate_scores`) instead of its own F1; ``weights`` must be None.
+        rejected: ``worst_sample`` (the worst-scoring sample) or ``beam_search`` (the SFT
+            model's own beam-search report, what it writes at test, whenever the best
+            sample beats it: the pairs then correct the decoder's actual mistakes, not the
+            hallucinations of high-temperature samples that beam search never writes).
 
     Returns:
         One dict per pair: ``image``, ``study_id``, ``reference``, ``chosen``, ``rejected``,
         their scores and ``ref_chosen``/``ref_rejected`` (summed log-probabilities).
     """
+    if corpus_gain and weights is not None:
+        raise ValueError("corpus_gain scores by corpus F1 gains; weights must be None")
+    if rejected not in REJECTED:
+        raise ValueError(f"rejected={rejected!r} must be one of {REJECTED}")
     was_training = module.model.training
     module.model.eval()
     n = len(dataset) if max_studies is None else min(len(dataset), max_studies)
     batch_size = max(1, 256 // num_samples)
     gen = torch.Generator().manual_seed(seed)
-    pairs: list[dict[str, Any]] = []
+    sampled: list[dict[str, Any]] = []
     for start in tqdm(range(0, n, batch_size), desc="sampling preference pairs"):
         batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
         images = batch["image"].to(module.device)
@@ -104,29 +118,106 @@ def mine_pairs(
                 num_return_sequences=num_samples,
                 states=states,
             )
+            if rejected == "beam_search":  # one more candidate per study, in last place
+                beams = module.generate_reports(images, states=states)
+                samples = [
+                    c
+                    for i, beam in enumerate(beams)
+                    for c in [*samples[i * num_samples : (i + 1) * num_samples], beam]
+                ]
+        per_study = num_samples + (rejected == "beam_search")
         for i, ref in enumerate(batch["text"]):
-            cands = samples[i * num_samples : (i + 1) * num_samples]
-            scores = [clinical_f1_per_report(ref, c, module.uncertain_as, weights) for c in cands]
-            best, worst = int(np.argmax(scores)), int(np.argmin(scores))
-            if scores[best] == scores[worst]:
-                continue
-            pairs.append(
+            sampled.append(
                 {
                     "image": batch["image"][i],
                     "label_states": batch["label_states"][i] if reference_prompt else None,
                     "study_id": batch["study_id"][i],
                     "reference": ref,
-                    "normal": label_report(ref)["No Finding"] == POSITIVE,
-                    "chosen": cands[best],
-                    "rejected": cands[worst],
-                    "chosen_score": scores[best],
-                    "rejected_score": scores[worst],
+                    "candidates": samples[i * per_study : (i + 1) * per_study],
                 }
             )
+    scores = candidate_scores(
+        [s["reference"] for s in sampled],
+        [s["candidates"] for s in sampled],
+        module.uncertain_as,
+        weights,
+        corpus_gain,
+    )
+    against_last = rejected == "beam_search"
+    pairs = [
+        pair
+        for study, score in zip(sampled, scores, strict=True)
+        if (pair := best_and_worst(study, score, against_last))
+    ]
     add_reference_logprobs(module, pairs)
     module.model.train(was_training)
     rank_zero_info(f"preference pairs: {len(pairs)} of {n} studies")
     return pairs
+
+
+def candidate_scores(
+    references: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    uncertain_as: int = 0,
+    weights: Sequence[float] | None = None,
+    corpus_gain: bool = False,
+) -> list[list[float]]:
+    """Each study's candidates scored against its reference.
+
+    By default, each candidate's own clinical F1 (:func:`~.metrics.clinical_f1_per_report`,
+    with ``weights``). With ``corpus_gain``, what the candidate would add to corpus micro +
+    macro F1 (:func:`~.metrics.f1_gains`, summed over the observations it names: hits gain,
+    false alarms cost) at the operating point of all the candidates together, the SFT
+    model's own sampled predictions: the pairs then rank reports by the scores the model is
+    judged on, rather than punishing one false alarm on a normal study as hard as missing
+    everything.
+    """
+    if not corpus_gain:
+        return [
+            [clinical_f1_per_report(ref, c, uncertain_as, weights) for c in cands]
+            for ref, cands in zip(references, candidates, strict=True)
+        ]
+    true = [label_vector(label_report(ref), uncertain_as=uncertain_as) for ref in references]
+    pred = [
+        [label_vector(label_report(c), uncertain_as=uncertain_as) for c in cands]
+        for cands in candidates
+    ]
+    true_rows = np.array([t for t, p in zip(true, pred, strict=True) for _ in p], dtype=bool)
+    pred_rows = np.array([row for p in pred for row in p], dtype=bool).reshape(true_rows.shape)
+    hit, false_alarm = f1_gains(true_rows, pred_rows)
+    per_label = np.where(true_rows, hit, -false_alarm) * pred_rows
+    flat = per_label.sum(1).tolist()
+    out, start = [], 0
+    for cands in candidates:
+        out.append(flat[start : start + len(cands)])
+        start += len(cands)
+    return out
+
+
+def best_and_worst(
+    study: dict[str, Any], scores: Sequence[float], against_last: bool = False
+) -> dict[str, Any] | None:
+    """The (chosen, rejected) pair of one study's candidates: best and worst by ``scores``;
+    with ``against_last``, the best of the others against the last candidate (the beam-search
+    report). ``None`` when the chosen would not score above the rejected."""
+    cands = study["candidates"]
+    if against_last:
+        best, worst = int(np.argmax(scores[:-1])), len(cands) - 1
+    else:
+        best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+    if scores[best] <= scores[worst]:
+        return None
+    return {
+        "image": study["image"],
+        "label_states": study["label_states"],
+        "study_id": study["study_id"],
+        "reference": study["reference"],
+        "normal": label_report(study["reference"])["No Finding"] == POSITIVE,
+        "chosen": cands[best],
+        "rejected": cands[worst],
+        "chosen_score": float(scores[best]),
+        "rejected_score": float(scores[worst]),
+    }
 
 
 def balance_normal_abnormal(pairs: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from core.training.preference import LOSS_TYPES, dpo_loss
 
 from .data import run_seed
 from .preference_data import (
+    REJECTED,
     PreferencePairs,
     balance_normal_abnormal,
     mine_pairs,
@@ -45,9 +46,11 @@ ARCH_KEYS = (
     "label_prompt",
 )
 #: How observations count in the score that ranks the sampled candidates.
-REWARD_WEIGHTS = ("uniform", "balanced")
+REWARD_WEIGHTS = ("uniform", "balanced", "corpus_gain")
 #: Which label prompt the candidates are sampled and scored with.
 PAIR_PROMPTS = ("predicted", "reference")
+#: Which split's studies the pairs are mined from (``pair_split``).
+PAIR_SPLITS = ("train", "val")
 #: Which mined pairs train (``pair_balance``).
 PAIR_BALANCES = ("none", "normal_abnormal")
 #: Of :data:`ARCH_KEYS`, those a checkpoint written before they existed may lack (their
@@ -93,7 +96,10 @@ class PreferenceModule(ReportGenModule):
         reward_weights: How observations count in a candidate's score: ``uniform`` (each
             label once) or ``balanced`` (each label ``sqrt(negatives / positives)`` of the
             training split, at most 20: naming a rare finding right, or missing it, moves
-            the score more, which is what macro F1 rewards).
+            the score more, which is what macro F1 rewards) or ``corpus_gain`` (not a
+            per-report F1: each candidate scores what it would add to corpus micro + macro
+            F1 at the SFT model's sampled operating point, hits gaining and false alarms
+            costing per observation; :func:`~.preference_data.candidate_scores`).
         pair_prompt: The label prompt the candidates are sampled and scored with:
             ``predicted`` (the classifier's, as at test) or ``reference`` (the reference
             report's labels: the pairs then reward saying what the prompt says; the
@@ -101,6 +107,20 @@ class PreferenceModule(ReportGenModule):
             SFT model only ``predicted`` applies.
         pair_balance: ``none`` (every mined pair) or ``normal_abnormal`` (at most as many
             pairs of normal studies as of abnormal ones, a seeded subset).
+        pair_split: The studies the pairs are mined from: ``train`` (the SFT model's own
+            training studies) or ``val`` (studies it never trained on: there its samples
+            make the errors it makes at test, while on its training studies the best sample
+            is often the memorised reference and the worst a high-temperature
+            hallucination). The test split is never used.
+        rejected: The rejected report of a pair: ``worst_sample`` (the worst of the
+            samples) or ``beam_search`` (the SFT model's own beam-search report, paired
+            with the best sample when that scores higher: the decoder's test-time
+            mistakes; :func:`~.preference_data.mine_pairs`).
+        length_normalized: Compare the reports' mean per-token log-probabilities instead of
+            their sums (length-normalised DPO, as Tulu 3's recipe and SimPO do; raise
+            ``beta`` by about the reports' length to keep its strength). The sampled chosen
+            reports are shorter than the rejected ones in most pairs, and summed
+            log-probabilities then teach the decoder to write less.
         **kwargs: Decoding, evaluation and optimisation options of
             :class:`~.report_module.ReportGenModule` and its bases, passed through.
     """
@@ -120,6 +140,9 @@ class PreferenceModule(ReportGenModule):
         reward_weights: str = "uniform",
         pair_prompt: str = "predicted",
         pair_balance: str = "none",
+        pair_split: str = "train",
+        rejected: str = "worst_sample",
+        length_normalized: bool = False,
         **kwargs: Any,
     ) -> None:
         check_preference_options(
@@ -135,6 +158,8 @@ class PreferenceModule(ReportGenModule):
             reward_weights=reward_weights,
             pair_prompt=pair_prompt,
             pair_balance=pair_balance,
+            pair_split=pair_split,
+            rejected=rejected,
         )
         # The network is the SFT model: its shape and tokenizer come from the checkpoint (the
         # data's image size is checked against it at setup).
@@ -148,6 +173,9 @@ class PreferenceModule(ReportGenModule):
         self.reward_weights = reward_weights
         self.pair_prompt = pair_prompt
         self.pair_balance = pair_balance
+        self.pair_split = pair_split
+        self.rejected = rejected
+        self.length_normalized = length_normalized
         if pair_prompt == "reference" and not self.model.label_prompt:
             raise ValueError(
                 f"model.pair_prompt=reference: the SFT model {pretrained!r} has no label "
@@ -166,7 +194,7 @@ class PreferenceModule(ReportGenModule):
             weights = balanced_pos_weight(datamodule.sets["train"].targets).tolist()
         self.pairs = mine_pairs(
             self,
-            datamodule.sets["train"],
+            datamodule.sets[self.pair_split],
             self.num_samples,
             self.sample_temperature,
             self.sample_top_p,
@@ -174,6 +202,8 @@ class PreferenceModule(ReportGenModule):
             seed=run_seed(),
             weights=weights,
             reference_prompt=self.pair_prompt == "reference",
+            corpus_gain=self.reward_weights == "corpus_gain",
+            rejected=self.rejected,
         )
         if self.pair_balance == "normal_abnormal":
             mined = len(self.pairs)
@@ -201,12 +231,17 @@ class PreferenceModule(ReportGenModule):
         logits = self.model(torch.cat([images, images]), ids, mask, states=states).float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         token_mask = mask[:, 1:].float()
-        seq = (logp * token_mask).sum(-1)
+        seq, ref = report_scores(
+            logp,
+            token_mask,
+            torch.cat([batch["ref_chosen"], batch["ref_rejected"]]),
+            self.length_normalized,
+        )
         out = dpo_loss(
             seq[:n],
             seq[n:],
-            batch["ref_chosen"].to(seq),
-            batch["ref_rejected"].to(seq),
+            ref[:n],
+            ref[n:],
             beta=self.beta,
             loss_type=self.loss_type,
             label_smoothing=self.label_smoothing,
@@ -226,6 +261,23 @@ class PreferenceModule(ReportGenModule):
         return result
 
 
+def report_scores(
+    token_logp: Tensor, token_mask: Tensor, reference_sums: Tensor, length_normalized: bool
+) -> tuple[Tensor, Tensor]:
+    """The policy's and the reference's score of each report, as the DPO loss compares them.
+
+    ``token_logp`` and ``token_mask`` are (reports, tokens); ``reference_sums`` the frozen
+    model's summed log-probabilities of the same reports over the same tokens. Sums by
+    default; with ``length_normalized``, both divided by each report's token count.
+    """
+    policy = (token_logp * token_mask).sum(-1)
+    reference = reference_sums.to(policy)
+    if not length_normalized:
+        return policy, reference
+    lengths = token_mask.sum(-1).clamp_min(1.0)
+    return policy / lengths, reference / lengths
+
+
 def check_preference_options(
     adapter: AdapterConfig | None,
     beta: float,
@@ -239,6 +291,8 @@ def check_preference_options(
     reward_weights: str = "uniform",
     pair_prompt: str = "predicted",
     pair_balance: str = "none",
+    pair_split: str = "train",
+    rejected: str = "worst_sample",
 ) -> None:
     """Raise ``ValueError`` naming the first :class:`PreferenceModule` option out of range."""
     if adapter is None:
@@ -273,6 +327,11 @@ def check_preference_options(
             pair_balance in PAIR_BALANCES,
             f"model.pair_balance={pair_balance!r} must be one of {PAIR_BALANCES}",
         ),
+        (
+            pair_split in PAIR_SPLITS,
+            f"model.pair_split={pair_split!r} must be one of {PAIR_SPLITS}",
+        ),
+        (rejected in REJECTED, f"model.rejected={rejected!r} must be one of {REJECTED}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -19,6 +19,7 @@ from apps.medical_cxr.metrics import (
     clinical_efficacy,
     clinical_f1_per_report,
     dice_score,
+    f1_gains,
     java_available,
     macro_auroc,
     nlg_metrics,
@@ -288,3 +289,28 @@ def test_best_f1_thresholds_match_a_scikit_learn_search() -> None:
         )
     with pytest.raises(ValueError, match="equal 2-D shapes"):
         best_f1_thresholds(probs[:, :2], targets)
+
+
+def test_f1_gains_are_the_change_in_micro_plus_macro_f1_of_one_more_report() -> None:
+    rng = np.random.default_rng(0)
+    true = rng.random((20_000, 4)) < [0.5, 0.1, 0.02, 0.0]  # the last: never positive
+    pred = np.where(rng.random(true.shape) < 0.8, true, rng.random(true.shape) < 0.05)
+    pred[:, 3] = False
+
+    def total(p: np.ndarray) -> float:
+        scores = precision_recall_f1(true, p)
+        return scores["ce_f1_micro"] + scores["ce_f1_macro"]
+
+    hit, false_alarm = f1_gains(true, pred)
+    for k in range(4):
+        missed = np.flatnonzero(true[:, k] & ~pred[:, k])[:1]  # none for the last
+        wrong = np.flatnonzero(~true[:, k] & ~pred[:, k])[:1]
+        for rows, expected in ((missed, hit[k]), (wrong, -false_alarm[k])):
+            for row in rows:
+                changed = pred.copy()
+                changed[row, k] = True
+                assert total(changed) - total(pred) == pytest.approx(expected, rel=0.02)
+    assert hit[2] / false_alarm[2] > hit[0] / false_alarm[0]  # a rare finding pays sooner
+    assert false_alarm[3] > 0  # never positive: a false alarm still costs micro F1
+    with pytest.raises(ValueError, match="equal 2-D shapes"):
+        f1_gains(true, pred[:, :2])

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from apps.medical_cxr.metrics import clinical_f1_per_report
+from apps.medical_cxr.labeler import label_report, label_vector
+from apps.medical_cxr.metrics import clinical_f1_per_report, f1_gains
 from apps.medical_cxr.model import train_tokenizer
 from apps.medical_cxr.preference_data import (
     PAIR_FIELDS,
     PreferencePairs,
     balance_normal_abnormal,
+    candidate_scores,
     mine_pairs,
     sequence_logprobs,
     write_pairs,
@@ -110,3 +113,50 @@ def test_pairs_know_whether_their_study_is_normal_and_balance_keeps_as_many_norm
     assert balance_normal_abnormal(fake, seed=2) != kept
     only_normal = [p for p in fake if p["normal"]]
     assert balance_normal_abnormal(only_normal) == only_normal  # nothing to balance against
+
+
+def test_corpus_gain_scores_each_candidate_by_the_observations_it_names():
+    references = [REPORTS[0], REPORTS[1], REPORTS[3]]
+    candidates = [
+        [REPORTS[0], REPORTS[1]],  # right; a false alarm of two findings
+        [REPORTS[1], REPORTS[2], "mild cardiomegaly ."],  # both; neither; one of two
+        [REPORTS[3], REPORTS[0]],
+    ]
+    scores = candidate_scores(references, candidates, corpus_gain=True)
+    assert [len(s) for s in scores] == [2, 3, 2]  # aligned with the candidates
+    labels = [label_vector(label_report(r)) for r in references]
+    true = np.array([t for t, c in zip(labels, candidates, strict=True) for _ in c], dtype=bool)
+    pred = np.array([label_vector(label_report(x)) for c in candidates for x in c], dtype=bool)
+    hit, false_alarm = f1_gains(true, pred)
+    by_hand = [
+        (hit * (t & p) - false_alarm * (~t & p)).sum() for t, p in zip(true, pred, strict=True)
+    ]
+    assert [x for s in scores for x in s] == pytest.approx(by_hand)
+    assert scores[0][0] > scores[0][1] and scores[1][0] > scores[1][2] > scores[1][1]
+    # Without corpus_gain: each candidate's own clinical F1, as before.
+    assert candidate_scores(references, candidates)[1] == [
+        clinical_f1_per_report(REPORTS[1], c) for c in candidates[1]
+    ]
+    module = tiny_module()
+    with pytest.raises(ValueError, match="weights must be None"):
+        mine_pairs(module, studies(2), num_samples=2, corpus_gain=True, weights=[1.0] * 14)
+    for pair in mine_pairs(module, studies(8), num_samples=4, temperature=1.5, seed=3,
+                           corpus_gain=True):  # fmt: skip
+        assert pair["chosen_score"] > pair["rejected_score"]
+
+
+def test_beam_search_rejected_is_the_sft_models_own_report():
+    module = tiny_module()
+    data = studies(8)
+    pairs = mine_pairs(module, data, num_samples=4, temperature=1.5, seed=3, rejected="beam_search")
+    assert pairs
+    by_id = {s["study_id"]: s for s in data}
+    module.eval()
+    for pair in pairs:
+        with torch.no_grad(), disable_adapters(module.model):
+            (beam,) = module.generate_reports(by_id[pair["study_id"]]["image"][None])
+        assert pair["rejected"] == beam
+        assert pair["chosen_score"] > pair["rejected_score"]
+        assert pair["rejected_score"] == clinical_f1_per_report(pair["reference"], beam)
+    with pytest.raises(ValueError, match="rejected='greedy' must be one of"):
+        mine_pairs(module, data, num_samples=2, rejected="greedy")

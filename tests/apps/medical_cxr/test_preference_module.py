@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.medical_cxr.preference_module import ARCH_KEYS, PreferenceModule, sft_architecture
+from apps.medical_cxr.preference_module import (
+    ARCH_KEYS,
+    PreferenceModule,
+    report_scores,
+    sft_architecture,
+)
 from apps.medical_cxr.report_module import ReportGenModule
 from apps.medical_cxr.train import main
 from core.adapters import LoraConfig
@@ -83,6 +88,18 @@ def test_pairs_mined_with_the_reference_label_prompt(sft_run, fast_embedded, tmp
 
 
 @pytest.mark.slow
+def test_pairs_mined_on_the_validation_studies(sft_run, fast_embedded, tmp_path):
+    _, run_dir = sft_run
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cli = fit_preference(ckpt, tmp_path, "--model.init_args.pair_split", "val")
+    sets = cli.datamodule.sets
+    val_ids = {s.study_id for s in sets["val"].studies}
+    assert cli.model.pairs and {p["study_id"] for p in cli.model.pairs} <= val_ids
+    assert not val_ids & {s.study_id for s in sets["train"].studies}
+    assert cli.model.global_step > 0
+
+
+@pytest.mark.slow
 def test_the_network_is_the_sft_model_whatever_shape_is_given(sft_run):
     _, run_dir = sft_run
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
@@ -121,6 +138,8 @@ def test_sft_architecture_reads_the_names_older_checkpoints_used(tmp_path):
         ({"reward_weights": "rare"}, r"model\.reward_weights='rare' must be one of"),
         ({"pair_prompt": "truth"}, r"model\.pair_prompt='truth' must be one of"),
         ({"pair_balance": "even"}, r"model\.pair_balance='even' must be one of"),
+        ({"pair_split": "test"}, r"model\.pair_split='test' must be one of"),
+        ({"rejected": "greedy"}, r"model\.rejected='greedy' must be one of"),
     ],
 )
 def test_options_are_checked_before_the_checkpoint_is_read(tmp_path, option, message):
@@ -131,3 +150,19 @@ def test_options_are_checked_before_the_checkpoint_is_read(tmp_path, option, mes
 def test_a_missing_checkpoint_says_to_train_the_sft_model_first(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train the model first"):
         PreferenceModule(pretrained=str(tmp_path / "none.ckpt"), adapter=LORA)
+
+
+def test_length_normalized_scores_are_mean_token_log_probabilities():
+    token_logp = -torch.rand(2, 5)
+    mask = torch.tensor([[1.0, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    reference = torch.tensor([-6.0, -10.0])
+    policy, ref = report_scores(token_logp, mask, reference, length_normalized=False)
+    assert policy.tolist() == pytest.approx(
+        [token_logp[0, :3].sum().item(), token_logp[1].sum().item()]
+    )
+    assert ref.tolist() == [-6.0, -10.0]
+    policy, ref = report_scores(token_logp, mask, reference, length_normalized=True)
+    assert policy.tolist() == pytest.approx(
+        [token_logp[0, :3].mean().item(), token_logp[1].mean().item()]
+    )
+    assert ref.tolist() == pytest.approx([-2.0, -2.0])
