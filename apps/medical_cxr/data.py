@@ -342,8 +342,8 @@ class CxrDataModule(pl.LightningDataModule):
         )
 
     def use_train_dataset(self, dataset: Dataset) -> None:
-        """Train on ``dataset`` instead of the training studies (preference pairs built
-        from them by the model); validation and test stay as they are."""
+        """Train on ``dataset`` instead of the training studies (preference pairs the model
+        built from the studies of one split); validation and test stay as they are."""
         self.train_override = dataset
 
     def train_dataloader(self) -> DataLoader:

@@ -73,9 +73,10 @@ def sft_architecture(path: str) -> dict[str, Any]:
 class PreferenceModule(ReportGenModule):
     """Factuality preference tuning of an SFT report generator with a DPO-style loss.
 
-    At ``setup("fit")`` the training studies become preference pairs
-    (:func:`~.preference_data.mine_pairs`: best and worst of ``num_samples`` sampled reports
-    by clinical-efficacy F1), written to ``<run_dir>/preference_pairs.jsonl``. Training then
+    At ``setup("fit")`` the studies of ``pair_split`` become preference pairs
+    (:func:`~.preference_data.mine_pairs`: the best of ``num_samples`` sampled reports by
+    clinical-efficacy F1 against the worst, or against the SFT model's beam-search report),
+    written to ``<run_dir>/preference_pairs.jsonl``. Training then
     minimises :func:`core.training.preference.dpo_loss` (``loss_type``: ``sigmoid`` = DPO,
     ``ipo``, ``hinge``) plus ``sft_weight`` times the NLL of the chosen report.
 
@@ -91,7 +92,7 @@ class PreferenceModule(ReportGenModule):
         num_samples: Reports sampled per study (>= 2).
         sample_temperature: Sampling temperature of the candidates (> 0).
         sample_top_p: Nucleus sampling of the candidates, in (0, 1].
-        max_pair_studies: Use at most this many training studies for pairs.
+        max_pair_studies: Use at most this many studies of ``pair_split`` for pairs.
         sft_weight: Weight of the chosen report's NLL added to the loss (0: pure DPO).
         reward_weights: How observations count in a candidate's score: ``uniform`` (each
             label once) or ``balanced`` (each label ``sqrt(negatives / positives)`` of the
@@ -118,9 +119,9 @@ class PreferenceModule(ReportGenModule):
             mistakes; :func:`~.preference_data.mine_pairs`).
         length_normalized: Compare the reports' mean per-token log-probabilities instead of
             their sums (length-normalised DPO, as Tulu 3's recipe and SimPO do; raise
-            ``beta`` by about the reports' length to keep its strength). The sampled chosen
-            reports are shorter than the rejected ones in most pairs, and summed
-            log-probabilities then teach the decoder to write less.
+            ``beta`` by about the reports' length to keep its strength). Sampled chosen
+            reports are shorter than rejected ones in most training-split pairs; normalising
+            did not stop the decoder writing less (docs/medical_cxr.md).
         **kwargs: Decoding, evaluation and optimisation options of
             :class:`~.report_module.ReportGenModule` and its bases, passed through.
     """
