@@ -122,18 +122,25 @@ def _label_matrix(texts: Sequence[str], uncertain_as: int) -> np.ndarray:
     return np.array([label_vector(label_report(t), uncertain_as=uncertain_as) for t in texts])
 
 
-def precision_recall_f1(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """Micro and macro precision / recall / F1 of binary (samples, labels) matrices.
-
-    Macro averages the per-label scores over all labels; a label with no predicted (or no
-    true) positives scores 0 precision (recall), as scikit-learn's ``zero_division=0``.
-    """
+def _confusion(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per label, true positives, false positives and false negatives of binary (samples,
+    labels) matrices, as floats."""
     true, pred = np.asarray(true, dtype=bool), np.asarray(pred, dtype=bool)
     if true.shape != pred.shape or true.ndim != 2:
         raise ValueError(f"true {true.shape} and pred {pred.shape} must be equal 2-D shapes")
     tp = (true & pred).sum(0).astype(float)
     fp = (~true & pred).sum(0).astype(float)
     fn = (true & ~pred).sum(0).astype(float)
+    return tp, fp, fn
+
+
+def precision_recall_f1(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Micro and macro precision / recall / F1 of binary (samples, labels) matrices.
+
+    Macro averages the per-label scores over all labels; a label with no predicted (or no
+    true) positives scores 0 precision (recall), as scikit-learn's ``zero_division=0``.
+    """
+    tp, fp, fn = _confusion(true, pred)
     per_p = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
     per_r = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
     per_f = np.divide(
@@ -240,20 +247,16 @@ def f1_gains(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray
     macro F1 when one more report names observation ``k`` and is right (``hit[k] > 0``: a
     miss becomes a hit) or wrong (``false_alarm[k] >= 0``, a cost). Summed over the
     observations a report names, this ranks reports by their share of the corpus scores
-    the issue's targets are stated in; the per-report F1 of :func:`clinical_f1_per_report`
-    instead punishes one false alarm on a normal study as hard as missing everything, which
-    teaches a decoder to name less. Naming ``k`` pays when the chance it is right exceeds
-    ``false_alarm[k] / (hit[k] + false_alarm[k])`` (half of ``k``'s F1, for macro alone).
+    the issue's targets are stated in, where the per-report F1 of
+    :func:`clinical_f1_per_report` punishes one false alarm on a normal study as hard as
+    missing everything (as a DPO reward it did no better: docs/medical_cxr.md). Naming
+    ``k`` pays when the chance it is right exceeds ``false_alarm[k] / (hit[k] +
+    false_alarm[k])`` (half of ``k``'s F1, for macro alone).
     """
-    true, pred = np.asarray(true, dtype=bool), np.asarray(pred, dtype=bool)
-    if true.shape != pred.shape or true.ndim != 2:
-        raise ValueError(f"true {true.shape} and pred {pred.shape} must be equal 2-D shapes")
-    tp = (true & pred).sum(0).astype(float)
-    fp = (~true & pred).sum(0).astype(float)
-    fn = (true & ~pred).sum(0).astype(float)
+    tp, fp, fn = _confusion(true, pred)
     macro_hit, macro_false_alarm = _f1_slopes(tp, fp, fn)
     micro_hit, micro_false_alarm = _f1_slopes(tp.sum(), fp.sum(), fn.sum())
-    labels = true.shape[1]
+    labels = len(tp)
     return micro_hit + macro_hit / labels, micro_false_alarm + macro_false_alarm / labels
 
 
