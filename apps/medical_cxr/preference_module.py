@@ -211,9 +211,15 @@ class PreferenceModule(ReportGenModule):
             self.pairs = balance_normal_abnormal(self.pairs, seed=run_seed())
             rank_zero_info(f"preference pairs balanced: {len(self.pairs)} of {mined} kept")
         if not self.pairs:
+            against = (
+                "the SFT model's beam-search report"
+                if self.rejected == "beam_search"
+                else "the worst sample"
+            )
             raise ValueError(
-                "no preference pair could be formed: every sampled report scored the same; "
-                "raise model.num_samples or model.sample_temperature."
+                f"no preference pair could be formed from the {self.pair_split} studies: no "
+                f"sample scored above {against}; raise model.num_samples or "
+                "model.sample_temperature, or set model.rejected=worst_sample."
             )
         datamodule.use_train_dataset(PreferencePairs(self.pairs))
         if self.trainer.is_global_zero:
