@@ -118,7 +118,7 @@ def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
     return float(score)
 
 
-def _label_matrix(texts: Sequence[str], uncertain_as: int) -> np.ndarray:
+def label_matrix(texts: Sequence[str], uncertain_as: int) -> np.ndarray:
     return np.array([label_vector(label_report(t), uncertain_as=uncertain_as) for t in texts])
 
 
@@ -200,8 +200,8 @@ def clinical_efficacy(
     (0, negative, by default) and unmentioned as negative; all 14 observations take part.
     """
     _check_pairs(references, hypotheses)
-    true = _label_matrix(references, uncertain_as)
-    pred = _label_matrix(hypotheses, uncertain_as)
+    true = label_matrix(references, uncertain_as)
+    pred = label_matrix(hypotheses, uncertain_as)
     return precision_recall_f1(true, pred)
 
 
@@ -327,6 +327,7 @@ __all__ = [
     "dice_score",
     "f1_gains",
     "java_available",
+    "label_matrix",
     "macro_auroc",
     "nlg_metrics",
     "precision_recall_f1",

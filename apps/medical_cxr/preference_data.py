@@ -26,8 +26,8 @@ from core.adapters import disable_adapters
 from core.atomic import atomic_write_text
 
 from .data import collate
-from .labeler import POSITIVE, label_report, label_vector
-from .metrics import clinical_f1_per_report, f1_gains
+from .labeler import POSITIVE, label_report
+from .metrics import clinical_f1_per_report, f1_gains, label_matrix
 
 if TYPE_CHECKING:
     from .report_module import ReportGenModule
@@ -119,22 +119,18 @@ def mine_pairs(
                 num_return_sequences=num_samples,
                 states=states,
             )
-            if rejected == "beam_search":  # one more candidate per study, in last place
+            beams = None  # with rejected=beam_search, each study's last candidate
+            if rejected == "beam_search":
                 beams = module.generate_reports(images, states=states)
-                samples = [
-                    c
-                    for i, beam in enumerate(beams)
-                    for c in [*samples[i * num_samples : (i + 1) * num_samples], beam]
-                ]
-        per_study = num_samples + (rejected == "beam_search")
         for i, ref in enumerate(batch["text"]):
+            candidates = samples[i * num_samples : (i + 1) * num_samples]
             sampled.append(
                 {
                     "image": batch["image"][i],
                     "label_states": batch["label_states"][i] if reference_prompt else None,
                     "study_id": batch["study_id"][i],
                     "reference": ref,
-                    "candidates": samples[i * per_study : (i + 1) * per_study],
+                    "candidates": [*candidates, beams[i]] if beams else candidates,
                 }
             )
     scores = candidate_scores(
@@ -178,21 +174,12 @@ def candidate_scores(
             [clinical_f1_per_report(ref, c, uncertain_as, weights) for c in cands]
             for ref, cands in zip(references, candidates, strict=True)
         ]
-    true = [label_vector(label_report(ref), uncertain_as=uncertain_as) for ref in references]
-    pred = [
-        [label_vector(label_report(c), uncertain_as=uncertain_as) for c in cands]
-        for cands in candidates
-    ]
-    true_rows = np.array([t for t, p in zip(true, pred, strict=True) for _ in p], dtype=bool)
-    pred_rows = np.array([row for p in pred for row in p], dtype=bool).reshape(true_rows.shape)
-    hit, false_alarm = f1_gains(true_rows, pred_rows)
-    per_label = np.where(true_rows, hit, -false_alarm) * pred_rows
-    flat = per_label.sum(1).tolist()
-    out, start = [], 0
-    for cands in candidates:
-        out.append(flat[start : start + len(cands)])
-        start += len(cands)
-    return out
+    counts = [len(cands) for cands in candidates]
+    true = np.repeat(label_matrix(references, uncertain_as), counts, axis=0).astype(bool)
+    pred = label_matrix([c for cands in candidates for c in cands], uncertain_as).astype(bool)
+    hit, false_alarm = f1_gains(true, pred)
+    flat = (np.where(true, hit, -false_alarm) * pred).sum(1)
+    return [part.tolist() for part in np.split(flat, np.cumsum(counts)[:-1])]
 
 
 def best_and_worst(
